@@ -37,4 +37,8 @@ class SafeJobsConfig(PluginConfig):
         settings.validate_settings(django_settings.PLUGINS_CONFIG.get(self.name, {}))
         settings.connect_signals()
 
+        from . import patches
+
+        patches.install()
+
 config = SafeJobsConfig

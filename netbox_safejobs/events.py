@@ -1,0 +1,123 @@
+"""
+``record()``: the one place where something that happened to a job becomes visible.
+
+Every side effect of an event happens here and nowhere else: the ``RetryEvent`` row, the log line, and (with the
+UI and metrics) the counters. Callers describe what happened; they never write rows or log lines themselves, so
+the row and the log can never disagree.
+"""
+
+import logging
+import os
+import re
+import socket
+import uuid
+
+from django.db import DatabaseError, transaction
+
+from .choices import RetryEventKindChoices
+
+__all__ = (
+    'describe',
+    'record',
+    'redact',
+)
+
+logger = logging.getLogger('netbox_safejobs.events')
+
+_HOST = socket.gethostname()
+
+# Credentials that can end up in an error text: a password in a URL (redis://:secret@host, postgres://u:p@h), and
+# password=... / PASSWORD: ... pairs as printed by libpq and redis-py.
+_URL_PASSWORD = re.compile(r'(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@', re.I)
+_KEY_PASSWORD = re.compile(r'(?P<key>\b(?:password|passwd|pwd|secret|token)\b\s*[=:]\s*)(?P<q>[\'"]?)[^\s\'",}]+',
+                           re.I)
+
+_LEVELS = {
+    RetryEventKindChoices.KIND_RETRY: logging.WARNING,
+    RetryEventKindChoices.KIND_FOUND_AFTER_RETRY: logging.INFO,
+    RetryEventKindChoices.KIND_GAVE_UP: logging.ERROR,
+    RetryEventKindChoices.KIND_DATABASE_ERROR: logging.ERROR,
+    RetryEventKindChoices.KIND_DUPLICATE_SKIPPED: logging.WARNING,
+    RetryEventKindChoices.KIND_DISPATCH_FAILED: logging.ERROR,
+    RetryEventKindChoices.KIND_RECOVERED: logging.WARNING,
+    RetryEventKindChoices.KIND_STUCK_ERRORED: logging.ERROR,
+}
+
+
+_LABELS = {choice[0]: str(choice[1]) for choice in RetryEventKindChoices.CHOICES}
+
+
+def redact(text):
+    """Remove passwords from an error text before it is stored or logged."""
+    if not text:
+        return ''
+    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+    return _KEY_PASSWORD.sub(lambda m: f"{m['key']}{m['q']}***", text)
+
+
+def describe(exc):
+    """An exception as one line of text for an event: type and message, without a trailing full stop."""
+    text = ' '.join(str(exc).split()).rstrip('.')
+    return f'{type(exc).__name__}: {text}' if text else type(exc).__name__
+
+
+def _runner_path(runner):
+    if runner is None:
+        return ''
+    if isinstance(runner, str):
+        return runner
+    return f'{runner.__module__}.{runner.__qualname__}'
+
+
+def record(kind, *, job=None, job_uuid=None, job_name='', runner=None, queue='', attempt=None, delay=None,
+           detail='', using='default'):
+    """
+    Record one event: write the ``RetryEvent`` row and the log line.
+
+    ``job`` is a Job instance when one is at hand (its row may or may not exist); ``job_uuid`` alone is enough.
+    The row links to the Job only when the Job row exists. Recording never raises: an event that cannot be
+    written (the database is down: that may be the event) is still logged, with the reason it was not stored.
+    Returns the saved ``RetryEvent`` or ``None``.
+    """
+    from .models import RetryEvent
+
+    if job is not None:
+        job_uuid = job_uuid or job.job_id
+        job_name = job_name or job.name
+        queue = queue or getattr(job, 'queue_name', '') or ''
+    job_uuid = uuid.UUID(str(job_uuid))
+    detail = redact(detail)
+    runner = _runner_path(runner)
+
+    parts = [f'job {job_uuid}']
+    if job_name:
+        parts.append(f'({job_name})')
+    if attempt is not None:
+        parts.append(f'attempt {attempt}')
+    if delay is not None:
+        parts.append(f'delay {delay:.3f}s')
+    message = f'{_LABELS.get(kind, kind)}: ' + ' '.join(parts)
+    if detail:
+        message += f': {detail}'
+    extra = {'safejobs_kind': kind, 'job_uuid': str(job_uuid), 'attempt': attempt, 'delay': delay}
+
+    event = RetryEvent(
+        job_uuid=job_uuid, job_name=(job_name or '')[:200], runner=runner[:255], queue=(queue or '')[:100],
+        kind=kind, attempt=attempt, delay=delay, detail=detail, worker_host=_HOST[:255], worker_pid=os.getpid(),
+    )
+    try:
+        # A savepoint when called inside a transaction, so a failed insert cannot poison the caller's transaction.
+        with transaction.atomic(using=using):
+            job_pk = None
+            if job is not None and job.pk is not None:
+                # Link only to a row that is really there: the link is for convenience, the UUID is the identity.
+                from core.models import Job
+
+                job_pk = Job.objects.using(using).filter(pk=job.pk).values_list('pk', flat=True).first()
+            event.job_id = job_pk
+            event.save(using=using)
+    except DatabaseError as e:
+        logger.log(_LEVELS.get(kind, logging.WARNING), '%s (event not stored: %s)', message, redact(e), extra=extra)
+        return None
+    logger.log(_LEVELS.get(kind, logging.WARNING), message, extra=extra)
+    return event

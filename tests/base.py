@@ -1,0 +1,120 @@
+"""
+Shared test bases: real PostgreSQL, real Redis, real ``netbox rqworker`` processes.
+
+Tests that need another process to see their data use ``SafeJobsTransactionTestCase`` (Django's ``TestCase`` never
+commits, so on-commit hooks would never fire and a worker would see nothing). Workers are started as subprocesses
+pointed at the test database, and stopped by PID.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.db import connection
+from django.test import TransactionTestCase
+from django_rq import get_connection
+
+from netbox_safejobs import patches
+
+__all__ = (
+    'SafeJobsTransactionTestCase',
+    'Worker',
+    'netbox_command',
+    'worker_env',
+)
+
+QUEUES = ('high', 'default', 'low')
+
+
+def worker_env(plugins_config=None, **extra):
+    """The environment of a NetBox subprocess that uses this test run's database and Redis databases."""
+    env = dict(os.environ)
+    env['SAFEJOBS_DB_NAME'] = connection.settings_dict['NAME']
+    env['SAFEJOBS_DEBUG'] = '0'
+    # Workers must not keep idle connections to the test database open after they exit.
+    env['SAFEJOBS_CONN_MAX_AGE'] = '0'
+    if plugins_config is not None:
+        env['SAFEJOBS_PLUGINS_CONFIG'] = repr(plugins_config)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def netbox_command(*args):
+    return [sys.executable, '-m', 'netbox', *args]
+
+
+class Worker:
+    """A ``netbox rqworker`` subprocess (its own process group, so it and its work horse are stopped together)."""
+
+    def __init__(self, *queues, burst=True, plugins_config=None, env=None):
+        argv = netbox_command('rqworker', *(queues or QUEUES))
+        if burst:
+            argv.append('--burst')
+        self.process = subprocess.Popen(
+            argv, env=env or worker_env(plugins_config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, text=True,
+        )
+        self.output = ''
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def wait(self, timeout=120):
+        try:
+            self.output, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f'worker did not finish within {timeout}s:\n{self.output}')
+        return self.process.returncode
+
+    def kill(self, sig=signal.SIGKILL):
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            out, _ = self.process.communicate(timeout=30)
+            self.output += out or ''
+        except subprocess.TimeoutExpired:
+            pass
+
+    def children(self):
+        """PIDs of the worker's child processes (RQ's work horse while a job runs)."""
+        try:
+            with open(f'/proc/{self.pid}/task/{self.pid}/children') as f:
+                return [int(pid) for pid in f.read().split()]
+        except FileNotFoundError:
+            return []
+
+
+def run_burst_worker(*queues, plugins_config=None, timeout=120):
+    worker = Worker(*queues, burst=True, plugins_config=plugins_config)
+    code = worker.wait(timeout=timeout)
+    if code != 0:
+        raise AssertionError(f'rqworker exited with {code}:\n{worker.output}')
+    return worker.output
+
+
+class SafeJobsTransactionTestCase(TransactionTestCase):
+    """Commits for real; starts every test with empty RQ queues in this run's Redis database and the patches on."""
+
+    def setUp(self):
+        super().setUp()
+        self.redis = get_connection('default')
+        self.redis.flushdb()
+        patches.install()
+
+    def tearDown(self):
+        self.redis.flushdb()
+        super().tearDown()
+
+    def wait_for(self, predicate, timeout=30, interval=0.1, message='condition'):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(interval)
+        raise AssertionError(f'{message} not reached within {timeout}s')
