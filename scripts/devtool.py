@@ -40,6 +40,8 @@ PRIVATE_PG_PORT = 54329
 PRIVATE_REDIS_PORT = 63799
 REDIS_TASKS_DB = 5
 REDIS_CACHE_DB = 6
+TEST_REDIS_TASKS_DB = 7
+TEST_REDIS_CACHE_DB = 8
 
 started = []  # (name, Popen) of every process this run started, stopped in reverse order
 
@@ -230,6 +232,7 @@ def ensure_database(services):
 
 CONFIGURATION = """\
 # Written by scripts/devtool.py for development and tests; rewritten on every run.
+import ast
 import os
 
 ALLOWED_HOSTS = ['*']
@@ -257,7 +260,7 @@ REDIS = {{
         'PORT': int(os.environ.get('SAFEJOBS_REDIS_PORT', {redis_port!r})),
         'USERNAME': '',
         'PASSWORD': '',
-        'DATABASE': {redis_tasks_db!r},
+        'DATABASE': int(os.environ.get('SAFEJOBS_REDIS_TASKS_DB', {redis_tasks_db!r})),
         'SSL': False,
     }},
     'caching': {{
@@ -265,7 +268,7 @@ REDIS = {{
         'PORT': {redis_port!r},
         'USERNAME': '',
         'PASSWORD': '',
-        'DATABASE': {redis_cache_db!r},
+        'DATABASE': int(os.environ.get('SAFEJOBS_REDIS_CACHE_DB', {redis_cache_db!r})),
         'SSL': False,
     }},
 }}
@@ -275,7 +278,7 @@ if os.environ.get('SAFEJOBS_RQ_COMMIT_MODE'):
 
 PLUGINS = ['netbox_safejobs']
 PLUGINS_CONFIG = {{
-    'netbox_safejobs': {plugins_config},
+    'netbox_safejobs': ast.literal_eval(os.environ.get('SAFEJOBS_PLUGINS_CONFIG') or '{{}}'),
 }}
 
 # NetBox's own default queue names; DEFAULT_PERMISSIONS empty so tests start from no permission at all.
@@ -315,7 +318,6 @@ def write_configuration(services):
         redis_port=services['redis_port'],
         redis_tasks_db=REDIS_TASKS_DB,
         redis_cache_db=REDIS_CACHE_DB,
-        plugins_config=os.environ.get('SAFEJOBS_PLUGINS_CONFIG', '{}'),
     )
     path = conf_dir / 'configuration.py'
     if not path.exists() or path.read_text() != text:
@@ -444,6 +446,10 @@ def cmd_test(args):
     env = netbox_env()
     # Django runs tests with DEBUG off; NetBox's debug toolbar refuses to load unless it was off from the start.
     env['SAFEJOBS_DEBUG'] = '0'
+    # Separate Redis databases, so a test run never touches the tasks of a `scripts/dev run` instance (nor the other
+    # way round). Tests flush their tasks database.
+    env['SAFEJOBS_REDIS_TASKS_DB'] = str(TEST_REDIS_TASKS_DB)
+    env['SAFEJOBS_REDIS_CACHE_DB'] = str(TEST_REDIS_CACHE_DB)
     env['SAFEJOBS_SERVICES'] = json.dumps(services)
     labels = args.labels or ['tests']
     cmd = netbox_cmd('test', *labels, '--keepdb', '--noinput', '--parallel', '1', '-v', str(args.verbosity))
