@@ -250,7 +250,7 @@ DATABASES = {{
         'HOST': {pg_host!r},
         'PORT': {pg_port!r},
         'CONN_MAX_AGE': int(os.environ.get('SAFEJOBS_CONN_MAX_AGE', '300')),
-        'TEST': {{'NAME': 'test_' + {db_name!r}}},
+        'TEST': {{'NAME': os.environ.get('SAFEJOBS_TEST_DB_NAME', 'test_' + {db_name!r})}},
     }}
 }}
 
@@ -448,8 +448,8 @@ def cmd_test(args):
     env['SAFEJOBS_DEBUG'] = '0'
     # Separate Redis databases, so a test run never touches the tasks of a `scripts/dev run` instance (nor the other
     # way round). Tests flush their tasks database.
-    env['SAFEJOBS_REDIS_TASKS_DB'] = str(TEST_REDIS_TASKS_DB)
-    env['SAFEJOBS_REDIS_CACHE_DB'] = str(TEST_REDIS_CACHE_DB)
+    env.setdefault('SAFEJOBS_REDIS_TASKS_DB', str(TEST_REDIS_TASKS_DB))
+    env.setdefault('SAFEJOBS_REDIS_CACHE_DB', str(TEST_REDIS_CACHE_DB))
     env['SAFEJOBS_SERVICES'] = json.dumps(services)
     labels = args.labels or ['tests']
     cmd = netbox_cmd('test', *labels, '--keepdb', '--noinput', '--parallel', '1', '-v', str(args.verbosity))
