@@ -37,8 +37,9 @@ class SafeJobsConfig(PluginConfig):
         settings.validate_settings(django_settings.PLUGINS_CONFIG.get(self.name, {}))
         settings.connect_signals()
 
-        from . import patches
+        from . import jobs, patches
 
         patches.install()
+        jobs.register()
 
 config = SafeJobsConfig

@@ -7,7 +7,8 @@ the worker block and then fail on a duplicate key (#18880 on NetBox <= 4.2.5, ne
 snapshot overwrites every column. Instead, the guard
 
 1. *claims* the job in one statement: ``pending``/``scheduled`` → ``running`` on the row as it is in the database,
-   returning that row, and marks the job's ``JobDispatch`` row as claimed (erasing the stored push). A task pushed
+   returning that row, and marks the job's ``JobDispatch`` row as claimed (erasing the stored push, except for a
+   periodic job, whose next run the recovery pass must be able to schedule if the worker dies). A task pushed
    twice finds the row already claimed and is skipped: a job starts at most once;
 2. when no row is there, looks again on a backoff schedule, and drops the task, without inserting anything, when
    the row never appears;
@@ -77,7 +78,8 @@ def _statements():
                  worker_host, worker_pid)
             SELECT id, job_id, %(queue)s, %(runner)s, '', NULL, now(), 0, now(), %(host)s, %(pid)s FROM claimed
             ON CONFLICT (job_id) DO UPDATE SET
-                payload = NULL, claimed = EXCLUDED.claimed, worker_host = EXCLUDED.worker_host,
+                payload = CASE WHEN %(keep_payload)s THEN {dispatch_table}.payload END,
+                claimed = EXCLUDED.claimed, worker_host = EXCLUDED.worker_host,
                 worker_pid = EXCLUDED.worker_pid
         )
         SELECT {columns} FROM claimed
@@ -104,6 +106,9 @@ def _claim_once(job, runner, using):
             'runner': _runner_path(runner)[:255],
             'host': _HOST,
             'pid': os.getpid(),
+            # The stored push holds what RQ held, possibly a user's request: erased at the claim. A periodic job keeps
+            # it until handle() returns, so that the recovery pass can schedule the next run if the worker dies.
+            'keep_payload': bool(job.interval),
         })
         row = cursor.fetchone()
         if row is not None:

@@ -232,8 +232,11 @@ def _close_stuck(report, settings, now, using, dry_run):
                       queue=lease.queue_name, detail=detail, using=using)
 
 
-def run_pass(dry_run=False, now=None):
-    """One recovery pass. Returns a ``RecoveryReport``; never raises for a Redis outage (it is reported)."""
+def run_pass(dry_run=False, now=None, stuck=True):
+    """
+    One recovery pass. Returns a ``RecoveryReport``; never raises for a Redis outage (it is reported).
+    ``stuck=False`` skips the stuck-job part (used at worker start-up).
+    """
     from core.models import Job
 
     settings = get_settings()
@@ -241,7 +244,7 @@ def run_pass(dry_run=False, now=None):
     using = router.db_for_write(Job)
     report = RecoveryReport(dry_run=dry_run)
     _recover_owed(report, settings, now, using, dry_run)
-    if settings.stuck_job_detection:
+    if stuck and settings.stuck_job_detection:
         _close_stuck(report, settings, now, using, dry_run)
     level = logging.WARNING if (report.pushed or report.stuck_errored or report.errors) else logging.INFO
     logger.log(level, 'recovery pass: %s', report.summary())
