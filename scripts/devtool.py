@@ -370,9 +370,9 @@ def prepare():
 SUPERUSER_SCRIPT = """
 from django.contrib.auth import get_user_model
 User = get_user_model()
-user, created = User.objects.get_or_create(username="admin", defaults={"is_superuser": True, "is_staff": True})
-if created or not user.check_password(PASSWORD):
-    user.is_superuser = user.is_staff = user.is_active = True
+user, created = User.objects.get_or_create(username="admin", defaults={"is_superuser": True})
+if created or not user.check_password(PASSWORD) or not user.is_superuser:
+    user.is_superuser = user.is_active = True
     user.set_password(PASSWORD)
     user.save()
 """
