@@ -406,7 +406,7 @@ def cmd_run(args):
     if not password_file.exists():
         password_file.write_text(secrets.token_urlsafe(12))
     password = password_file.read_text().strip()
-    netbox('shell', '--command', f'PASSWORD = {password!r}\n' + SUPERUSER_SCRIPT)
+    netbox('shell', '--command', f'PASSWORD = {password!r}\n' + SUPERUSER_SCRIPT, stdout=subprocess.DEVNULL)
     port = os.environ.get('SAFEJOBS_PORT', '8000')
     env = netbox_env()
     logs = STATE / 'logs'
@@ -500,6 +500,8 @@ def main(argv=None):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    # Ctrl-C must stop everything we started, even when a parent shell started us with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.command == 'run':
             return cmd_run(args)
