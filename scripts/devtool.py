@@ -397,11 +397,7 @@ def stop_started():
 
 def cmd_run(args):
     prepare()
-    if netbox('migrate', '--check', check=False, capture_output=True).returncode != 0:
-        say('applying migrations (the first time this takes several minutes)')
-        netbox('migrate', '--no-input')
-    else:
-        say('database schema is up to date')
+    migrate_if_needed()
     password_file = STATE / 'admin_password'
     if not password_file.exists():
         password_file.write_text(secrets.token_urlsafe(12))
@@ -431,13 +427,35 @@ def cmd_run(args):
     die(f'{", ".join(dead)} exited; stopping', code=1)
 
 
+def migrate_if_needed():
+    if netbox('migrate', '--check', check=False, capture_output=True).returncode != 0:
+        say('applying migrations (the first time this takes several minutes)')
+        netbox('migrate', '--no-input')
+    else:
+        say('database schema is up to date')
+
+
+def cmd_bench(args):
+    """Run a script of benchmarks/ against the development database and Redis (the same ones `run` uses)."""
+    prepare()
+    migrate_if_needed()
+    script = ROOT / 'benchmarks' / f'{args.name}.py'
+    if not script.is_file():
+        die(f'no benchmark {script.relative_to(ROOT)}')
+    env = netbox_env()
+    env['SAFEJOBS_DEBUG'] = '0'
+    env.setdefault('SAFEJOBS_LOG_LEVEL', 'WARNING')
+    return subprocess.run([str(venv_python()), str(script), *args.args], env=env, cwd=ROOT).returncode
+
+
 def cmd_test(args):
     services = prepare()
     python = venv_python()
     say('ruff check')
     if not has_module('ruff'):
         pip_install('ruff')
-    run([python, '-m', 'ruff', 'check', ROOT / 'netbox_safejobs', ROOT / 'tests', ROOT / 'scripts'], cwd=ROOT)
+    sources = [ROOT / name for name in ('netbox_safejobs', 'tests', 'scripts', 'benchmarks') if (ROOT / name).exists()]
+    run([python, '-m', 'ruff', 'check', *sources], cwd=ROOT)
     say('makemigrations --check')
     netbox('makemigrations', 'netbox_safejobs', '--check', '--dry-run')
     if not args.labels and not external_netbox():
@@ -493,6 +511,9 @@ def main(argv=None):
     test = sub.add_parser('test', help='ruff, makemigrations --check, package build, the whole test suite')
     test.add_argument('labels', nargs='*', help='test labels, e.g. tests.test_settings (default: all)')
     test.add_argument('-v', '--verbosity', type=int, default=1)
+    bench = sub.add_parser('bench', help='run benchmarks/NAME.py against the development database and Redis')
+    bench.add_argument('name')
+    bench.add_argument('args', nargs=argparse.REMAINDER)
     sub.add_parser('env', help='prepare the environment and print the variables to run `netbox` by hand')
     args = parser.parse_args(argv)
 
@@ -507,6 +528,8 @@ def main(argv=None):
             return cmd_run(args)
         if args.command == 'test':
             return cmd_test(args)
+        if args.command == 'bench':
+            return cmd_bench(args)
         if args.command == 'env':
             prepare()
             env = netbox_env()
