@@ -9,8 +9,10 @@ size of the job history.
 1. **Owed pushes.** A stored push older than ``recovery_min_age`` whose job still waits (pending/scheduled) and
    whose task Redis does not know (``rq:job:<id>`` absent) is sent again: the push failed (Redis was down), the
    process died between commit and push, or Redis lost the task (restarted without persistence, flushed, failed
-   over). A task Redis still holds is left alone, so a pass run twice pushes nothing the second time; a duplicate
-   that still slips through a race is skipped by the worker guard's claim.
+   over). So is one whose task failed or was stopped in RQ before the job started (the worker guard gives a task up
+   to RQ when the database stays away), at most ``MAX_DEAD_TASK_RECOVERIES`` times. A task Redis still holds is
+   left alone, so a pass run twice pushes nothing the second time; a duplicate that still slips through a race is
+   skipped by the worker guard's claim.
 2. **Stuck jobs.** A claimed job still ``running`` after ``stuck_job_grace`` whose RQ task is gone (no task, task
    failed or stopped, or its worker no longer registered) had its worker killed (SIGKILL, OOM). It is marked
    errored through NetBox's own ``Job.terminate()`` (notifications, ``job_end`` signal), and a periodic job is
@@ -72,7 +74,10 @@ def _rq_key(job_uuid):
 
 
 def _queued_in_rq(rows):
-    """{job_uuid: bool} whether RQ holds a task for each row, one pipelined EXISTS per queue's Redis."""
+    """
+    {job_uuid: status} of each row's RQ task (``None`` when Redis does not hold it), one pipelined HGET per task,
+    per queue's Redis connection.
+    """
     by_queue = {}
     for row in rows:
         by_queue.setdefault(row['queue_name'], []).append(row)
@@ -81,10 +86,19 @@ def _queued_in_rq(rows):
         connection = compat.get_push_queue(queue_name).connection
         pipe = connection.pipeline(transaction=False)
         for row in queue_rows:
-            pipe.exists(_rq_key(row['job_uuid']))
-        for row, exists in zip(queue_rows, pipe.execute(), strict=True):
-            result[row['job_uuid']] = bool(exists)
+            pipe.hget(_rq_key(row['job_uuid']), 'status')
+        for row, status in zip(queue_rows, pipe.execute(), strict=True):
+            result[row['job_uuid']] = status.decode() if isinstance(status, bytes) else status
     return result
+
+
+# RQ states in which a task of a job that never started will not run any more: the task failed before the job
+# started (the worker guard raised after a database outage), or was stopped or cancelled in RQ.
+_DEAD_TASK_STATES = ('failed', 'stopped', 'canceled')
+
+# How many times the pass re-sends one job whose task keeps dying before the job starts. A task Redis lost is
+# always sent again; one that fails over and over (it cannot be unpickled by the worker, say) is not re-sent forever.
+MAX_DEAD_TASK_RECOVERIES = 5
 
 
 def _recover_owed(report, settings, now, using, dry_run):
@@ -115,9 +129,14 @@ def _recover_owed(report, settings, now, using, dry_run):
             report.errors.append(f'Redis: {events.redact(events.describe(e))}')
             return
         for row in waiting:
-            if queued[row['job_uuid']]:
+            status = queued[row['job_uuid']]
+            if status is not None and (
+                status not in _DEAD_TASK_STATES or row['recoveries'] >= MAX_DEAD_TASK_RECOVERIES
+            ):
                 report.already_queued += 1
                 continue
+            reason = ('Task not in Redis (the push failed, the process died before pushing, or Redis lost the task)'
+                      if status is None else f'RQ task {status} before the job started')
             if dry_run:
                 report.pushed.append(row['job_uuid'])
                 continue
@@ -140,8 +159,7 @@ def _recover_owed(report, settings, now, using, dry_run):
             events.record(
                 RetryEventKindChoices.KIND_RECOVERED, job_uuid=row['job_uuid'], job_name=row['job__name'],
                 runner=row['runner'], queue=row['queue_name'], attempt=row['recoveries'] + 1, using=using,
-                detail='Task not in Redis (the push failed, the process died before pushing, or Redis lost the '
-                       'task); pushed again from the stored dispatch.',
+                detail=f'{reason}; pushed again from the stored dispatch.',
             )
 
 

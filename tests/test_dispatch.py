@@ -199,3 +199,41 @@ class DispatchSwitchTest(SafeJobsTransactionTestCase):
         before = JobRunner.__dict__['enqueue']
         patches.install()
         self.assertIs(JobRunner.__dict__['enqueue'], before)
+
+
+class UnsupportedNetBoxTest(SafeJobsTransactionTestCase):
+    """When NetBox lacks what a patch needs, the patch logs why once and leaves NetBox as it was."""
+
+    def test_dispatch_not_installed_when_capture_impossible(self):
+        from netbox.jobs import JobRunner
+
+        from netbox_safejobs import compat
+
+        patches.uninstall()
+        original_enqueue = JobRunner.__dict__['enqueue']
+        original_handle = JobRunner.__dict__['handle']
+        reason = compat.capture_unsupported_reason
+        compat.capture_unsupported_reason = lambda: 'core.models.jobs has no module global django_rq'
+        try:
+            with self.assertLogs('netbox_safejobs.patches', level='WARNING') as logs:
+                installed = patches.install()
+            self.assertEqual(installed, {'guard'})
+            self.assertIs(JobRunner.__dict__['enqueue'], original_enqueue)
+            self.assertIsNot(JobRunner.__dict__['handle'], original_handle)
+            self.assertEqual(len(logs.output), 1)
+            self.assertIn('On-commit dispatch not installed: core.models.jobs has no module global django_rq',
+                          logs.output[0])
+            job = CountingJob.enqueue()
+            self.assertFalse(JobDispatch.objects.filter(job=job).exists())
+            self.assertTrue(RQJob.exists(str(job.job_id), connection=self.redis), 'NetBox no longer pushes')
+        finally:
+            compat.capture_unsupported_reason = reason
+            patches.uninstall()
+            patches.install()
+        self.assertEqual(patches.installed(), {'dispatch', 'guard'})
+
+    def test_capture_supported_on_this_netbox(self):
+        from netbox_safejobs import compat
+
+        self.assertIsNone(compat.capture_unsupported_reason())
+        self.assertIsNone(compat.handle_unsupported_reason())

@@ -201,3 +201,34 @@ class WorkerStartupRecoveryTest(SafeJobsTransactionTestCase):
         stranded.refresh_from_db()
         self.assertEqual(stranded.status, 'completed')
         self.assertEqual(run_count(stranded.job_id), 1)
+
+
+class DeadTaskRecoveryTest(SafeJobsTransactionTestCase):
+
+    def test_task_failed_before_start_is_sent_again(self):
+        """The guard gave the task up to RQ during a database outage: the job still waits, so it is re-sent."""
+        from rq.job import JobStatus
+
+        job = CountingJob.enqueue()
+        rq_job = get_queue('default').fetch_job(str(job.job_id))
+        rq_job.set_status(JobStatus.FAILED)
+        get_queue('default').remove(rq_job)
+        report = run_pass(now=timezone.now() + LATER)
+        self.assertEqual(report.pushed, [job.job_id])
+        self.assertIn('RQ task failed before the job started', RetryEvent.objects.get(kind=Kind.KIND_RECOVERED).detail)
+        run_burst_worker()
+        job.refresh_from_db()
+        self.assertEqual(job.status, 'completed')
+        self.assertEqual(run_count(job.job_id), 1)
+
+    def test_task_failing_over_and_over_is_not_resent_forever(self):
+        from rq.job import JobStatus
+
+        from netbox_safejobs.recovery import MAX_DEAD_TASK_RECOVERIES
+
+        job = CountingJob.enqueue()
+        JobDispatch.objects.filter(job=job).update(recoveries=MAX_DEAD_TASK_RECOVERIES)
+        get_queue('default').fetch_job(str(job.job_id)).set_status(JobStatus.FAILED)
+        report = run_pass(now=timezone.now() + LATER)
+        self.assertEqual(report.pushed, [])
+        self.assertEqual(report.already_queued, 1)
