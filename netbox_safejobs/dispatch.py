@@ -134,26 +134,42 @@ def _runner_path(runner):
     return f'{runner.__module__}.{runner.__qualname__}'
 
 
-def defer(job, runner, captured):
-    """Store the captured push with the Job row and send it after commit."""
+_insert_sql = None
+
+
+def _insert(using, values):
+    """
+    INSERT the dispatch row with one plain statement. Not ``Model.save()``: that would run every ``pre_save`` and
+    ``post_save`` receiver NetBox and other plugins connect for all models (change logging, search, event rules) on
+    the hot path of every enqueue, for a row none of them is interested in.
+    """
+    global _insert_sql
+    from django.db import connections
+
     from .models import JobDispatch
 
+    if _insert_sql is None:
+        _insert_sql = (
+            f'INSERT INTO {JobDispatch._meta.db_table} '
+            f'(job_id, job_uuid, queue_name, runner, method, payload, created, recoveries, worker_host) '
+            f"VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp(), 0, '')"
+        )
+    with connections[using].cursor() as cursor:
+        cursor.execute(_insert_sql, values)
+
+
+def defer(job, runner, captured):
+    """Store the captured push with the Job row and send it after commit."""
     using = job._state.db or router.db_for_write(type(job))
     # Pickled here, inside the caller's transaction: a task that cannot be serialized fails the enqueue now, and
     # the transaction with it, rather than after commit. RQ pickles the same objects when it receives the push.
     payload = pickle.dumps((captured.method, captured.args, captured.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-    dispatch = JobDispatch.objects.using(using).create(
-        job=job,
-        job_uuid=job.job_id,
-        queue_name=captured.queue_name,
-        runner=_runner_path(runner),
-        method=captured.method,
-        payload=payload,
-    )
-    compat.on_commit(partial(push, job, runner, captured, dispatch.pk, using), using=using)
+    _insert(using, [job.pk, job.job_id, captured.queue_name[:100], _runner_path(runner)[:255], captured.method,
+                    payload])
+    compat.on_commit(partial(push, job, runner, captured, using), using=using)
 
 
-def push(job, runner, captured, dispatch_pk, using):
+def push(job, runner, captured, using):
     """Send one push to RQ, after commit. Never raises: the data is committed and the push is stored."""
     try:
         captured.send()
