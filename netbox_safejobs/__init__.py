@@ -42,4 +42,9 @@ class SafeJobsConfig(PluginConfig):
         patches.install()
         jobs.register()
 
+        # Not loaded by NetBox from a resource path: the event types of event rules and the dashboard widget.
+        from . import event_types, widgets  # noqa: F401
+
+        event_types.register()
+
 config = SafeJobsConfig

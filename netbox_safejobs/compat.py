@@ -4,21 +4,34 @@ Every difference between the NetBox (and django-rq) versions the plugin supports
 Nothing else in the plugin looks at a version number or probes NetBox's internals: it asks this module.
 """
 
+import importlib.util
 import inspect
 import logging
+import os
+import sys
 
 from core.choices import JobStatusChoices
 
 __all__ = (
     'CLAIMABLE_STATES',
     'RUNNING',
+    'capture_globals',
     'capture_unsupported_reason',
     'get_push_queue',
+    'graphql_filter',
+    'graphql_filter_base',
+    'graphql_legacy_filters',
+    'graphql_lookups',
+    'graphql_type',
     'handle_unsupported_reason',
     'job_queue_name',
     'jobs_module',
+    'management_command',
     'on_commit',
+    'process_event_rules',
+    'register_filterset',
     'system_job',
+    'view_actions',
 )
 
 logger = logging.getLogger('netbox_safejobs.compat')
@@ -53,12 +66,21 @@ def capture_unsupported_reason():
     module = jobs_module()
     if module is None:
         return 'the module defining Job.enqueue cannot be found'
-    for name in ('django_rq', 'transaction'):
-        if not hasattr(module, name):
-            return f'{module.__name__} has no module global {name!r}'
+    if not hasattr(module, 'django_rq'):
+        return f"{module.__name__} has no module global 'django_rq'"
     if not hasattr(module.django_rq, 'get_queue'):
         return 'django_rq.get_queue does not exist'
     return None
+
+
+def capture_globals():
+    """
+    The module globals of ``jobs_module()`` the dispatch patch stands in for: ``django_rq`` on every NetBox, and
+    ``transaction`` where ``Job.enqueue`` defers its push with ``transaction.on_commit()`` (4.2.6+, #18880). On
+    4.2.0 - 4.2.5 it pushes at once and the module has no ``transaction`` global.
+    """
+    module = jobs_module()
+    return tuple(name for name in ('django_rq', 'transaction') if hasattr(module, name))
 
 
 def handle_unsupported_reason():
@@ -132,3 +154,157 @@ def system_job(interval):
     except ImportError:
         return None
     return decorator(interval)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Web UI, REST API, GraphQL and event rules (issue 5)
+# --------------------------------------------------------------------------------------------------------------------
+
+# NetBox < 4.4 names the buttons of a generic view in a dict of action name -> permissions; 4.4 and later take
+# ObjectAction classes (4.4 still converts the dict, 4.7 no longer does).
+_LEGACY_ACTION_PERMISSIONS = {
+    'export': {'view'},
+    'bulk_delete': {'delete'},
+    'delete': {'delete'},
+}
+_ACTION_CLASSES = {
+    'export': 'BulkExport',
+    'bulk_delete': 'BulkDelete',
+    'delete': 'DeleteObject',
+}
+
+
+def view_actions(*names):
+    """
+    The ``actions`` of a generic view for the given action names (``export``, ``bulk_delete``, ``delete``): a tuple
+    of ``netbox.object_actions`` classes where they exist (4.4+), else the legacy dict of required permissions.
+    """
+    try:
+        from netbox import object_actions
+    except ImportError:
+        return {name: set(_LEGACY_ACTION_PERMISSIONS[name]) for name in names}
+    return tuple(getattr(object_actions, _ACTION_CLASSES[name]) for name in names)
+
+
+def register_filterset(filterset_class):
+    """NetBox's ``register_filterset`` decorator (4.6+), a no-op before."""
+    try:
+        from utilities.filtersets import register_filterset as register
+    except ImportError:
+        return filterset_class
+    return register(filterset_class)
+
+
+def graphql_legacy_filters():
+    """
+    True on NetBox 4.2, whose GraphQL filters are generated from a django-filter FilterSet
+    (``netbox.graphql.filter_mixins.autotype_decorator``); 4.3 and later declare strawberry-django lookups.
+    """
+    try:
+        from netbox.graphql import filter_mixins
+    except ImportError:
+        return False
+    return hasattr(filter_mixins, 'autotype_decorator')
+
+
+def graphql_type(model, **kwargs):
+    """The decorator of a model's GraphQL output type: ``register_type`` (4.7+), else ``strawberry_django.type``."""
+    try:
+        from netbox.graphql.types import register_type
+    except ImportError:
+        import strawberry_django
+
+        decorator = strawberry_django.type
+        if 'pagination' in kwargs and 'pagination' not in inspect.signature(decorator).parameters:
+            kwargs.pop('pagination')
+        return decorator(model, **kwargs)
+    return register_type(model, **kwargs)
+
+
+def graphql_filter(model, **kwargs):
+    """
+    The decorator of a model's GraphQL filter: ``register_filter`` (4.7+), else strawberry-django's ``filter_type``
+    (or ``filter`` where ``filter_type`` does not exist yet).
+    """
+    try:
+        from netbox.graphql.filters import register_filter
+    except ImportError:
+        import strawberry_django
+
+        decorator = getattr(strawberry_django, 'filter_type', None) or strawberry_django.filter
+        return decorator(model, **kwargs)
+    return register_filter(model, **kwargs)
+
+
+def graphql_filter_base():
+    """
+    ``(base class, declares id)`` for a plain model's GraphQL filter: ``netbox.graphql.filters.BaseModelFilter``
+    (4.5+, declares ``id``), else ``core.graphql.filter_mixins.BaseFilterMixin`` (4.3, 4.4; the filter declares
+    ``id`` itself).
+    """
+    try:
+        from netbox.graphql.filters import BaseModelFilter
+    except ImportError:
+        from core.graphql.filter_mixins import BaseFilterMixin
+
+        return BaseFilterMixin, False
+    return BaseModelFilter, True
+
+
+def graphql_lookups():
+    """
+    strawberry-django's lookup input types by value type, as the installed version spells them: ``str``,
+    ``datetime``, ``int``, ``float`` and ``uuid`` (older releases take the value type as a parameter).
+    """
+    import datetime
+    import uuid
+
+    import strawberry_django
+
+    def parametrised(cls, value_type):
+        return cls[value_type] if getattr(cls, '__parameters__', ()) else cls
+
+    lookup = strawberry_django.FilterLookup
+    comparison = getattr(strawberry_django, 'ComparisonFilterLookup', None)
+    base = getattr(strawberry_django, 'BaseFilterLookup', None) or lookup
+    str_lookup = getattr(strawberry_django, 'StrFilterLookup', None)
+    datetime_lookup = getattr(strawberry_django, 'DatetimeFilterLookup', None)
+    return {
+        'str': str_lookup if str_lookup is not None else lookup[str],
+        'datetime': parametrised(datetime_lookup, datetime.datetime) if datetime_lookup else lookup[datetime.datetime],
+        'int': comparison[int] if comparison else lookup[int],
+        'float': comparison[float] if comparison else lookup[float],
+        'uuid': base[uuid.UUID],
+    }
+
+
+def process_event_rules(event_rules, object_type, event_type, data):
+    """
+    Run NetBox's ``extras.events.process_event_rules`` for one event outside a request: 4.6+ take an event context
+    (``EventContext``), earlier releases the event type and data as arguments.
+    """
+    from extras import events
+
+    params = inspect.signature(events.process_event_rules).parameters
+    if 'event' in params:
+        context_class = getattr(events, 'EventContext', dict)
+        event = context_class(event_type=event_type, data=data, user=None, object_type=object_type)
+        return events.process_event_rules(event_rules, object_type, event)
+    return events.process_event_rules(event_rules, object_type, event_type, data)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Processes (tests, benchmarks): NetBox management commands in a new process
+# --------------------------------------------------------------------------------------------------------------------
+
+def management_command(*args):
+    """
+    The argv that runs ``netbox <args>`` in a new process with this interpreter: ``python -m netbox`` where NetBox is
+    a package with a ``__main__`` (4.6.6+, and every pip-installed NetBox), else the source checkout's ``manage.py``
+    (next to the ``netbox`` settings package).
+    """
+    from django.conf import settings
+
+    if importlib.util.find_spec('netbox.__main__') is not None:
+        return [sys.executable, '-m', 'netbox', *args]
+    return [sys.executable, os.path.join(settings.BASE_DIR, 'manage.py'), *args]

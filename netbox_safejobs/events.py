@@ -1,11 +1,12 @@
 """
 ``record()``: the one place where something that happened to a job becomes visible.
 
-Every side effect of an event happens here and nowhere else: the ``RetryEvent`` row, the log line, and (with the
-UI and metrics) the counters. Callers describe what happened; they never write rows or log lines themselves, so
-the row and the log can never disagree.
+Every side effect of an event happens here and nowhere else: the ``RetryEvent`` row, the log line, the Prometheus
+counter (``metrics``) and, for "gave up" and "dispatch failed", NetBox's event rules (``event_types``). Callers
+describe what happened; they never write rows or log lines themselves, so the row and the log can never disagree.
 """
 
+import functools
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ import uuid
 
 from django.db import DatabaseError, transaction
 
+from . import compat, event_types, metrics
 from .choices import RetryEventKindChoices
 
 __all__ = (
@@ -72,7 +74,8 @@ def _runner_path(runner):
 def record(kind, *, job=None, job_uuid=None, job_name='', runner=None, queue='', attempt=None, delay=None,
            detail='', using='default'):
     """
-    Record one event: write the ``RetryEvent`` row and the log line.
+    Record one event: write the ``RetryEvent`` row and the log line, count it, and (for the kinds with a NetBox
+    event type) run the event rules once the row is committed.
 
     ``job`` is a Job instance when one is at hand (its row may or may not exist); ``job_uuid`` alone is enough.
     The row links to the Job only when the Job row exists. Recording never raises: an event that cannot be
@@ -118,6 +121,14 @@ def record(kind, *, job=None, job_uuid=None, job_name='', runner=None, queue='',
             event.save(using=using)
     except DatabaseError as e:
         logger.log(_LEVELS.get(kind, logging.WARNING), '%s (event not stored: %s)', message, redact(e), extra=extra)
+        metrics.count_event(kind)
         return None
     logger.log(_LEVELS.get(kind, logging.WARNING), message, extra=extra)
+    metrics.count_event(kind)
+    if kind in event_types.EVENT_TYPES:
+        # NetBox event rules see the event once its row is committed (at once outside a transaction).
+        try:
+            compat.on_commit(functools.partial(event_types.trigger, event, using), using)
+        except Exception:
+            logger.exception('Event rules for retry event %s not scheduled', event.pk)
     return event

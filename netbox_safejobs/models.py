@@ -1,8 +1,10 @@
 """The plugin's models: an append-only log of what happened to jobs on their way to a worker."""
 
 from django.db import models
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from netbox.models.features import EventRulesMixin
 from utilities.querysets import RestrictedQuerySet
 
 from .choices import RetryEventKindChoices
@@ -13,13 +15,14 @@ __all__ = (
 )
 
 
-class RetryEvent(models.Model):
+class RetryEvent(EventRulesMixin, models.Model):
     """
     One thing that happened to one job: a retry of the worker's look-up, a give-up, a database error, a duplicate
     task skipped, a failed push, a recovery.
 
     Plain and append-only on purpose (no change logging, no custom fields, no tags), like netbox-branching's
-    ``BranchEvent``: events are written from the worker's hot path and must stay cheap. NetBox deletes old Job rows
+    ``BranchEvent``: events are written from the worker's hot path and must stay cheap. ``EventRulesMixin`` (no
+    fields) only lets operators pick retry events as the object type of an event rule. NetBox deletes old Job rows
     during housekeeping, so the job's UUID and name are kept as a snapshot and the foreign key is nulled, not
     cascaded, when the Job goes.
     """
@@ -116,6 +119,9 @@ class RetryEvent(models.Model):
 
     def __str__(self):
         return f'{self.get_kind_display()}: {self.job_name or self.job_uuid}'
+
+    def get_absolute_url(self):
+        return reverse('plugins:netbox_safejobs:retryevent', args=[self.pk])
 
     def get_kind_color(self):
         return RetryEventKindChoices.colors.get(self.kind)

@@ -448,8 +448,33 @@ def cmd_bench(args):
     return subprocess.run([str(venv_python()), str(script), *args.args], env=env, cwd=ROOT).returncode
 
 
+CHROMIUM = Path('/usr/bin/chromium')
+
+
+def ensure_browser_test_tools():
+    """
+    What the browser test (tests/test_browser.py) needs: Debian's chromium (never a downloaded browser build) and the
+    playwright Python package that drives it. Installed when missing; when that is impossible (no root, no apt-get),
+    the test says why and is skipped.
+    """
+    if not CHROMIUM.exists() and shutil.which('apt-get'):
+        if os.geteuid() == 0:
+            say('installing Debian chromium for the browser test')
+            run(['apt-get', 'update', '-qq'], check=False)
+            run(['apt-get', 'install', '-y', '-qq', '--no-install-recommends', 'chromium'], check=False,
+                env={**os.environ, 'DEBIAN_FRONTEND': 'noninteractive'})
+        else:
+            say(f'{CHROMIUM} is missing and this is not root: the browser test will be skipped')
+    if not has_module('playwright') and not external_netbox():
+        say('installing playwright (Python package only; it drives Debian chromium, no browser download)')
+        run([venv_python(), '-m', 'pip', 'install', '--quiet', 'playwright'], check=False,
+            env={**os.environ, 'PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD': '1'})
+
+
 def cmd_test(args):
     services = prepare()
+    if not args.labels or any(label in ('tests', 'tests.') or 'test_browser' in label for label in args.labels):
+        ensure_browser_test_tools()
     python = venv_python()
     say('ruff check')
     if not has_module('ruff'):

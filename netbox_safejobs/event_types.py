@@ -1,0 +1,77 @@
+"""
+The NetBox event types of the plugin, for event rules (webhooks, scripts, notifications):
+
+- ``netbox_safejobs.job_gave_up``: the worker guard gave up on a job whose row never appeared;
+- ``netbox_safejobs.dispatch_failed``: a committed job's push to Redis failed (the recovery pass sends it later).
+
+An event rule on the object type "Safe Jobs > retry event" with one of these event types receives the event
+serialized as in the REST API. Triggered by ``events.record()`` only, after the event row is committed.
+"""
+
+import logging
+
+from django.utils.translation import gettext as _
+
+from . import compat
+from .choices import RetryEventKindChoices
+
+__all__ = (
+    'DISPATCH_FAILED',
+    'EVENT_TYPES',
+    'JOB_GAVE_UP',
+    'register',
+    'trigger',
+)
+
+logger = logging.getLogger('netbox_safejobs.event_types')
+
+JOB_GAVE_UP = 'netbox_safejobs.job_gave_up'
+DISPATCH_FAILED = 'netbox_safejobs.dispatch_failed'
+
+# Event kind -> NetBox event type name
+EVENT_TYPES = {
+    RetryEventKindChoices.KIND_GAVE_UP: JOB_GAVE_UP,
+    RetryEventKindChoices.KIND_DISPATCH_FAILED: DISPATCH_FAILED,
+}
+
+
+def register():
+    """Register the event types in NetBox's registry (from ``ready()``; a second call changes nothing)."""
+    from netbox.events import EVENT_TYPE_KIND_DANGER, EVENT_TYPE_KIND_WARNING, EventType
+    from netbox.registry import registry
+
+    for name, text, kind in (
+        (JOB_GAVE_UP, _('Job gave up (safe jobs)'), EVENT_TYPE_KIND_DANGER),
+        (DISPATCH_FAILED, _('Job dispatch failed (safe jobs)'), EVENT_TYPE_KIND_WARNING),
+    ):
+        if name not in registry['event_types']:
+            EventType(name, text, kind=kind).register()
+
+
+def trigger(event, using='default'):
+    """
+    Run the enabled event rules for a stored ``RetryEvent`` whose kind has an event type. Returns the number of
+    rules matched. Never raises: the event is already stored and logged, and a failing webhook queue (Redis down is
+    what "dispatch failed" is about) must not disturb the job.
+    """
+    event_type = EVENT_TYPES.get(event.kind)
+    if event_type is None or event.pk is None:
+        return 0
+    try:
+        from core.models import ObjectType
+        from extras.models import EventRule
+
+        from .api.serializers import RetryEventSerializer
+
+        object_type = ObjectType.objects.db_manager(using).get_for_model(type(event))
+        rules = list(EventRule.objects.using(using).filter(
+            event_types__contains=[event_type], object_types=object_type, enabled=True,
+        ))
+        if not rules:
+            return 0
+        data = RetryEventSerializer(event, context={'request': None}).data
+        compat.process_event_rules(rules, object_type, event_type, data)
+        return len(rules)
+    except Exception:
+        logger.exception('Event rules for %s (retry event %s) could not be processed', event_type, event.pk)
+        return 0

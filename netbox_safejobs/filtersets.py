@@ -1,0 +1,98 @@
+"""The filter set of retry events, shared by the list page, the bulk delete view and the REST API."""
+
+import uuid
+
+import django_filters
+from core.models import Job
+from django import forms
+from django.db.models import Q
+from django.utils.translation import gettext as _
+from netbox.filtersets import BaseFilterSet
+from utilities.filters import MultiValueCharFilter, MultiValueDecimalFilter, multivalue_field_factory
+
+from . import compat
+from .choices import RetryEventKindChoices
+from .models import RetryEvent
+
+__all__ = (
+    'RetryEventFilterSet',
+)
+
+
+class MultiValueUUIDFilter(django_filters.MultipleChoiceFilter):
+    """One or more UUIDs (ORed); a value that is not a UUID is a validation error (400 in the API)."""
+    field_class = multivalue_field_factory(forms.UUIDField)
+
+
+@compat.register_filterset
+class RetryEventFilterSet(BaseFilterSet):
+    """
+    RetryEvent is a plain model (no tags, custom fields or change logging), so this is a ``BaseFilterSet`` like core's
+    ``JobFilterSet``. ``Meta.fields`` get NetBox's lookup variants (``__n``, ``__ic``, ``__gte``...).
+    """
+    q = django_filters.CharFilter(
+        method='search',
+        label=_('Search'),
+    )
+    kind = django_filters.MultipleChoiceFilter(
+        choices=RetryEventKindChoices,
+        distinct=False,
+        label=_('Kind'),
+    )
+    job_id = django_filters.ModelMultipleChoiceFilter(
+        queryset=Job.objects.all(),
+        distinct=False,
+        label=_('Job (ID)'),
+    )
+    job_uuid = MultiValueUUIDFilter(
+        distinct=False,
+        label=_('Job UUID'),
+    )
+    job_exists = django_filters.BooleanFilter(
+        field_name='job',
+        lookup_expr='isnull',
+        exclude=True,
+        label=_('Job row exists'),
+    )
+    worker = MultiValueCharFilter(
+        field_name='worker_host',
+        distinct=False,
+        label=_('Worker host'),
+    )
+    # Seconds with a fraction (NetBox would map a FloatField to whole numbers).
+    delay = MultiValueDecimalFilter(
+        label=_('Delay (seconds)'),
+    )
+    time__after = django_filters.DateTimeFilter(
+        field_name='time',
+        lookup_expr='gte',
+        label=_('Time (from)'),
+    )
+    time__before = django_filters.DateTimeFilter(
+        field_name='time',
+        lookup_expr='lte',
+        label=_('Time (until)'),
+    )
+
+    class Meta:
+        model = RetryEvent
+        fields = (
+            'id', 'time', 'job_name', 'runner', 'queue', 'attempt', 'delay', 'worker_host', 'worker_pid',
+        )
+
+    def search(self, queryset, name, value):
+        value = value.strip()
+        if not value:
+            return queryset
+        try:
+            # A job UUID is what an operator pastes most often: answer it from the job_uuid index.
+            return queryset.filter(job_uuid=uuid.UUID(value))
+        except ValueError:
+            pass
+        return queryset.filter(
+            Q(job_name__icontains=value) |
+            Q(runner__icontains=value) |
+            Q(queue__iexact=value) |
+            Q(worker_host__icontains=value) |
+            Q(detail__icontains=value)
+        )

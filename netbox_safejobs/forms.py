@@ -1,0 +1,70 @@
+"""The filter form of the retry event list (events are written by the plugin only: no add or edit forms)."""
+
+from django import forms
+from django.utils.translation import gettext_lazy as _
+from netbox.forms.mixins import SavedFiltersMixin
+from utilities.forms import BOOLEAN_WITH_BLANK_CHOICES, FilterForm
+from utilities.forms.rendering import FieldSet
+from utilities.forms.widgets import DateTimePicker
+
+from .choices import RetryEventKindChoices
+from .models import RetryEvent
+
+__all__ = (
+    'RetryEventFilterForm',
+)
+
+
+class RetryEventFilterForm(SavedFiltersMixin, FilterForm):
+    model = RetryEvent
+    fieldsets = (
+        FieldSet('q', 'filter_id'),
+        FieldSet('kind', 'time__after', 'time__before', name=_('Event')),
+        FieldSet('job_uuid', 'job_name', 'job_exists', 'runner', 'queue', name=_('Job')),
+        FieldSet('worker', 'worker_pid', name=_('Worker')),
+    )
+    kind = forms.MultipleChoiceField(
+        label=_('Kind'),
+        choices=RetryEventKindChoices,
+        required=False,
+    )
+    time__after = forms.DateTimeField(
+        label=_('From'),
+        required=False,
+        widget=DateTimePicker(),
+    )
+    time__before = forms.DateTimeField(
+        label=_('Until'),
+        required=False,
+        widget=DateTimePicker(),
+    )
+    job_uuid = forms.UUIDField(
+        label=_('Job UUID'),
+        required=False,
+    )
+    job_name = forms.CharField(
+        label=_('Job name'),
+        required=False,
+    )
+    job_exists = forms.NullBooleanField(
+        label=_('Job row exists'),
+        required=False,
+        widget=forms.Select(choices=BOOLEAN_WITH_BLANK_CHOICES),
+    )
+    runner = forms.CharField(
+        label=_('Runner'),
+        required=False,
+    )
+    queue = forms.CharField(
+        label=_('Queue'),
+        required=False,
+    )
+    worker = forms.CharField(
+        label=_('Worker host'),
+        required=False,
+    )
+    worker_pid = forms.IntegerField(
+        label=_('Worker PID'),
+        required=False,
+        min_value=0,
+    )

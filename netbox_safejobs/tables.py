@@ -1,0 +1,160 @@
+"""Tables of retry events: the list page (NetBoxTable) and the compact table of the Job page panel."""
+
+import django_tables2 as tables
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.text import Truncator
+from django.utils.translation import gettext_lazy as _
+from netbox.tables import BaseTable, NetBoxTable, columns
+
+from .models import RetryEvent
+
+__all__ = (
+    'JobRetryEventTable',
+    'RetryEventTable',
+)
+
+EVENT_VIEW = 'plugins:netbox_safejobs:retryevent'
+DETAIL_LENGTH = 120
+
+
+def event_link():
+    """Link a column to the event's page (by view name: the model is plain and has no ``get_absolute_url``)."""
+    return (EVENT_VIEW, {'pk': tables.A('pk')})
+
+
+class JobColumn(tables.Column):
+    """
+    The job: linked to NetBox's Job page while its row exists, else its name (or UUID) as recorded in the event.
+    Reads only ``job_id``, ``job_name`` and ``job_uuid`` of the event: no join.
+    """
+
+    empty_values = ()
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('accessor', tables.A('job_name'))
+        kwargs.setdefault('order_by', ('job_name', 'job_uuid'))
+        super().__init__(*args, **kwargs)
+
+    def render(self, record, value):
+        label = record.job_name or str(record.job_uuid)
+        if record.job_id:
+            return format_html('<a href="{}">{}</a>', reverse('core:job', kwargs={'pk': record.job_id}), label)
+        return format_html('{} <span class="text-muted" title="{}">({})</span>', label,
+                           _('The Job row does not exist (any more)'), _('no job row'))
+
+    def value(self, record, value):
+        return record.job_name or str(record.job_uuid)
+
+
+class DetailColumn(tables.Column):
+
+    def render(self, value):
+        short = Truncator(value).chars(DETAIL_LENGTH)
+        if short == value:
+            return value
+        return format_html('<span title="{}">{}</span>', value, short)
+
+    def value(self, value):
+        return value
+
+
+class RetryEventTable(NetBoxTable):
+    id = tables.Column(
+        verbose_name=_('ID'),
+        linkify=event_link(),
+    )
+    time = columns.DateTimeColumn(
+        verbose_name=_('Time'),
+        timespec='seconds',
+        linkify=event_link(),
+    )
+    kind = columns.ChoiceFieldColumn(
+        verbose_name=_('Kind'),
+    )
+    job = JobColumn(
+        verbose_name=_('Job'),
+    )
+    job_uuid = tables.Column(
+        verbose_name=_('Job UUID'),
+    )
+    runner = tables.Column(
+        verbose_name=_('Runner'),
+    )
+    queue = tables.Column(
+        verbose_name=_('Queue'),
+    )
+    attempt = tables.Column(
+        verbose_name=_('Attempt'),
+    )
+    delay = tables.Column(
+        verbose_name=_('Delay (s)'),
+    )
+    worker_host = tables.Column(
+        verbose_name=_('Worker'),
+    )
+    worker_pid = tables.Column(
+        verbose_name=_('Worker PID'),
+    )
+    detail = DetailColumn(
+        verbose_name=_('Detail'),
+        orderable=False,
+    )
+    actions = columns.ActionsColumn(
+        actions=('delete',),
+    )
+
+    class Meta(NetBoxTable.Meta):
+        model = RetryEvent
+        fields = (
+            'pk', 'id', 'time', 'kind', 'job', 'job_uuid', 'runner', 'queue', 'attempt', 'delay', 'worker_host',
+            'worker_pid', 'detail', 'actions',
+        )
+        default_columns = (
+            'pk', 'time', 'kind', 'job', 'runner', 'queue', 'attempt', 'delay', 'worker_host', 'detail', 'actions',
+        )
+
+    def render_delay(self, value):
+        return f'{value:.3f}'
+
+    def value_delay(self, value):
+        return value
+
+
+class JobRetryEventTable(BaseTable):
+    """The events of one job, on NetBox's Job page: no selection, no actions, no job column."""
+    time = columns.DateTimeColumn(
+        verbose_name=_('Time'),
+        timespec='milliseconds',
+        linkify=event_link(),
+        orderable=False,
+    )
+    kind = columns.ChoiceFieldColumn(
+        verbose_name=_('Kind'),
+        orderable=False,
+    )
+    attempt = tables.Column(
+        verbose_name=_('Attempt'),
+        orderable=False,
+    )
+    delay = tables.Column(
+        verbose_name=_('Delay (s)'),
+        orderable=False,
+    )
+    worker_host = tables.Column(
+        verbose_name=_('Worker'),
+        orderable=False,
+    )
+    detail = DetailColumn(
+        verbose_name=_('Detail'),
+        orderable=False,
+    )
+
+    class Meta(BaseTable.Meta):
+        model = RetryEvent
+        fields = ('time', 'kind', 'attempt', 'delay', 'worker_host', 'detail')
+        default_columns = fields
+        empty_text = _('No retry events')
+
+    def render_delay(self, value):
+        return f'{value:.3f}'

@@ -1,0 +1,15 @@
+"""URLs of the plugin's pages, under /plugins/safejobs/."""
+
+from django.urls import include, path
+from utilities.urls import get_model_urls
+
+from . import views  # noqa: F401  (registers the model views)
+
+__all__ = (
+    'urlpatterns',
+)
+
+urlpatterns = (
+    path('retry-events/', include(get_model_urls('netbox_safejobs', 'retryevent', detail=False))),
+    path('retry-events/<int:pk>/', include(get_model_urls('netbox_safejobs', 'retryevent'))),
+)

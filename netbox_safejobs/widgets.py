@@ -1,0 +1,71 @@
+"""Dashboard widget: retry events of the last hours by kind, each linking to the filtered list."""
+
+from datetime import timedelta
+from urllib.parse import urlencode
+
+from django import forms
+from django.db.models import Count
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from extras.dashboard.utils import register_widget
+from extras.dashboard.widgets import DashboardWidget, WidgetConfigForm
+
+from .choices import RetryEventKindChoices
+from .models import RetryEvent
+
+__all__ = (
+    'RetryEventsWidget',
+)
+
+
+@register_widget
+class RetryEventsWidget(DashboardWidget):
+    default_title = _('Retry events (24 hours)')
+    description = _('Retry events of background jobs in the last hours, by kind (netbox-safejobs).')
+    template_name = 'netbox_safejobs/widgets/retry_events.html'
+    default_config = {'hours': 24}
+    width = 4
+    height = 4
+
+    class ConfigForm(WidgetConfigForm):
+        hours = forms.IntegerField(
+            label=_('Hours'),
+            min_value=1,
+            max_value=24 * 90,
+            initial=24,
+            help_text=_('Count the events of this many last hours'),
+        )
+
+    def render(self, request):
+        if not request.user.has_perm('netbox_safejobs.view_retryevent'):
+            return render_to_string(self.template_name, {'permitted': False})
+        hours = int(self.config.get('hours') or 24)
+        since = timezone.now() - timedelta(hours=hours)
+        counts = dict(
+            RetryEvent.objects.restrict(request.user, 'view')
+            .filter(time__gte=since)
+            .order_by()
+            .values_list('kind')
+            .annotate(count=Count('pk'))
+        )
+        list_url = reverse('plugins:netbox_safejobs:retryevent_list')
+        since_param = since.replace(microsecond=0).isoformat()
+        rows = [
+            {
+                'kind': value,
+                'label': label,
+                'color': color,
+                'count': counts.get(value, 0),
+                'url': f'{list_url}?{urlencode({"kind": value, "time__after": since_param})}',
+            }
+            for value, label, color in RetryEventKindChoices.CHOICES
+        ]
+        return render_to_string(self.template_name, {
+            'permitted': True,
+            'rows': rows,
+            'total': sum(counts.values()),
+            'all_url': f'{list_url}?{urlencode({"time__after": since_param})}',
+            'hours': hours,
+        })

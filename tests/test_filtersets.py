@@ -1,0 +1,97 @@
+"""The retry event filter set, one test per filter, on the fixture of ui_helpers.make_events()."""
+
+from datetime import timedelta
+
+from django.test import TestCase
+from django.utils import timezone
+
+from netbox_safejobs.filtersets import RetryEventFilterSet
+from netbox_safejobs.models import RetryEvent
+
+from .ui_helpers import make_events
+
+
+class RetryEventFilterSetTest(TestCase):
+    queryset = RetryEvent.objects.all()
+    filterset = RetryEventFilterSet
+
+    @classmethod
+    def setUpTestData(cls):
+        cls.data = make_events()
+        cls.events = cls.data['events']
+
+    def assertFilter(self, params, *indexes):
+        filterset = self.filterset(params, self.queryset)
+        self.assertTrue(filterset.is_valid(), filterset.errors)
+        self.assertEqual(sorted(filterset.qs.values_list('pk', flat=True)),
+                         sorted(self.events[i].pk for i in indexes))
+
+    def assertInvalid(self, params):
+        filterset = self.filterset(params, self.queryset)
+        self.assertFalse(filterset.is_valid(), f'{params} should be rejected')
+
+    def test_id(self):
+        self.assertFilter({'id': [self.events[0].pk, self.events[5].pk]}, 0, 5)
+        self.assertInvalid({'id': ['x']})
+
+    def test_q(self):
+        self.assertFilter({'q': str(self.data['uuid_c'])}, 4, 5)
+        self.assertFilter({'q': 'NIGHTLY'}, 0, 1, 2)
+        self.assertFilter({'q': 'ScriptJob'}, 3)
+        self.assertFilter({'q': 'worker-2'}, 4, 5)
+        self.assertFilter({'q': 'after 5 retries'}, 5)
+        self.assertFilter({'q': 'high'}, 4, 5)
+        self.assertFilter({'q': '  '}, 0, 1, 2, 3, 4, 5)
+
+    def test_kind(self):
+        self.assertFilter({'kind': ['retry']}, 0, 1, 4)
+        self.assertFilter({'kind': ['gave_up', 'found_after_retry']}, 2, 5)
+        self.assertInvalid({'kind': ['nonsense']})
+
+    def test_job_id(self):
+        self.assertFilter({'job_id': [self.data['job_a'].pk]}, 0, 1, 2)
+        self.assertInvalid({'job_id': ['x']})
+        self.assertInvalid({'job_id': [999999999]})
+
+    def test_job_uuid(self):
+        self.assertFilter({'job_uuid': [str(self.data['uuid_c']), str(self.data['job_b'].job_id)]}, 3, 4, 5)
+        self.assertInvalid({'job_uuid': ['not-a-uuid']})
+
+    def test_job_exists(self):
+        self.assertFilter({'job_exists': True}, 0, 1, 2, 3)
+        self.assertFilter({'job_exists': False}, 4, 5)
+
+    def test_job_name(self):
+        self.assertFilter({'job_name': ['lost job']}, 4, 5)
+        self.assertFilter({'job_name__ic': ['RUN']}, 3)
+        self.assertFilter({'job_name__n': ['lost job', 'nightly sync']}, 3)
+
+    def test_runner(self):
+        self.assertFilter({'runner': ['extras.jobs.ScriptJob']}, 3)
+        self.assertFilter({'runner__isw': ['tests.']}, 4, 5)
+
+    def test_queue(self):
+        self.assertFilter({'queue': ['low', 'default']}, 0, 1, 2, 3)
+
+    def test_worker(self):
+        self.assertFilter({'worker': ['worker-2', 'web-1']}, 3, 4, 5)
+        self.assertFilter({'worker_host__ic': ['WORKER']}, 0, 1, 2, 4, 5)
+        self.assertFilter({'worker_pid': [303]}, 4, 5)
+        self.assertInvalid({'worker_pid': ['x']})
+
+    def test_attempt_and_delay(self):
+        self.assertFilter({'attempt': [2]}, 1, 2)
+        self.assertFilter({'attempt__gte': [5]}, 5)
+        self.assertFilter({'delay__gt': [0.5]}, 2, 5)
+        self.assertInvalid({'attempt': ['many']})
+        self.assertInvalid({'delay__gte': ['slow']})
+
+    def test_time_range(self):
+        now = timezone.now()
+        self.assertFilter({'time__after': now - timedelta(hours=1)}, 0, 1, 2)
+        self.assertFilter({'time__before': now - timedelta(days=1)}, 4, 5)
+        self.assertFilter({'time__after': now - timedelta(hours=3), 'time__before': now - timedelta(hours=1)}, 3)
+        self.assertInvalid({'time__after': 'yesterday-ish'})
+
+    def test_filters_combine(self):
+        self.assertFilter({'kind': ['retry'], 'worker': ['worker-1'], 'attempt': [2]}, 1)

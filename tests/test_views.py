@@ -1,0 +1,264 @@
+"""
+The retry event pages (NetBox's generic view test cases pointed at the plugin's namespace), permissions, the panel
+on NetBox's Job page, the dashboard widget, the navigation entry and the YAML export.
+"""
+
+import re
+import uuid
+
+import yaml
+from django.test import RequestFactory, override_settings
+from django.urls import reverse
+from users.models import ObjectPermission
+from utilities.testing import TestCase, ViewTestCases
+from utilities.testing.utils import disable_warnings
+
+from netbox_safejobs import events
+from netbox_safejobs.choices import RetryEventKindChoices
+from netbox_safejobs.models import RetryEvent
+from netbox_safejobs.widgets import RetryEventsWidget
+
+from .ui_helpers import event_url, make_events
+
+LIST_URL = 'plugins:netbox_safejobs:retryevent_list'
+
+
+class RetryEventViewTestCase(
+    ViewTestCases.GetObjectViewTestCase,
+    ViewTestCases.DeleteObjectViewTestCase,
+    ViewTestCases.ListObjectsViewTestCase,
+    ViewTestCases.BulkDeleteObjectsViewTestCase,
+):
+    """The parts of NetBox's ``PrimaryObjectViewTestCase`` that fit a read-only + delete model."""
+    model = RetryEvent
+
+    def _get_base_url(self):
+        return 'plugins:netbox_safejobs:retryevent_{}'
+
+    @classmethod
+    def setUpTestData(cls):
+        make_events()
+
+
+class RetryEventPageTest(TestCase):
+
+    @classmethod
+    def setUpTestData(cls):
+        cls.data = make_events()
+        cls.events = cls.data['events']
+
+    def test_anonymous_gets_login_page(self):
+        self.client.logout()
+        for url in (reverse(LIST_URL), event_url(self.events[0]),
+                    reverse('plugins:netbox_safejobs:retryevent_delete', kwargs={'pk': self.events[0].pk})):
+            response = self.client.get(url)
+            self.assertHttpStatus(response, 302)
+            self.assertIn(reverse('login'), response['Location'])
+
+    @override_settings(EXEMPT_VIEW_PERMISSIONS=['netbox_safejobs.retryevent'])
+    def test_exempt_view_permissions(self):
+        self.assertHttpStatus(self.client.get(reverse(LIST_URL)), 200)
+        self.assertHttpStatus(self.client.get(event_url(self.events[0])), 200)
+        # Exempt from view permission only: deleting still needs the permission.
+        with disable_warnings('django.request'):
+            url = reverse('plugins:netbox_safejobs:retryevent_delete', kwargs={'pk': self.events[0].pk})
+            self.assertHttpStatus(self.client.post(url, {'confirm': True}), 403)
+        self.assertTrue(RetryEvent.objects.filter(pk=self.events[0].pk).exists())
+
+    def test_view_only_user_sees_no_delete_controls(self):
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        event = self.events[0]
+        content = self.client.get(event_url(event)).content.decode()
+        self.assertNotIn(reverse('plugins:netbox_safejobs:retryevent_delete', kwargs={'pk': event.pk}), content)
+        content = self.client.get(reverse(LIST_URL)).content.decode()
+        self.assertNotIn(reverse('plugins:netbox_safejobs:retryevent_bulk_delete'), content)
+
+    def test_view_and_delete_user_sees_delete_controls(self):
+        self.add_permissions('netbox_safejobs.view_retryevent', 'netbox_safejobs.delete_retryevent')
+        event = self.events[0]
+        content = self.client.get(event_url(event)).content.decode()
+        self.assertIn(reverse('plugins:netbox_safejobs:retryevent_delete', kwargs={'pk': event.pk}), content)
+        content = self.client.get(reverse(LIST_URL)).content.decode()
+        self.assertIn(reverse('plugins:netbox_safejobs:retryevent_bulk_delete'), content)
+
+    def test_list_shows_columns_and_filters_by_kind(self):
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        response = self.client.get(reverse(LIST_URL), {'kind': RetryEventKindChoices.KIND_GAVE_UP})
+        self.assertHttpStatus(response, 200)
+        content = response.content.decode()
+        gave_up = self.events[5]
+        self.assertIn(event_url(gave_up), content)
+        self.assertIn('lost job', content)
+        self.assertIn('text-bg-red', content)  # the kind's colour badge
+        for other in self.events[:5]:
+            self.assertNotIn(f'href="{event_url(other)}"', content)
+
+    def test_list_links_existing_job_and_marks_missing_row(self):
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        content = self.client.get(reverse(LIST_URL)).content.decode()
+        self.assertIn(reverse('core:job', kwargs={'pk': self.data['job_a'].pk}), content)
+        self.assertIn('no job row', content)
+
+    def test_list_bad_filter_values_do_not_fail(self):
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        for params in ({'job_uuid': 'not-a-uuid'}, {'kind': 'nonsense'}, {'time__after': 'yesterday-ish'},
+                       {'job_id': 'x'}, {'attempt': 'many'}, {'worker_pid': '-'}):
+            with self.subTest(params=params):
+                self.assertHttpStatus(self.client.get(reverse(LIST_URL), params), 200)
+
+    def test_detail_page(self):
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        event = self.events[1]
+        response = self.client.get(event_url(event))
+        self.assertHttpStatus(response, 200)
+        content = response.content.decode()
+        self.assertIn(reverse('core:job', kwargs={'pk': self.data['job_a'].pk}), content)
+        self.assertIn(f'?job_uuid={event.job_uuid}', content)
+        self.assertIn('core.jobs.SyncDataSourceJob', content)
+        # The other events of the same job are listed, not those of other jobs.
+        for other in self.events[:3]:
+            self.assertIn(event_url(other), content)
+        self.assertNotIn(event_url(self.events[3]), content)
+
+    def test_detail_page_of_event_without_job_row(self):
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        event = self.events[5]
+        content = self.client.get(event_url(event)).content.decode()
+        self.assertIn(str(event.job_uuid), content)
+        self.assertIn('no job row', content)
+        self.assertNotIn('safejobs-job-link', content)
+
+    def test_constrained_view_permission_hides_related_events(self):
+        permission = ObjectPermission.objects.create(
+            name='gave up only', actions=['view'], constraints={'kind': RetryEventKindChoices.KIND_RETRY},
+        )
+        permission.users.add(self.user)
+        permission.object_types.add(self._object_type())
+        retry = self.events[0]
+        content = self.client.get(event_url(retry)).content.decode()
+        self.assertIn(event_url(self.events[1]), content)  # a retry of the same job
+        self.assertNotIn(event_url(self.events[2]), content)  # found_after_retry of the same job: not permitted
+        with disable_warnings('django.request'):
+            self.assertHttpStatus(self.client.get(event_url(self.events[2])), 404)
+
+    def _object_type(self):
+        from core.models import ObjectType
+
+        return ObjectType.objects.get_for_model(RetryEvent)
+
+    def test_credentials_are_redacted_in_event_detail(self):
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        event = events.record(
+            RetryEventKindChoices.KIND_DISPATCH_FAILED, job_uuid=uuid.uuid4(), job_name='push',
+            detail='ConnectionError: redis://:s3cr3t-pw@redis.example:6379/0 refused; '
+                   'postgres://netbox:db-pass-42@db:5432/netbox password=hunter2',
+        )
+        self.assertIsNotNone(event)
+        for url in (event_url(event), reverse(LIST_URL)):
+            content = self.client.get(url).content.decode()
+            self.assertIn('redis.example', content)
+            for secret in ('s3cr3t-pw', 'db-pass-42', 'hunter2'):
+                self.assertNotIn(secret, content)
+
+    def test_yaml_export_follows_filters_and_permissions(self):
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        response = self.client.get(reverse(LIST_URL), {'export': 'yaml', 'kind': 'retry'})
+        self.assertHttpStatus(response, 200)
+        self.assertEqual(response['Content-Type'], 'text/yaml')
+        documents = [d for d in yaml.safe_load_all(b''.join(response.streaming_content)) if d]
+        self.assertEqual(sorted(d['id'] for d in documents),
+                         sorted(e.pk for e in self.events if e.kind == 'retry'))
+        self.assertEqual({d['kind'] for d in documents}, {'retry'})
+        first = next(d for d in documents if d['id'] == self.events[0].pk)
+        self.assertEqual(first['job'], self.data['job_a'].pk)
+        self.assertEqual(first['job_uuid'], str(self.data['job_a'].job_id))
+        self.assertEqual(first['delay'], 0.5)
+
+    def test_yaml_export_needs_view_permission(self):
+        with disable_warnings('django.request'):
+            self.assertHttpStatus(self.client.get(reverse(LIST_URL), {'export': 'yaml'}), 403)
+
+    def test_navigation_entry_only_with_view_permission(self):
+        list_url = reverse(LIST_URL)
+        self.assertNotIn(f'href="{list_url}"', self.client.get(reverse('home')).content.decode())
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        self.assertIn(f'href="{list_url}"', self.client.get(reverse('home')).content.decode())
+
+
+class JobPagePanelTest(TestCase):
+    """The events of a job on NetBox's own Job page."""
+
+    @classmethod
+    def setUpTestData(cls):
+        cls.data = make_events()
+
+    def job_page(self, job):
+        response = self.client.get(reverse('core:job', kwargs={'pk': job.pk}))
+        self.assertHttpStatus(response, 200)
+        return response.content.decode()
+
+    def test_panel_lists_the_jobs_events(self):
+        self.add_permissions('core.view_job', 'netbox_safejobs.view_retryevent')
+        content = self.job_page(self.data['job_a'])
+        self.assertIn('safejobs-job-panel', content)
+        for event in self.data['events'][:3]:
+            self.assertIn(event_url(event), content)
+        self.assertNotIn(event_url(self.data['events'][3]), content)
+        self.assertIn(f'?job_uuid={self.data["job_a"].job_id}', content)
+
+    def test_no_panel_without_permission(self):
+        self.add_permissions('core.view_job')
+        content = self.job_page(self.data['job_a'])
+        self.assertNotIn('safejobs-job-panel', content)
+
+    def test_no_panel_for_a_job_without_events(self):
+        from core.models import Job
+
+        self.add_permissions('core.view_job', 'netbox_safejobs.view_retryevent')
+        job = Job.objects.create(name='quiet', job_id=uuid.uuid4())
+        self.assertNotIn('safejobs-job-panel', self.job_page(job))
+
+    def test_panel_shows_newest_ten_and_the_total(self):
+        from core.models import Job
+
+        self.add_permissions('core.view_job', 'netbox_safejobs.view_retryevent')
+        job = Job.objects.create(name='flaky', job_id=uuid.uuid4())
+        for attempt in range(1, 16):
+            RetryEvent.objects.create(job=job, job_uuid=job.job_id, kind='retry', attempt=attempt)
+        content = self.job_page(job)
+        self.assertIn('>15</span>', content)
+        newest = RetryEvent.objects.filter(job=job)[:10]
+        linked = set(re.findall(r'href="/plugins/safejobs/retry-events/(\d+)/"', content))
+        self.assertEqual(linked, {str(e.pk) for e in newest})
+
+
+class DashboardWidgetTest(TestCase):
+
+    @classmethod
+    def setUpTestData(cls):
+        cls.data = make_events()
+
+    def render(self):
+        request = RequestFactory().get('/')
+        request.user = self.user
+        return RetryEventsWidget().render(request)
+
+    def test_counts_last_24_hours_by_kind_with_links(self):
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        html = self.render()
+        # Within 24 hours: 2 retries, 1 found_after_retry, 1 dispatch_failed; the gave_up is 3 days old.
+        self.assertRegex(html, r'data-kind="retry"[\s\S]*?<strong>2</strong>')
+        self.assertRegex(html, r'data-kind="gave_up"[\s\S]*?<strong>0</strong>')
+        self.assertRegex(html, r'data-kind="dispatch_failed"[\s\S]*?<strong>1</strong>')
+        self.assertIn('kind=retry&amp;time__after=', html)
+        self.assertRegex(html, r'All events, last 24 hours[\s\S]*?<strong>4</strong>')
+
+    def test_without_permission(self):
+        html = self.render()
+        self.assertIn('No permission', html)
+        self.assertNotIn('data-kind', html)
+
+    def test_widget_is_registered(self):
+        from netbox.registry import registry
+
+        self.assertIs(registry['widgets']['netbox_safejobs.RetryEventsWidget'], RetryEventsWidget)
