@@ -537,6 +537,9 @@ def scenario_db_terminated(ctx, mode, opts, runs_file):
                 stop.wait(0.5)
 
     pool = WorkerPool(ctx, mode, runs_file)
+    # Not during start-up: a worker whose connection is terminated while it schedules the system jobs exits (any
+    # NetBox version), which is not the failure this scenario is about.
+    pool.wait_ready()
     thread = threading.Thread(target=terminator)
     thread.start()
     try:

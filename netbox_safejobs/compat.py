@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import sys
+from contextlib import contextmanager
 
 from core.choices import JobStatusChoices
 
@@ -17,6 +18,7 @@ __all__ = (
     'RUNNING',
     'capture_globals',
     'capture_unsupported_reason',
+    'event_queue_name',
     'get_push_queue',
     'graphql_filter',
     'graphql_filter_base',
@@ -24,12 +26,17 @@ __all__ = (
     'graphql_lookups',
     'graphql_type',
     'handle_unsupported_reason',
+    'installed_plugins',
+    'job_field_values',
     'job_queue_name',
     'jobs_module',
     'management_command',
+    'next_run_kwargs',
     'on_commit',
+    'override_rq_queues',
     'process_event_rules',
     'register_filterset',
+    'stock_push_on_commit',
     'system_job',
     'view_actions',
 )
@@ -73,6 +80,15 @@ def capture_unsupported_reason():
     return None
 
 
+def stock_push_on_commit():
+    """
+    True where NetBox's own ``Job.enqueue`` pushes from ``transaction.on_commit()`` (4.2.6+, #18880); False on 4.2.0 -
+    4.2.5, which push at once, inside the caller's transaction (so a worker can take a job whose row is not committed
+    yet, or never will be).
+    """
+    return hasattr(jobs_module(), 'transaction')
+
+
 def capture_globals():
     """
     The module globals of ``jobs_module()`` the dispatch patch stands in for: ``django_rq`` on every NetBox, and
@@ -98,6 +114,12 @@ def handle_unsupported_reason():
 
 
 _queue_kwargs = None
+_queues = {}
+
+
+def _forget_queues(setting=None, **kwargs):
+    if setting in (None, 'RQ_QUEUES', 'RQ'):
+        _queues.clear()
 
 
 def get_push_queue(name):
@@ -105,11 +127,21 @@ def get_push_queue(name):
     An RQ queue that pushes when asked, whatever django-rq's ``COMMIT_MODE``: the plugin calls it only after the
     commit, so a further deferral (to a later commit, or to the end of the request) would only lose the error.
     django-rq 3 takes ``autocommit=True``, django-rq 4 ``commit_mode='auto'``.
+
+    One queue (and so one Redis connection pool) per queue name and process, rather than a new Redis client for every
+    push as ``django_rq.get_queue()`` makes; redis-py resets a pool inherited across a fork. Dropped when the RQ
+    settings change (``override_settings`` in tests).
     """
     global _queue_kwargs
     import django_rq
 
+    queue = _queues.get(name)
+    if queue is not None:
+        return queue
     if _queue_kwargs is None:
+        from django.core.signals import setting_changed
+
+        setting_changed.connect(_forget_queues, dispatch_uid='netbox_safejobs.compat.queues')
         params = inspect.signature(django_rq.get_queue).parameters
         if 'commit_mode' in params:
             _queue_kwargs = {'commit_mode': 'auto'}
@@ -117,7 +149,8 @@ def get_push_queue(name):
             _queue_kwargs = {'autocommit': True}
         else:
             _queue_kwargs = {}
-    return django_rq.get_queue(name, **_queue_kwargs)
+    queue = _queues[name] = django_rq.get_queue(name, **_queue_kwargs)
+    return queue
 
 
 def job_queue_name(job):
@@ -128,6 +161,50 @@ def job_queue_name(job):
     from utilities.rqworker import get_queue_for_model
 
     return get_queue_for_model(job.object_type.model if job.object_type_id else None)
+
+
+def event_queue_name(job):
+    """
+    The RQ queue of a job for a retry event, without raising and without a query of its own (the database may be
+    what failed): ``Job.queue_name`` where NetBox stores it (4.5+), else NetBox's mapping of the job's object type
+    (content types are cached); '' when unknown.
+    """
+    if _job_has_field('queue_name'):
+        return getattr(job, 'queue_name', '') or ''
+    try:
+        from django.contrib.contenttypes.models import ContentType
+        from utilities.rqworker import get_queue_for_model
+
+        model = ContentType.objects.get_for_id(job.object_type_id).model if job.object_type_id else None
+        return get_queue_for_model(model)
+    except Exception:
+        return ''
+
+
+def _job_has_field(name):
+    from core.models import Job
+
+    try:
+        Job._meta.get_field(name)
+    except Exception:
+        return False
+    return True
+
+
+def job_field_values(**values):
+    """
+    ``values`` without the Job fields this NetBox's ``Job`` model does not have (``queue_name`` is 4.5+,
+    ``notifications`` 4.6+), for building a Job row directly (tests, the demo).
+    """
+    return {name: value for name, value in values.items() if _job_has_field(name)}
+
+
+def next_run_kwargs(job):
+    """
+    What NetBox's ``handle()`` carries over from a periodic job to its next run, besides name, user, object and
+    interval: the job's ``notifications`` setting where Job has it (4.6+); nothing before.
+    """
+    return {'notifications': job.notifications} if _job_has_field('notifications') else {}
 
 
 _on_commit_robust = None
@@ -308,3 +385,41 @@ def management_command(*args):
     if importlib.util.find_spec('netbox.__main__') is not None:
         return [sys.executable, '-m', 'netbox', *args]
     return [sys.executable, os.path.join(settings.BASE_DIR, 'manage.py'), *args]
+
+
+def installed_plugins():
+    """The names of the installed plugins: ``registry['plugins']['installed']`` (4.3+), else ``settings.PLUGINS``."""
+    from django.conf import settings
+    from netbox.registry import registry
+
+    installed = registry['plugins'].get('installed')
+    if installed is not None:
+        return list(installed)
+    return [name.rsplit('.', 1)[-1] for name in settings.PLUGINS]
+
+
+@contextmanager
+def override_rq_queues(queues):
+    """
+    ``settings.RQ_QUEUES`` replaced while the block runs, as django-rq sees it (tests, the demo, the harness): django-rq
+    4 reads the setting on every call; django-rq 3 (NetBox 4.2 - 4.5.x) copied it into ``django_rq.settings.QUEUES``
+    and ``QUEUES_LIST`` at import, which are replaced too.
+    """
+    from django.test import override_settings
+    from django_rq import settings as rq_settings
+
+    snapshot = {name: vars(rq_settings)[name] for name in ('QUEUES', 'QUEUES_LIST', 'QUEUES_MAP')
+                if name in vars(rq_settings)}
+    with override_settings(RQ_QUEUES=queues):
+        if snapshot:
+            rq_settings.QUEUES = queues
+            ordered = sorted(queues.items())
+            if 'QUEUES_LIST' in snapshot:
+                rq_settings.QUEUES_LIST = [{'name': name, 'connection_config': config} for name, config in ordered]
+            if 'QUEUES_MAP' in snapshot:
+                rq_settings.QUEUES_MAP = {name: index for index, (name, _config) in enumerate(ordered)}
+        try:
+            yield
+        finally:
+            for name, value in snapshot.items():
+                setattr(rq_settings, name, value)

@@ -12,7 +12,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.test.utils import override_settings
 from django.utils import timezone
 from netbox.jobs import JobRunner
 
@@ -47,7 +46,8 @@ def _new_job():
     """A Job not saved yet."""
     from core.models import Job
 
-    return Job(name=DemoJob.name, job_id=uuid.uuid4(), status='pending', queue_name='default')
+    return Job(name=DemoJob.name, job_id=uuid.uuid4(), status='pending',
+               **compat.job_field_values(queue_name='default'))
 
 
 def run_demo(out=print, wait=60):
@@ -85,7 +85,7 @@ def run_demo(out=print, wait=60):
     unreachable = {name: {**params, 'PORT': 1} for name, params in settings.RQ_QUEUES.items()}
     for params in unreachable.values():
         params.pop('URL', None)
-    with override_settings(RQ_QUEUES=unreachable):
+    with compat.override_rq_queues(unreachable):
         with transaction.atomic():
             lost = DemoJob.enqueue()
     jobs.append(lost.job_id)
@@ -96,7 +96,7 @@ def run_demo(out=print, wait=60):
     run_pass(stuck=False)
 
     out('5. The database connection killed while the guard checks a row: "database error", then the job runs.')
-    killed = Job.objects.create(name=DemoJob.name, job_id=uuid.uuid4(), queue_name='default')
+    killed = Job.objects.create(name=DemoJob.name, job_id=uuid.uuid4(), **compat.job_field_values(queue_name='default'))
     connection.ensure_connection()
     pid = connection.connection.info.backend_pid
     import psycopg
@@ -111,8 +111,9 @@ def run_demo(out=print, wait=60):
 
     out('6. A job left "running" by a worker that died (staged: claimed an hour ago, no RQ task): '
         '"stuck job errored".')
-    stuck = Job.objects.create(name=DemoJob.name, job_id=uuid.uuid4(), queue_name='default', status='running',
-                               started=timezone.now() - timedelta(hours=1))
+    stuck = Job.objects.create(name=DemoJob.name, job_id=uuid.uuid4(), status='running',
+                               started=timezone.now() - timedelta(hours=1),
+                               **compat.job_field_values(queue_name='default'))
     JobDispatch.objects.create(job=stuck, job_uuid=stuck.job_id, queue_name='default',
                                runner=f'{DemoJob.__module__}.{DemoJob.__qualname__}',
                                claimed=timezone.now() - timedelta(hours=1), worker_host='gone', worker_pid=1)

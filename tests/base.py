@@ -9,14 +9,13 @@ pointed at the test database, and stopped by PID.
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from django.db import connection
 from django.test import TransactionTestCase
 from django_rq import get_connection
 
-from netbox_safejobs import patches
+from netbox_safejobs import compat, patches
 
 __all__ = (
     'SafeJobsTransactionTestCase',
@@ -42,7 +41,7 @@ def worker_env(plugins_config=None, **extra):
 
 
 def netbox_command(*args):
-    return [sys.executable, '-m', 'netbox', *args]
+    return compat.management_command(*args)
 
 
 class Worker:

@@ -11,7 +11,7 @@ from django.utils import timezone
 from django_rq import get_queue
 from rq.job import Job as RQJob
 
-from netbox_safejobs import patches
+from netbox_safejobs import compat, patches
 from netbox_safejobs.choices import RetryEventKindChoices
 from netbox_safejobs.models import JobDispatch, RetryEvent
 from netbox_safejobs.recovery import run_pass
@@ -139,7 +139,7 @@ class DispatchTestMixin:
         self.assertEqual(get_queue('default').count, 2)
 
     def test_redis_down_at_commit_then_back_runs_once(self):
-        with override_settings(RQ_QUEUES=closed_port_queues()):
+        with compat.override_rq_queues(closed_port_queues()):
             with transaction.atomic():
                 job = CountingJob.enqueue()
             # No exception reached the caller; the data is committed.

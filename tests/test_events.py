@@ -7,7 +7,7 @@ from core.models import Job
 from django.db import transaction
 from django.test import TestCase
 
-from netbox_safejobs import events
+from netbox_safejobs import compat, events
 from netbox_safejobs.choices import RetryEventKindChoices
 from netbox_safejobs.models import RetryEvent
 
@@ -17,7 +17,7 @@ from .jobs import CountingJob
 class RecordTest(TestCase):
 
     def test_every_kind(self):
-        job = Job.objects.create(name='sync', job_id=uuid.uuid4(), queue_name='low')
+        job = Job.objects.create(name='sync', job_id=uuid.uuid4(), **compat.job_field_values(queue_name='low'))
         for kind in RetryEventKindChoices.values():
             with self.subTest(kind=kind):
                 with self.assertLogs('netbox_safejobs.events', level='INFO') as logs:
@@ -27,7 +27,7 @@ class RecordTest(TestCase):
                 self.assertEqual(event.job_id, job.pk)
                 self.assertEqual(event.job_uuid, job.job_id)
                 self.assertEqual(event.job_name, 'sync')
-                self.assertEqual(event.queue, 'low')
+                self.assertEqual(event.queue, compat.job_queue_name(job))
                 self.assertEqual(event.runner, 'tests.jobs.CountingJob')
                 self.assertEqual((event.attempt, event.delay, event.detail), (2, 1.5, 'why'))
                 self.assertTrue(event.worker_host)
@@ -77,3 +77,26 @@ class RecordTest(TestCase):
             Job.objects.create(name='still usable', job_id=uuid.uuid4())
         self.assertTrue(Job.objects.filter(name='still usable').exists())
         self.assertFalse(RetryEvent.objects.exists())
+
+
+class RecordManyTest(TestCase):
+
+    def test_one_insert_and_one_log_line_each(self):
+        job = Job.objects.create(name='sync', job_id=uuid.uuid4())
+        gone = uuid.uuid4()
+        entries = [
+            {'job_pk': job.pk, 'job_uuid': job.job_id, 'job_name': job.name, 'attempt': 1, 'detail': 'a'},
+            {'job_pk': None, 'job_uuid': gone, 'job_name': 'gone', 'attempt': 2, 'detail': 'password=x'},
+        ]
+        with self.assertLogs('netbox_safejobs.events', level='INFO') as logs:
+            with self.assertNumQueries(3):  # SAVEPOINT, one INSERT, RELEASE
+                stored = events.record_many(RetryEventKindChoices.KIND_RECOVERED, entries)
+        self.assertEqual(len(stored), 2)
+        self.assertEqual(len(logs.output), 2)
+        first, second = RetryEvent.objects.order_by('attempt')
+        self.assertEqual((first.job_id, first.job_uuid, first.kind), (job.pk, job.job_id, 'recovered'))
+        self.assertIsNone(second.job_id)
+        self.assertEqual(second.detail, 'password=***')
+
+    def test_nothing_to_record(self):
+        self.assertEqual(events.record_many(RetryEventKindChoices.KIND_RECOVERED, []), [])

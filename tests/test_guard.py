@@ -8,7 +8,7 @@ from django.db import OperationalError, connection, transaction
 from django.test import override_settings
 from django_rq import get_queue
 
-from netbox_safejobs import patches
+from netbox_safejobs import compat, patches
 from netbox_safejobs.choices import RetryEventKindChoices as Kind
 from netbox_safejobs.compat import get_push_queue
 from netbox_safejobs.models import JobDispatch, RetryEvent
@@ -25,7 +25,8 @@ def push_directly(job, rq_job_id=None):
 
 
 def unsaved_job():
-    return Job(name=CountingJob.name, job_id=uuid.uuid4(), status='pending', queue_name='default')
+    return Job(name=CountingJob.name, job_id=uuid.uuid4(), status='pending',
+               **compat.job_field_values(queue_name='default'))
 
 
 class WorkerGuardTest(SafeJobsTransactionTestCase):

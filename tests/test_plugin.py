@@ -2,10 +2,10 @@
 
 from django.apps import apps
 from django.urls import reverse
-from netbox.registry import registry
 from utilities.testing import APITestCase
 
 import netbox_safejobs
+from netbox_safejobs import compat
 
 
 class PluginLoadTest(APITestCase):
@@ -18,7 +18,7 @@ class PluginLoadTest(APITestCase):
         self.assertEqual(config.version, netbox_safejobs.__version__)
 
     def test_in_plugin_registry(self):
-        self.assertIn('netbox_safejobs', registry['plugins']['installed'])
+        self.assertIn('netbox_safejobs', compat.installed_plugins())
 
     def test_api_status_lists_plugin(self):
         response = self.client.get(reverse('api-status'), **self.header)

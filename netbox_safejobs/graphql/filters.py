@@ -48,11 +48,17 @@ else:
     from ..filtersets import RetryEventFilterSet
 
     class _RetryEventGraphQLFilterSet(RetryEventFilterSet):
-        # NetBox 4.2's autotype_decorator maps neither a MultiValueDecimalFilter nor a DateTimeFilter on a lookup:
-        # delay and time get the model fields' own lookups (time: {gte: …, lte: …}) instead.
+        # NetBox 4.2's autotype_decorator maps neither a MultiValueDecimalFilter nor a DateTimeFilter on a lookup,
+        # and turns the kind and job UUID filters into plain strings. Those fields get the model fields' own lookups
+        # instead (kind: {exact: …}, time: {gte: …}), as the filter of NetBox 4.3+ above declares them.
         delay = None
         time__after = None
         time__before = None
+        kind = None
+        job_uuid = None
+
+        class Meta(RetryEventFilterSet.Meta):
+            fields = (*RetryEventFilterSet.Meta.fields, 'kind', 'job_uuid', 'detail')
 
     @strawberry_django.filter(RetryEvent, lookups=True)
     @autotype_decorator(_RetryEventGraphQLFilterSet)
