@@ -142,6 +142,8 @@ class RecoveryTest(SafeJobsTransactionTestCase):
         try:
             self.wait_for(lambda: Job.objects.filter(pk=job.pk, status='running', started__isnull=False).exists(),
                           timeout=90, message='job running')
+            # Inside run() (it counts itself first): killing earlier would be a different scenario.
+            self.wait_for(lambda: run_count(job.job_id) == 1, timeout=30, message='run() entered')
             self.wait_for(lambda: worker.children(), timeout=30, message='work horse')
             lease = JobDispatch.objects.get(job=job)
             self.assertIsNotNone(lease.claimed)
