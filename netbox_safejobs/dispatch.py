@@ -130,10 +130,6 @@ class OnCommitProxy:
         return getattr(self._module, attr)
 
 
-def _runner_path(runner):
-    return f'{runner.__module__}.{runner.__qualname__}'
-
-
 _insert_sql = None
 
 
@@ -164,7 +160,7 @@ def defer(job, runner, captured):
     # Pickled here, inside the caller's transaction: a task that cannot be serialized fails the enqueue now, and
     # the transaction with it, rather than after commit. RQ pickles the same objects when it receives the push.
     payload = pickle.dumps((captured.method, captured.args, captured.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-    _insert(using, [job.pk, job.job_id, captured.queue_name[:100], _runner_path(runner)[:255], captured.method,
+    _insert(using, [job.pk, job.job_id, captured.queue_name[:100], events.runner_path(runner)[:255], captured.method,
                     payload])
     compat.on_commit(partial(push, job, runner, captured, using), using=using)
 

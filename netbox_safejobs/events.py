@@ -23,6 +23,7 @@ __all__ = (
     'record',
     'record_many',
     'redact',
+    'runner_path',
 )
 
 logger = logging.getLogger('netbox_safejobs.events')
@@ -64,7 +65,8 @@ def describe(exc):
     return f'{type(exc).__name__}: {text}' if text else type(exc).__name__
 
 
-def _runner_path(runner):
+def runner_path(runner):
+    """The dotted path of a JobRunner class (a path given as text is returned as it is; ``None`` gives '')."""
     if runner is None:
         return ''
     if isinstance(runner, str):
@@ -82,7 +84,7 @@ def _build(kind, job, job_uuid, job_name, runner, queue, attempt, delay, detail)
         queue = queue or compat.event_queue_name(job)
     job_uuid = uuid.UUID(str(job_uuid))
     detail = redact(detail)
-    runner = _runner_path(runner)
+    runner = runner_path(runner)
 
     parts = [f'job {job_uuid}']
     if job_name:

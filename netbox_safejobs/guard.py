@@ -19,6 +19,7 @@ snapshot overwrites every column. Instead, the guard
 The happy path costs one statement before ``handle()`` and one after, and writes no event.
 """
 
+import functools
 import logging
 import os
 import socket
@@ -89,10 +90,6 @@ def _statements():
     return _sql
 
 
-def _runner_path(runner):
-    return f'{runner.__module__}.{runner.__qualname__}'
-
-
 def _claim_once(job, runner, using):
     from core.models import Job
 
@@ -103,7 +100,7 @@ def _claim_once(job, runner, using):
             'uuid': job.job_id,
             'claimable': list(compat.CLAIMABLE_STATES),
             'queue': compat.job_queue_name(job)[:100],
-            'runner': _runner_path(runner)[:255],
+            'runner': events.runner_path(runner)[:255],
             'host': _HOST,
             'pid': os.getpid(),
             # The stored push holds what RQ held, possibly a user's request: erased at the claim. A periodic job keeps
@@ -129,6 +126,16 @@ def _close(using):
         pass
 
 
+@functools.lru_cache(maxsize=8)
+def _schedules(settings):
+    """The waits before each look-up retry and each reconnection: computed once per settings, not once per job."""
+    lookups = backoff.delays(settings.backoff_schedule, settings.lookup_base_delay, settings.lookup_retries,
+                             settings.lookup_max_wait)
+    reconnects = backoff.delays(settings.backoff_schedule, settings.lookup_base_delay, settings.database_retries,
+                                float('inf'))
+    return lookups, reconnects
+
+
 def claim(runner, job):
     """
     Claim ``job`` for this worker. Returns the Job as it is in the database, now ``running``, or ``None`` when the
@@ -136,12 +143,8 @@ def claim(runner, job):
     """
     from core.models import Job
 
-    settings = get_settings()
     using = router.db_for_write(Job)
-    lookups = backoff.delays(settings.backoff_schedule, settings.lookup_base_delay, settings.lookup_retries,
-                             settings.lookup_max_wait)
-    reconnects = backoff.delays(settings.backoff_schedule, settings.lookup_base_delay, settings.database_retries,
-                                float('inf'))
+    lookups, reconnects = _schedules(get_settings())
     common = {'job': job, 'runner': runner}
     retries = failures = 0
     waited = 0.0
