@@ -115,6 +115,8 @@ class Context:
     db_name: str
     redis_db: int
     log: list = field(default_factory=list)
+    # (mode, exit code, last line of the worker's log) of every worker that exited on its own and was restarted.
+    restarts: list = field(default_factory=list)
 
     def env(self, mode, runs_file=None, extra_config=None):
         env = dict(os.environ)
@@ -143,20 +145,60 @@ def netbox_command(*args):
 
 
 class WorkerPool:
+    """
+    ``count`` rqworker processes. A long-running pool is supervised as a service manager would (systemd's
+    ``Restart=always``): RQ stops a worker, with exit status 0, on an exception outside its Redis retry loop, for
+    instance when Redis goes away while the worker is between jobs, and a worker that exits on its own is started
+    again after ``RESTART_DELAY`` seconds. Every restart is counted in the results, for stock NetBox and the plugin
+    alike (see docs/troubleshooting.md: NetBox's own unit, ``Restart=on-failure``, does not restart such a worker).
+    Burst pools exit when the queues are empty and are not restarted.
+    """
+
+    RESTART_DELAY = 1.0
+
     def __init__(self, ctx, mode, runs_file, count=None, extra_config=None, burst=False):
-        self.processes = []
+        self.ctx, self.mode = ctx, mode
+        self.processes, self.logs = [], []
+        self.argv = netbox_command('rqworker', *QUEUES) + (['--burst'] if burst else [])
+        self.env = ctx.env(mode, runs_file, extra_config)
         logs = ctx.workdir / 'logs'
         logs.mkdir(exist_ok=True)
         for i in range(count or ctx.workers):
-            argv = netbox_command('rqworker', *QUEUES)
-            if burst:
-                argv.append('--burst')
-            log = open(logs / f'{mode}-worker-{len(ctx.log)}-{i}.log', 'ab')
-            self.processes.append(subprocess.Popen(
-                argv, env=ctx.env(mode, runs_file, extra_config), stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            ))
+            self.logs.append(logs / f'{mode}-worker-{len(ctx.log)}-{i}.log')
+            self.processes.append(self._start(i))
         ctx.log.append(mode)
+        self._stopping = threading.Event()
+        self._supervisor = None
+        if not burst:
+            self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+            self._supervisor.start()
+
+    def _start(self, i):
+        with open(self.logs[i], 'ab') as log:
+            return subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+    def _log_tail(self, i, count=60):
+        """The end of a worker's log, from its last traceback if there is one."""
+        try:
+            lines = self.logs[i].read_bytes().decode(errors='replace').strip().splitlines()
+        except OSError:
+            return []
+        starts = [n for n, line in enumerate(lines) if 'unhandled exception' in line or line.startswith('Traceback')]
+        return lines[starts[-1] if starts else 0:][-count:]
+
+    def _supervise(self):
+        while not self._stopping.wait(0.5):
+            for i, process in enumerate(self.processes):
+                if process.poll() is None:
+                    continue
+                if self._stopping.wait(self.RESTART_DELAY):
+                    return
+                tail = self._log_tail(i)
+                self.ctx.restarts.append((self.mode, process.returncode, (tail or [''])[-1][:200]))
+                print(f'worker {process.pid} ({self.mode}) exited with status {process.returncode}; restarted. '
+                      f'End of its log:\n    ' + '\n    '.join(tail), flush=True)
+                self.processes[i] = self._start(i)
 
     def wait_ready(self, timeout=120):
         """Wait until every worker of the pool has registered with Redis (it is then listening)."""
@@ -171,6 +213,9 @@ class WorkerPool:
         raise RuntimeError('rqworker processes did not come up')
 
     def stop(self):
+        self._stopping.set()
+        if self._supervisor:
+            self._supervisor.join()
         for p in self.processes:
             if p.poll() is None:
                 try:
@@ -631,6 +676,7 @@ def recovery_at_scale(ctx, opts):
     from django.db import connection
     from django.utils import timezone
 
+    from netbox_safejobs.compat import job_field_values
     from netbox_safejobs.models import JobDispatch
     from netbox_safejobs.recovery import run_pass
 
@@ -639,10 +685,16 @@ def recovery_at_scale(ctx, opts):
         cursor.execute('SELECT count(*) FROM core_job')
         existing = cursor.fetchone()[0]
         filler = max(0, opts.core_job_rows - existing)
+        # Only the NOT NULL columns this NetBox's Job has: queue_name is 4.5+, notifications 4.6+, log_entries 4.4+.
+        columns = {
+            'name': "'safejobs-harness-filler'", 'created': "now() - interval '1 day'", 'status': "'completed'",
+            'job_id': 'gen_random_uuid()', 'error': "''",
+            **{name: sql for name, sql in (('queue_name', "'default'"), ('notifications', "'always'"),
+                                           ('log_entries', "'{}'")) if job_field_values(**{name: None})},
+        }
         cursor.execute(
-            """INSERT INTO core_job (name, created, status, job_id, queue_name, notifications, error, log_entries)
-               SELECT 'safejobs-harness-filler', now() - interval '1 day', 'completed', gen_random_uuid(), 'default',
-                      'always', '', '{}' FROM generate_series(1, %s)""", [filler],
+            f"INSERT INTO core_job ({', '.join(columns)}) "
+            f"SELECT {', '.join(columns.values())} FROM generate_series(1, %s)", [filler],
         )
         cursor.execute('ANALYZE core_job')
         cursor.execute('SELECT count(*) FROM core_job')
@@ -700,7 +752,7 @@ def run(opts, ctx):
             set_mode(mode)
             runs_file = ctx.workdir / f'{scenario}-{mode}.runs'
             runs_file.unlink(missing_ok=True)
-            started = time.monotonic()
+            started, restarts = time.monotonic(), len(ctx.restarts)
             print(f'--- {scenario} / {mode}', flush=True)
             try:
                 outcome = SCENARIO_FUNCS[scenario](ctx, mode, opts, runs_file)
@@ -709,6 +761,7 @@ def run(opts, ctx):
                 if not ctx.redis.process or ctx.redis.process.poll() is not None:
                     ctx.redis.start()
                 cleanup()
+            outcome['worker_restarts'] = len(ctx.restarts) - restarts
             outcome['seconds'] = round(time.monotonic() - started, 1)
             results[scenario][mode] = outcome
             print(json.dumps(outcome, default=str), flush=True)
@@ -723,7 +776,7 @@ ROWS = (
     ('runs', 'run() calls'), ('duplicate_runs', 'jobs run twice'), ('caller_exceptions', 'caller exceptions'),
     ('rq_failed', 'RQ failed registry'), ('all_ran_s_after_redis_back', 'all ran, s after Redis back'),
     ('outage_s', 'Redis down, s'), ('killed', 'work horses killed'),
-    ('connections_terminated', 'connections terminated'),
+    ('connections_terminated', 'connections terminated'), ('worker_restarts', 'workers restarted'),
     ('seconds', 'scenario time, s'),
 )
 COST_ROWS = (

@@ -3,8 +3,11 @@ The short version of the race and fault harness (benchmarks/harness.py) as an en
 a private Redis server it stops and restarts, real rqworker processes, stock NetBox and the plugin side by side.
 """
 
+import os
 import shutil
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -20,6 +23,47 @@ from .base import SafeJobsTransactionTestCase
 SCENARIOS = 'race,redis_outage,crash_after_commit,deleted_rows,worker_killed,db_terminated,duplicate_push'
 
 
+def private_queues(redis):
+    """RQ_QUEUES with every queue on the harness's private Redis server."""
+    queues = {}
+    for name, params in settings.RQ_QUEUES.items():
+        params = {**params, 'HOST': '127.0.0.1', 'PORT': redis.port, 'DB': 0}
+        params.pop('URL', None)
+        queues[name] = params
+    return queues
+
+
+class WorkerPoolTest(SafeJobsTransactionTestCase):
+
+    def test_a_worker_that_exits_is_restarted_and_counted(self):
+        workdir = Path(tempfile.mkdtemp(prefix='safejobs-harness-test-'))
+        redis = harness.RedisServer(workdir)
+        redis.start()
+        try:
+            with compat.override_rq_queues(private_queues(redis)):
+                ctx = harness.Context(redis=redis, workdir=workdir, workers=1,
+                                      db_name=connection.settings_dict['NAME'], redis_db=0)
+                pool = harness.WorkerPool(ctx, 'plugin', workdir / 'runs')
+                try:
+                    pool.wait_ready()
+                    first = pool.processes[0]
+                    os.killpg(first.pid, signal.SIGKILL)
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline and pool.processes[0] is first:
+                        time.sleep(0.2)
+                    self.assertIsNot(pool.processes[0], first, 'the killed worker was not started again')
+                    self.assertEqual(ctx.restarts, [('plugin', -signal.SIGKILL, ctx.restarts[0][2])])
+                    self.assertIsNone(pool.processes[0].poll())
+                finally:
+                    pool.stop()
+                # Stopping the pool is not an exit of a worker on its own: nothing restarted after stop().
+                self.assertEqual(len(ctx.restarts), 1)
+                self.assertIsNotNone(pool.processes[0].poll())
+        finally:
+            redis.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 class ShortHarnessTest(SafeJobsTransactionTestCase):
 
     def test_plugin_keeps_every_guarantee_where_stock_netbox_does_not(self):
@@ -27,13 +71,8 @@ class ShortHarnessTest(SafeJobsTransactionTestCase):
         workdir = Path(tempfile.mkdtemp(prefix='safejobs-harness-test-'))
         redis = harness.RedisServer(workdir)
         redis.start()
-        queues = {}
-        for name, params in settings.RQ_QUEUES.items():
-            params = {**params, 'HOST': '127.0.0.1', 'PORT': redis.port, 'DB': 0}
-            params.pop('URL', None)
-            queues[name] = params
         try:
-            with compat.override_rq_queues(queues), \
+            with compat.override_rq_queues(private_queues(redis)), \
                     override_settings(PLUGINS_CONFIG={'netbox_safejobs': {'recovery_min_age': 1}}):
                 ctx = harness.Context(redis=redis, workdir=workdir, workers=2,
                                       db_name=connection.settings_dict['NAME'], redis_db=0)
