@@ -200,14 +200,21 @@ class WorkerPool:
                       f'End of its log:\n    ' + '\n    '.join(tail), flush=True)
                 self.processes[i] = self._start(i)
 
-    def wait_ready(self, timeout=120):
-        """Wait until every worker of the pool has registered with Redis (it is then listening)."""
+    def ready(self):
+        """Whether every worker of the pool has registered with Redis (it is then listening)."""
         from django_rq import get_connection
+        from redis.exceptions import RedisError
         from rq.worker import Worker
 
+        try:
+            return len(Worker.all(connection=get_connection('default'))) >= len(self.processes)
+        except RedisError:
+            return False
+
+    def wait_ready(self, timeout=120):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if len(Worker.all(connection=get_connection('default'))) >= len(self.processes):
+            if self.ready():
                 return
             time.sleep(0.1)
         raise RuntimeError('rqworker processes did not come up')
@@ -278,8 +285,11 @@ def rq_failures():
     return dict(by_type)
 
 
-def wait_until_settled(job_uuids, timeout, idle=20, terminal_only=True):
-    """Wait until every job is completed/errored/failed, or nothing changed for ``idle`` seconds."""
+def wait_until_settled(job_uuids, timeout, idle=20, terminal_only=True, pool=None):
+    """
+    Wait until every job is completed/errored/failed, or nothing changed for ``idle`` seconds while every worker of
+    ``pool`` was up (a worker still starting, after a restart or on a loaded machine, is not "nothing happening").
+    """
     from core.models import Job
 
     deadline = time.monotonic() + timeout
@@ -288,7 +298,7 @@ def wait_until_settled(job_uuids, timeout, idle=20, terminal_only=True):
         done = Job.objects.filter(job_id__in=job_uuids, status__in=('completed', 'errored', 'failed')).count()
         if done >= len(job_uuids):
             return True
-        if done != last:
+        if done != last or (pool is not None and not pool.ready()):
             last, last_change = done, time.monotonic()
         elif time.monotonic() - last_change > idle:
             return False
@@ -422,7 +432,7 @@ def scenario_race(ctx, mode, opts, runs_file):
         committed, rolled_back, exceptions, commit_times = enqueue_many(
             opts.jobs, threads=opts.threads, hold=opts.hold, rollback=lambda i: plan[i],
         )
-        wait_until_settled(committed, timeout=opts.timeout)
+        wait_until_settled(committed, timeout=opts.timeout, pool=pool)
         time.sleep(1)
     finally:
         pool.stop()
@@ -454,7 +464,7 @@ def scenario_redis_outage(ctx, mode, opts, runs_file):
         if mode == 'plugin':
             # What the recovery system job (or `netbox safejobs_recover` from cron) does at its next run.
             call_command('safejobs_recover', stdout=open(os.devnull, 'w'))
-        settled = wait_until_settled(committed, timeout=opts.timeout, idle=15)
+        settled = wait_until_settled(committed, timeout=opts.timeout, idle=15, pool=pool)
         all_ran_after = None
         if settled:
             _, starts = read_runs(runs_file)
@@ -499,7 +509,7 @@ def scenario_crash_after_commit(ctx, mode, opts, runs_file):
             # The recovery pass as it runs once the pushes are older than recovery_min_age.
             run_pass(now=timezone.now() + timedelta(minutes=5))
             call_command('safejobs_recover', stdout=open(os.devnull, 'w'))
-        wait_until_settled(committed, timeout=opts.timeout, idle=15)
+        wait_until_settled(committed, timeout=opts.timeout, idle=15, pool=pool)
     finally:
         pool.stop()
     return collect(committed, [], runs_file)
@@ -588,7 +598,7 @@ def scenario_db_terminated(ctx, mode, opts, runs_file):
     thread = threading.Thread(target=terminator)
     thread.start()
     try:
-        wait_until_settled(committed, timeout=opts.timeout, idle=15)
+        wait_until_settled(committed, timeout=opts.timeout, idle=15, pool=pool)
     finally:
         stop.set()
         thread.join()
@@ -596,7 +606,7 @@ def scenario_db_terminated(ctx, mode, opts, runs_file):
         if mode == 'plugin':
             # The recovery passes that follow: owed pushes now, stuck jobs once stuck_job_grace has passed.
             run_pass(now=timezone.now() + timedelta(hours=1))
-            wait_until_settled(committed, timeout=opts.timeout, idle=15)
+            wait_until_settled(committed, timeout=opts.timeout, idle=15, pool=pool)
             run_pass(now=timezone.now() + timedelta(hours=1))
     finally:
         pool.stop()
