@@ -159,6 +159,7 @@ class WorkerPool:
     def __init__(self, ctx, mode, runs_file, count=None, extra_config=None, burst=False):
         self.ctx, self.mode = ctx, mode
         self.processes, self.logs = [], []
+        self._registered = set()  # pids of this pool's workers seen registered with Redis
         self.argv = netbox_command('rqworker', *QUEUES) + (['--burst'] if burst else [])
         self.env = ctx.env(mode, runs_file, extra_config)
         logs = ctx.workdir / 'logs'
@@ -201,15 +202,20 @@ class WorkerPool:
                 self.processes[i] = self._start(i)
 
     def ready(self):
-        """Whether every worker of the pool has registered with Redis (it is then listening)."""
+        """
+        Whether every worker process of the pool has been seen registered with Redis (it was then listening). A
+        worker stays "seen" when Redis loses its registration (the outage scenario restarts Redis empty, and RQ
+        does not register again); a restarted worker is a new process, not ready until it registers.
+        """
         from django_rq import get_connection
         from redis.exceptions import RedisError
         from rq.worker import Worker
 
         try:
-            return len(Worker.all(connection=get_connection('default'))) >= len(self.processes)
+            self._registered.update(int(w.pid) for w in Worker.all(connection=get_connection('default')) if w.pid)
         except RedisError:
-            return False
+            pass
+        return all(p.pid in self._registered for p in self.processes)
 
     def wait_ready(self, timeout=120):
         deadline = time.monotonic() + timeout
