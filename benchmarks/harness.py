@@ -148,10 +148,10 @@ class WorkerPool:
     """
     ``count`` rqworker processes. A long-running pool is supervised as a service manager would (systemd's
     ``Restart=always``): RQ stops a worker, with exit status 0, on an exception outside its Redis retry loop, for
-    instance when Redis goes away while the worker is between jobs, and a worker that exits on its own is started
-    again after ``RESTART_DELAY`` seconds. Every restart is counted in the results, for stock NetBox and the plugin
-    alike (see docs/troubleshooting.md: NetBox's own unit, ``Restart=on-failure``, does not restart such a worker).
-    Burst pools exit when the queues are empty and are not restarted.
+    instance when Redis goes away while the worker runs a job (``set_state`` after the job raises), and a worker
+    that exits on its own is started again after ``RESTART_DELAY`` seconds. Every restart is counted in the results,
+    for stock NetBox and the plugin alike (see docs/troubleshooting.md: NetBox's own unit, ``Restart=on-failure``,
+    does not restart such a worker). Burst pools exit when the queues are empty and are not restarted.
     """
 
     RESTART_DELAY = 1.0
@@ -701,12 +701,11 @@ def recovery_at_scale(ctx, opts):
         cursor.execute('SELECT count(*) FROM core_job')
         existing = cursor.fetchone()[0]
         filler = max(0, opts.core_job_rows - existing)
-        # Only the NOT NULL columns this NetBox's Job has: queue_name is 4.5+, notifications 4.6+, log_entries 4.4+.
+        # Column -> SQL value, for the NOT NULL columns this NetBox's Job has.
         columns = {
             'name': "'safejobs-harness-filler'", 'created': "now() - interval '1 day'", 'status': "'completed'",
             'job_id': 'gen_random_uuid()', 'error': "''",
-            **{name: sql for name, sql in (('queue_name', "'default'"), ('notifications', "'always'"),
-                                           ('log_entries', "'{}'")) if job_field_values(**{name: None})},
+            **job_field_values(queue_name="'default'", notifications="'always'", log_entries="'{}'"),
         }
         cursor.execute(
             f"INSERT INTO core_job ({', '.join(columns)}) "

@@ -193,8 +193,8 @@ def _job_has_field(name):
 
 def job_field_values(**values):
     """
-    ``values`` without the Job fields this NetBox's ``Job`` model does not have (``queue_name`` is 4.5+,
-    ``notifications`` 4.6+), for building a Job row directly (tests, the demo).
+    ``values`` without the Job fields this NetBox's ``Job`` model does not have (``log_entries`` is 4.4+,
+    ``queue_name`` 4.5+, ``notifications`` 4.6+), for building a Job row directly (tests, the demo, the harness).
     """
     return {name: value for name, value in values.items() if _job_has_field(name)}
 
