@@ -2,7 +2,8 @@
 Development environment of netbox-safejobs.
 
     scripts/dev run    NetBox 4.7.3 with the plugin, a superuser, the web server and an RQ worker
-    scripts/dev test   ruff, makemigrations --check, the package build, then the whole test suite
+    scripts/dev test   ruff, makemigrations --check, the package build, then the whole test suite (and, in the
+                       background, `scripts/dev selfcheck-private-pg`: NetBox on a private PostgreSQL)
 
 Everything lives inside the repository: the virtualenv in .venv/, NetBox's instance root, its configuration and any
 private PostgreSQL or Redis in .dev/ (both git-ignored). PostgreSQL and Redis on 127.0.0.1 are used when they
@@ -20,6 +21,9 @@ Environment variables:
     SAFEJOBS_PORT            web server port of `run` (default 8000)
     SAFEJOBS_PRIVATE_SERVICES=1  start private PostgreSQL and Redis even where the machine's answer
     SAFEJOBS_PG_BINDIR       the folder of the PostgreSQL server binaries (postgres, initdb) for a private server
+    SAFEJOBS_PGCHECK         1: `test` always runs the private PostgreSQL self-check (and fails when it cannot);
+                             0: never; unset: when the whole suite runs on the .venv NetBox
+    SAFEJOBS_PGCHECK_REDIS_DB  Redis database of the self-check's NetBox (default 9)
 """
 
 import hashlib
@@ -836,6 +840,7 @@ def cmd_test(args):
     services = prepare()
     if not args.labels or any(label in ('tests', 'tests.') or 'test_browser' in label for label in args.labels):
         ensure_browser_test_tools()
+    check = start_selfcheck(args)
     sources = [ROOT / name for name in ('netbox_safejobs', 'tests', 'scripts', 'benchmarks') if (ROOT / name).exists()]
     ruff = ruff_command()
     if ruff:
@@ -858,7 +863,11 @@ def cmd_test(args):
     env['SAFEJOBS_SERVICES'] = json.dumps(services)
     labels = args.labels or ['tests']
     cmd = netbox_cmd('test', *labels, '--keepdb', '--noinput', '--parallel', '1', '-v', str(args.verbosity))
-    return subprocess.run(cmd, env=env, cwd=ROOT).returncode
+    code = subprocess.run(cmd, env=env, cwd=ROOT).returncode
+    if check:
+        say(f'test suite exited with {code}; private PostgreSQL self-check:')
+        code = finish_selfcheck(check) or code
+    return code
 
 
 def check_package():
@@ -888,6 +897,162 @@ def check_package():
     say(f'wheel and sdist carry all {len(wanted)} migration, template and static files')
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Self-check of the private PostgreSQL
+# --------------------------------------------------------------------------------------------------------------------
+
+PGCHECK_PORT = 54339
+PGCHECK_REDIS_DB = 9  # tasks and cache of the self-check's NetBox; the suite uses 7 and 8, `run` 5 and 6
+
+PGCHECK_JOB_SCRIPT = """
+import json, time
+from pgcheck_job import PrivatePostgresCheckJob
+job = PrivatePostgresCheckJob.enqueue()
+deadline = time.monotonic() + {timeout}
+while job.status not in ('completed', 'errored', 'failed') and time.monotonic() < deadline:
+    time.sleep(0.3)
+    job.refresh_from_db()
+print('RESULT ' + json.dumps({{'status': job.status, 'data': job.data, 'error': job.error}}))
+"""
+
+
+def elapsed(since):
+    seconds = int(time.monotonic() - since)
+    return f'{seconds // 60}m{seconds % 60:02d}s' if seconds >= 60 else f'{seconds}s'
+
+
+def cmd_selfcheck_private_pg(args):
+    """
+    Prove, on this machine, the private PostgreSQL that scripts/dev falls back to: start one the same way (the
+    machine's server binaries, installed where scripts/dev would install them) in .dev/pg-check on its own port, next
+    to the machine's server if one runs, and check what NetBox needs of it: the ICU collation, a full `migrate`, then
+    `migrate --check`, and an RQ worker running a job against it. Its database is kept for the next run (--fresh
+    starts from an empty one). Runs at a lower CPU priority: a full migrate is several CPU-minutes.
+    """
+    began = time.monotonic()
+    if os.nice(0) < 10:
+        os.nice(10 - os.nice(0))  # inherited by everything started here: the server, migrate, the worker
+    if args.skip_if_impossible and not pg_servers()[1] and not (os.geteuid() == 0 and shutil.which('apt-get')):
+        say('private PostgreSQL self-check skipped: no PostgreSQL >= 14 server binaries on this machine, and not root '
+            'with apt-get to install them')
+        return 0
+    private_pg_server('the private PostgreSQL self-check needs PostgreSQL server binaries')
+    ensure_venv()
+    STATE.mkdir(exist_ok=True)
+    machine_pg = port_open(5432)
+    port = args.port
+    if port in (5432, PRIVATE_PG_PORT):
+        die(f'the self-check needs a port of its own, not {port}')
+    bindir, major = private_pg_server()
+    start_private_postgres('pg-check', port)
+    probe = check_private_postgres(port)
+    say(f'ICU collation created (and rolled back) on PostgreSQL {probe["version"] // 10000}.'
+        f'{probe["version"] % 10000} from {bindir}, on 127.0.0.1:{port}')
+
+    shared = os.environ.get('SAFEJOBS_PRIVATE_SERVICES') != '1'
+    redis_port = 6379 if shared and port_open(6379) else (
+        PRIVATE_REDIS_PORT if port_open(PRIVATE_REDIS_PORT) else start_private_redis()
+    )
+    redis_db = int(os.environ.get('SAFEJOBS_PGCHECK_REDIS_DB', PGCHECK_REDIS_DB))
+    services = {'pg_host': '127.0.0.1', 'pg_port': port, 'pg_user': probe['user'], 'redis_port': redis_port}
+    database = f'{db_name()}_pgcheck'
+    root = netbox_root().with_name(f'{netbox_root().name}-pgcheck')
+    ensure_database(services, database, fresh=args.fresh)
+    write_configuration(services, root=root, database=database)
+    env = netbox_env(root)
+    # Only this server and this Redis database, whatever the caller's environment says.
+    for key in ('SAFEJOBS_DB_NAME', 'SAFEJOBS_TEST_DB_NAME', 'SAFEJOBS_REDIS_PORT'):
+        env.pop(key, None)
+    env.update(SAFEJOBS_REDIS_TASKS_DB=str(redis_db), SAFEJOBS_REDIS_CACHE_DB=str(redis_db), SAFEJOBS_DEBUG='0')
+    env.setdefault('SAFEJOBS_LOG_LEVEL', 'WARNING')
+    env['PYTHONPATH'] = os.pathsep.join([str(ROOT / 'scripts'), env['PYTHONPATH']])
+
+    def manage(*argv, **kwargs):
+        return run(netbox_cmd(*argv), check=False, env=env, cwd=ROOT, capture_output=True, text=True, **kwargs)
+
+    def fail(what, out):
+        die(f'private PostgreSQL self-check failed: {what}\n' + (out.stdout + out.stderr).strip()[-4000:], code=1)
+
+    step = time.monotonic()
+    if manage('migrate', '--check').returncode == 0:
+        say(f'database {database} already migrated (kept from an earlier self-check; --fresh starts from an empty one)')
+    else:
+        say(f'migrate: every NetBox and plugin migration into {database} (several CPU-minutes)')
+        out = manage('migrate', '--no-input')
+        if out.returncode != 0:
+            fail('netbox migrate', out)
+        say(f'migrate done in {elapsed(step)}')
+    out = manage('migrate', '--check')
+    if out.returncode != 0:
+        fail('netbox migrate --check found unapplied migrations after migrate', out)
+    say('migrate --check: nothing left to apply')
+
+    step = time.monotonic()
+    flush = f'import redis; redis.Redis(host="127.0.0.1", port={redis_port}, db={redis_db}).flushdb()'
+    run([venv_python(), '-c', flush])
+    logs = STATE / 'logs'
+    logs.mkdir(exist_ok=True)
+    worker = subprocess.Popen(netbox_cmd('rqworker', 'high', 'default', 'low'), env=env, cwd=ROOT,
+                              stdout=open(logs / 'selfcheck-rqworker.log', 'ab'), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    started.append(('rq worker', worker))
+    out = manage('shell', '--command', PGCHECK_JOB_SCRIPT.format(timeout=120))
+    os.killpg(worker.pid, signal.SIGTERM)
+    worker.wait(timeout=30)
+    result = next((json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith('RESULT ')), None)
+    if out.returncode != 0 or result is None:
+        fail('enqueueing the job', out)
+    data = result['data'] or {}
+    if result['status'] != 'completed' or data.get('port') != port or not data.get('natural_sort_icu'):
+        die(f'private PostgreSQL self-check failed: the worker did not run the job against 127.0.0.1:{port} '
+            f'(status {result["status"]}, data {data}, error {result["error"]!r}; worker log: '
+            f'{(logs / "selfcheck-rqworker.log").relative_to(ROOT)})', code=1)
+    say(f'an RQ worker ran a job against it in {elapsed(step)} (its queries reached port {data["port"]}, database '
+        f'{data["database"]}, collation natural_sort from ICU)')
+    if machine_pg and not port_open(5432):
+        die("the machine's PostgreSQL on 127.0.0.1:5432 stopped answering during the self-check", code=1)
+    say(f'private PostgreSQL self-check passed in {elapsed(began)}'
+        + (" (the machine's own PostgreSQL on 5432 kept running next to it)" if machine_pg else ''))
+    return 0
+
+
+def start_selfcheck(args):
+    """
+    Start `selfcheck-private-pg` in the background, so that its migrate overlaps the suite, when the whole suite of
+    the .venv NetBox runs (SAFEJOBS_PGCHECK=1: always, and failing when it cannot run; 0: never).
+    """
+    mode = os.environ.get('SAFEJOBS_PGCHECK', '')
+    if mode == '0' or (mode != '1' and (args.labels or external_netbox())):
+        return None
+    logs = STATE / 'logs'
+    logs.mkdir(exist_ok=True)
+    log = logs / 'selfcheck-private-pg.log'
+    say(f'private PostgreSQL self-check: started in the background, at a lower CPU priority (log: '
+        f'{log.relative_to(ROOT)})')
+    cmd = [sys.executable, __file__, 'selfcheck-private-pg'] + ([] if mode == '1' else ['--skip-if-impossible'])
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, 'wb'), stderr=subprocess.STDOUT, start_new_session=True)
+    started.append(('private PostgreSQL self-check', proc))
+    return proc, log
+
+
+def finish_selfcheck(check):
+    """Wait for the background self-check and report it; its exit status."""
+    proc, log = check
+    if proc.poll() is None:
+        say(f'waiting for the private PostgreSQL self-check (log: {log.relative_to(ROOT)})')
+    code = proc.wait()
+    lines = log.read_text(errors='replace').splitlines()
+    if code == 0:
+        for line in lines:
+            if line.startswith('==> '):
+                print(f'    {line[4:]}', flush=True)
+    else:
+        print('\n'.join(lines[-40:]), file=sys.stderr, flush=True)
+        print(f'error: the private PostgreSQL self-check failed (exit status {code}); full log: {log}',
+              file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv=None):
     import argparse
 
@@ -905,6 +1070,14 @@ def main(argv=None):
                                            'e.g. `manage safejobs_demo` or `manage nbshell`')
     manage.add_argument('args', nargs=argparse.REMAINDER)
     sub.add_parser('env', help='prepare the environment and print the variables to run `netbox` by hand')
+    pgcheck = sub.add_parser('selfcheck-private-pg',
+                             help='start the private PostgreSQL scripts/dev falls back to, on a port of its own, and '
+                                  'check NetBox on it: ICU collation, full migrate, migrate --check, a worker job '
+                                  '(part of `test`)')
+    pgcheck.add_argument('--port', type=int, default=PGCHECK_PORT)
+    pgcheck.add_argument('--fresh', action='store_true', help='drop its database first: a full migrate')
+    pgcheck.add_argument('--skip-if-impossible', action='store_true',
+                         help='succeed with a note when there are no server binaries and no way to install them')
     args = parser.parse_args(argv)
 
     def on_signal(signum, frame):
@@ -920,6 +1093,8 @@ def main(argv=None):
             return cmd_test(args)
         if args.command == 'bench':
             return cmd_bench(args)
+        if args.command == 'selfcheck-private-pg':
+            return cmd_selfcheck_private_pg(args)
         if args.command == 'manage':
             prepare()
             return subprocess.run(netbox_cmd(*args.args), env=netbox_env(), cwd=ROOT).returncode
