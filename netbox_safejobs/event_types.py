@@ -36,7 +36,10 @@ EVENT_TYPES = {
 
 
 def register():
-    """Register the event types in NetBox's registry (from ``ready()``; a second call changes nothing)."""
+    """
+    Register the event types in NetBox's registry (from ``ready()``; a second call changes nothing), and have NetBox's
+    event rule forms offer them: those forms were built before any plugin was ready (``compat``).
+    """
     from netbox.events import EVENT_TYPE_KIND_DANGER, EVENT_TYPE_KIND_WARNING, EventType
     from netbox.registry import registry
 
@@ -46,6 +49,9 @@ def register():
     ):
         if name not in registry['event_types']:
             EventType(name, text, kind=kind).register()
+    changed = compat.refresh_event_type_choices()
+    if changed:
+        logger.debug('Event type choices of %s now follow the registry', ', '.join(changed))
 
 
 def trigger(event, using='default'):

@@ -1,4 +1,10 @@
-"""Dashboard widget: retry events of the last hours by kind, each linking to the filtered list."""
+"""
+Dashboard widget: retry events of the last hours by kind, each linking to the filtered list.
+
+Its texts are translated with plain ``gettext`` when the module is imported (from the plugin's ``ready()``), as
+NetBox's own widgets do: NetBox's dialogs ``str()`` a widget, whose title falls back to ``default_title``, and store
+that title in the dashboard's JSON, where a lazy translation object fails both.
+"""
 
 from datetime import timedelta
 from urllib.parse import urlencode
@@ -8,7 +14,7 @@ from django.db.models import Count
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.translation import gettext_lazy as _
+from django.utils.translation import gettext as _
 from extras.dashboard.utils import register_widget
 from extras.dashboard.widgets import DashboardWidget, WidgetConfigForm
 
