@@ -438,8 +438,11 @@ def start_private_postgres(name='pg', port=PRIVATE_PG_PORT):
     if not version_file.exists():
         say(f'initialising a private PostgreSQL {major} in {data} ({bindir})'
             + (f', run as user {account.pw_name}' if account else ''))
-        run([bindir / 'initdb', '-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-locale'],
-            stdout=log, stderr=subprocess.STDOUT, **as_user(account))
+        initdb = [bindir / 'initdb', '-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8']
+        # C.UTF-8 where the C library has it (case-insensitive matching beyond ASCII), else the plain C locale.
+        if run(initdb + ['--locale=C.UTF-8'], check=False, stdout=log, stderr=subprocess.STDOUT,
+               **as_user(account)).returncode != 0:
+            run(initdb + ['--no-locale'], stdout=log, stderr=subprocess.STDOUT, **as_user(account))
     if port_open(port):
         die(f'127.0.0.1:{port} is taken by another program; the private PostgreSQL cannot listen there')
     say(f'starting a private PostgreSQL {major} on 127.0.0.1:{port}')
