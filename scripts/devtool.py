@@ -305,6 +305,11 @@ def pg_bindir_candidates():
 _pg_server = None
 
 
+def can_install_postgres():
+    """Whether scripts/dev installs the distribution's PostgreSQL itself: as root with apt-get (Debian, Ubuntu)."""
+    return os.geteuid() == 0 and bool(shutil.which('apt-get')) and not os.environ.get('SAFEJOBS_PG_BINDIR')
+
+
 def pg_servers():
     """(major, bindir) of every PostgreSQL server found, and of those NetBox can run on, newest first."""
     found = [(major, bindir) for bindir in pg_bindir_candidates() if (major := pg_major(bindir))]
@@ -322,7 +327,7 @@ def private_pg_server(why='no PostgreSQL that NetBox can use answers on 127.0.0.
     if _pg_server:
         return _pg_server
     found, usable = pg_servers()
-    if not usable and os.geteuid() == 0 and shutil.which('apt-get') and not os.environ.get('SAFEJOBS_PG_BINDIR'):
+    if not usable and can_install_postgres():
         say(f'{why}, and no PostgreSQL server is installed: installing the distribution package "postgresql" with '
             'apt-get, because NetBox needs PostgreSQL >= 14 built with ICU, which no pip-installable PostgreSQL is. '
             'A private server is run from its binaries, on its own port.')
@@ -935,11 +940,11 @@ def cmd_selfcheck_private_pg(args):
     began = time.monotonic()
     if os.nice(0) < 10:
         os.nice(10 - os.nice(0))  # inherited by everything started here: the server, migrate, the worker
-    if args.skip_if_impossible and not pg_servers()[1] and not (os.geteuid() == 0 and shutil.which('apt-get')):
-        say('private PostgreSQL self-check skipped: no PostgreSQL >= 14 server binaries on this machine, and not root '
-            'with apt-get to install them')
+    if args.skip_if_impossible and not pg_servers()[1] and not can_install_postgres():
+        say('private PostgreSQL self-check skipped: no PostgreSQL >= 14 server binaries found, and no way to install '
+            'them here (that takes root and apt-get)')
         return 0
-    private_pg_server('the private PostgreSQL self-check needs PostgreSQL server binaries')
+    private_pg_server('the private PostgreSQL self-check needs a private server')
     ensure_venv()
     STATE.mkdir(exist_ok=True)
     machine_pg = port_open(5432)
