@@ -929,6 +929,25 @@ def elapsed(since):
     return f'{seconds // 60}m{seconds % 60:02d}s' if seconds >= 60 else f'{seconds}s'
 
 
+def stop_leftover_postgres(name, port):
+    """Stop a private server of .dev/<name> on port that an interrupted run left behind (only with its lock held)."""
+    pid_file = (STATE / name).resolve() / 'postmaster.pid'
+    if not port_open(port) or not pid_file.is_file():
+        return
+    lines = pid_file.read_text().splitlines()
+    if len(lines) < 4 or lines[3].strip() != str(port):
+        return
+    pid = int(lines[0])
+    say(f'stopping the private PostgreSQL (pid {pid}) an interrupted self-check left running on 127.0.0.1:{port}')
+    try:
+        os.kill(pid, signal.SIGINT)  # fast shutdown
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 30
+    while port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def cmd_selfcheck_private_pg(args):
     """
     Prove, on this machine, the private PostgreSQL that scripts/dev falls back to: start one the same way (the
@@ -952,6 +971,17 @@ def cmd_selfcheck_private_pg(args):
     if port in (5432, PRIVATE_PG_PORT):
         die(f'the self-check needs a port of its own, not {port}')
     bindir, major = private_pg_server()
+    # One self-check at a time per clone (concurrent `scripts/dev test` runs each start one): the others wait, then
+    # find the database migrated.
+    import fcntl
+
+    lock = open(STATE / 'pg-check.lock', 'w')
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say('waiting for another self-check of this clone to finish')
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    stop_leftover_postgres('pg-check', port)
     start_private_postgres('pg-check', port)
     probe = check_private_postgres(port)
     say(f'ICU collation created (and rolled back) on PostgreSQL {probe["version"] // 10000}.'
