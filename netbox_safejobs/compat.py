@@ -31,6 +31,7 @@ __all__ = (
     'job_queue_name',
     'jobs_module',
     'management_command',
+    'may_view_background_tasks',
     'next_run_kwargs',
     'on_commit',
     'override_rq_queues',
@@ -369,6 +370,25 @@ def process_event_rules(event_rules, object_type, event_type, data):
         event = context_class(event_type=event_type, data=data, user=None, object_type=object_type)
         return events.process_event_rules(event_rules, object_type, event)
     return events.process_event_rules(event_rules, object_type, event_type, data)
+
+
+def may_view_background_tasks(request):
+    """
+    Whether NetBox shows ``request.user`` its Background Tasks pages (RQ queues, tasks and workers): NetBox's own test
+    of those views, ``core.views.BaseRQView.test_func``, which asks for ``is_staff`` on NetBox 4.2 - 4.4 and for
+    ``is_superuser`` from 4.5. False where that view does not exist.
+    """
+    try:
+        from core.views import BaseRQView
+    except ImportError:
+        return False
+    view = BaseRQView()
+    view.request = request
+    try:
+        return bool(view.test_func())
+    except Exception:
+        logger.debug('Cannot ask NetBox whether the user may view Background Tasks', exc_info=True)
+        return False
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,10 @@ __all__ = (
 )
 
 
+# Filters whose values are checked whole (a kind, a UUID): no partial-match lookup variants.
+WHOLE_VALUE_FILTERS = ('kind', 'job_uuid')
+
+
 class MultiValueUUIDFilter(django_filters.MultipleChoiceFilter):
     """One or more UUIDs (ORed); a value that is not a UUID is a validation error (400 in the API)."""
     field_class = multivalue_field_factory(forms.UUIDField)
@@ -79,6 +83,18 @@ class RetryEventFilterSet(BaseFilterSet):
         fields = (
             'id', 'time', 'job_name', 'runner', 'queue', 'attempt', 'delay', 'worker_host', 'worker_pid',
         )
+
+    @classmethod
+    def get_additional_lookups(cls, existing_filter_name, existing_filter):
+        """
+        NetBox adds the lookups of a text field to ``kind`` and ``job_uuid`` (``__ic``, ``__isw``, ``__regex``...),
+        but their values are validated as a kind and as a whole UUID, so a partial value could only be refused (400).
+        They keep the negation (``kind__n``, ``job_uuid__n``); partial text is what ``q`` and the other fields are for.
+        """
+        lookups = super().get_additional_lookups(existing_filter_name, existing_filter)
+        if existing_filter_name in WHOLE_VALUE_FILTERS:
+            return {name: lookup for name, lookup in lookups.items() if name == f'{existing_filter_name}__n'}
+        return lookups
 
     def search(self, queryset, name, value):
         value = value.strip()

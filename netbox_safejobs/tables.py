@@ -8,6 +8,7 @@ from django.utils.translation import gettext_lazy as _
 from netbox.tables import BaseTable, NetBoxTable, columns
 
 from .models import RetryEvent
+from .permissions import viewable_job_ids
 
 __all__ = (
     'JobRetryEventTable',
@@ -25,8 +26,9 @@ def event_link():
 
 class JobColumn(tables.Column):
     """
-    The job: linked to NetBox's Job page while its row exists, else its name (or UUID) as recorded in the event.
-    Reads only ``job_id``, ``job_name`` and ``job_uuid`` of the event: no join.
+    The job: linked to NetBox's Job page while its row exists and the user may view it, else its name (or UUID) as
+    recorded in the event. Reads only ``job_id``, ``job_name`` and ``job_uuid`` of the event: no join; which of the
+    shown jobs the user may view is asked once per table (``RetryEventTable.viewable_job_ids``).
     """
 
     empty_values = ()
@@ -36,12 +38,14 @@ class JobColumn(tables.Column):
         kwargs.setdefault('order_by', ('job_name', 'job_uuid'))
         super().__init__(*args, **kwargs)
 
-    def render(self, record, value):
+    def render(self, record, value, table):
         label = record.job_name or str(record.job_uuid)
-        if record.job_id:
+        if not record.job_id:
+            return format_html('{} <span class="text-muted" title="{}">({})</span>', label,
+                               _('The Job row does not exist (any more)'), _('no job row'))
+        if record.job_id in table.viewable_job_ids():
             return format_html('<a href="{}">{}</a>', reverse('core:job', kwargs={'pk': record.job_id}), label)
-        return format_html('{} <span class="text-muted" title="{}">({})</span>', label,
-                           _('The Job row does not exist (any more)'), _('no job row'))
+        return label
 
     def value(self, record, value):
         return record.job_name or str(record.job_uuid)
@@ -59,7 +63,33 @@ class DetailColumn(tables.Column):
         return value
 
 
-class RetryEventTable(NetBoxTable):
+class ViewableJobsMixin:
+    """
+    A table that links jobs only for a user who may view them: it learns its user from ``configure(request)`` (or
+    the ``user`` argument NetBox < 4.7 gives tables) and asks once which of its rows' jobs that user may view. With
+    no user, no job is linked.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._job_viewer = kwargs.get('user')
+        self._viewable_job_ids = None
+
+    def configure(self, request):
+        self._job_viewer = request.user
+        self._viewable_job_ids = None
+        return super().configure(request)
+
+    def viewable_job_ids(self):
+        """IDs of the jobs of the rows shown (this page, when paginated) that the table's user may view."""
+        if self._viewable_job_ids is None:
+            rows = self.page.object_list if getattr(self, 'page', None) is not None else self.data
+            job_ids = {getattr(row, 'record', row).job_id for row in rows}
+            self._viewable_job_ids = viewable_job_ids(self._job_viewer, job_ids)
+        return self._viewable_job_ids
+
+
+class RetryEventTable(ViewableJobsMixin, NetBoxTable):
     id = tables.Column(
         verbose_name=_('ID'),
         linkify=event_link(),
@@ -110,8 +140,10 @@ class RetryEventTable(NetBoxTable):
             'pk', 'id', 'time', 'kind', 'job', 'job_uuid', 'runner', 'queue', 'attempt', 'delay', 'worker_host',
             'worker_pid', 'detail', 'actions',
         )
+        # The job's UUID is what tells apart jobs of the same name (every run of a script, of a sync).
         default_columns = (
-            'pk', 'time', 'kind', 'job', 'runner', 'queue', 'attempt', 'delay', 'worker_host', 'detail', 'actions',
+            'pk', 'time', 'kind', 'job', 'job_uuid', 'runner', 'queue', 'attempt', 'delay', 'worker_host', 'detail',
+            'actions',
         )
 
     def render_delay(self, value):

@@ -12,6 +12,7 @@ from utilities.views import register_model_view
 
 from . import compat, filtersets, forms, tables
 from .models import RetryEvent
+from .permissions import viewable_jobs
 
 __all__ = (
     'RetryEventBulkDeleteView',
@@ -27,6 +28,8 @@ EXPORT_FIELDS = (
     'worker_host', 'worker_pid',
 )
 RELATED_EVENTS_SHOWN = 10
+# What the event page shows of its Job.
+JOB_FIELDS_SHOWN = ('pk', 'name', 'status', 'created', 'started', 'completed')
 
 
 def event_as_dict(values):
@@ -51,6 +54,13 @@ class RetryEventListView(generic.ObjectListView):
         if request.GET.get('export') == 'yaml':
             return self.export_events_yaml(request)
         return super().get(request)
+
+    def export_table(self, table, columns=None, *args, **kwargs):
+        # The CSV of the current view keeps the job's UUID even where the column is hidden: the job's name alone does
+        # not tell its runs apart. (The other exports have every field.)
+        if columns and 'job_uuid' not in columns:
+            columns = [*columns, 'job_uuid']
+        return super().export_table(table, columns, *args, **kwargs)
 
     def export_events_yaml(self, request):
         """
@@ -82,8 +92,17 @@ class RetryEventView(generic.ObjectView):
         related_count = related.count()
         table = tables.JobRetryEventTable(list(related[:RELATED_EVENTS_SHOWN]), orderable=False)
         list_url = reverse('plugins:netbox_safejobs:retryevent_list')
+        # The job as it is now, for a user who may view it: its Job page and current status.
+        job = None
+        if instance.job_id:
+            job = viewable_jobs(request.user).filter(pk=instance.job_id).only(*JOB_FIELDS_SHOWN).first()
         return {
-            'job_url': reverse('core:job', kwargs={'pk': instance.job_id}) if instance.job_id else None,
+            'job': job,
+            'job_url': reverse('core:job', kwargs={'pk': job.pk}) if job else None,
+            # RQ's task of the job (its ID is the job's UUID) in NetBox's Background Tasks, for whom NetBox shows them.
+            # Not looked up in Redis: this page must answer while Redis does not; the task page says if RQ dropped it.
+            'rq_task_url': (reverse('core:background_task', kwargs={'job_id': str(instance.job_uuid)})
+                            if compat.may_view_background_tasks(request) else None),
             'related_table': table,
             'related_count': related_count,
             'related_shown': min(related_count, RELATED_EVENTS_SHOWN),

@@ -94,7 +94,7 @@ class RetryEventPageTest(TestCase):
             self.assertNotIn(f'href="{event_url(other)}"', content)
 
     def test_list_links_existing_job_and_marks_missing_row(self):
-        self.add_permissions('netbox_safejobs.view_retryevent')
+        self.add_permissions('netbox_safejobs.view_retryevent', 'core.view_job')
         content = self.client.get(reverse(LIST_URL)).content.decode()
         self.assertIn(reverse('core:job', kwargs={'pk': self.data['job_a'].pk}), content)
         self.assertIn('no job row', content)
@@ -107,7 +107,7 @@ class RetryEventPageTest(TestCase):
                 self.assertHttpStatus(self.client.get(reverse(LIST_URL), params), 200)
 
     def test_detail_page(self):
-        self.add_permissions('netbox_safejobs.view_retryevent')
+        self.add_permissions('netbox_safejobs.view_retryevent', 'core.view_job')
         event = self.events[1]
         response = self.client.get(event_url(event))
         self.assertHttpStatus(response, 200)
@@ -226,7 +226,8 @@ class JobPagePanelTest(TestCase):
         for attempt in range(1, 16):
             RetryEvent.objects.create(job=job, job_uuid=job.job_id, kind='retry', attempt=attempt)
         content = self.job_page(job)
-        self.assertIn('>15</span>', content)
+        # The count is a badge set apart from the heading ("Retry events 15", not "Retry events15").
+        self.assertRegex(content, r'Retry events <span class="badge text-bg-secondary ms-2">15</span>')
         newest = RetryEvent.objects.filter(job=job)[:10]
         linked = set(re.findall(r'href="/plugins/safejobs/retry-events/(\d+)/"', content))
         self.assertEqual(linked, {str(e.pk) for e in newest})

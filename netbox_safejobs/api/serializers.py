@@ -14,7 +14,8 @@ __all__ = (
 
 class RetryEventSerializer(BaseModelSerializer):
     kind = ChoiceField(choices=RetryEventKindChoices, read_only=True)
-    # NetBox's Job, nested (brief), while its row exists; job_uuid and job_name always identify the job.
+    # NetBox's Job, nested (brief), while its row exists and the user may view it (null otherwise: the view prefetches
+    # it from the Jobs the user may view); job_uuid and job_name always identify the job.
     job = JobSerializer(
         nested=True, read_only=True, allow_null=True,
         fields=('id', 'url', 'display_url', 'display', 'name', 'status', 'created', 'completed'),

@@ -1,5 +1,6 @@
 """REST API of retry events: list and detail (read-only) plus delete, filtered by the same filter set as the UI."""
 
+from django.db.models import Prefetch
 from netbox.api.viewsets import NetBoxReadOnlyModelViewSet
 from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.mixins import DestroyModelMixin
@@ -7,6 +8,7 @@ from rest_framework.routers import APIRootView
 
 from .. import filtersets
 from ..models import RetryEvent
+from ..permissions import viewable_jobs
 from .serializers import RetryEventSerializer
 
 __all__ = (
@@ -37,3 +39,21 @@ class RetryEventViewSet(DestroyModelMixin, NetBoxReadOnlyModelViewSet):
         if request.method.lower() not in ('options', 'head') and not hasattr(self, request.method.lower()):
             raise MethodNotAllowed(request.method)
         super().initial(request, *args, **kwargs)
+
+    def get_queryset(self):
+        """
+        The nested ``job`` comes only from the Jobs the user may view (``core.view_job`` and its constraints): it is
+        prefetched from them, so it is null for any other job, as in GraphQL and the UI, while ``job_uuid`` and
+        ``job_name`` still identify the job. One query per page; none without the permission.
+        """
+        queryset = super().get_queryset()
+        if self.brief:  # the brief representation has no job
+            return queryset
+        jobs = Prefetch('job', queryset=viewable_jobs(self.request.user))
+        # NetBox's own lookup of the same path would clash with this one; those below it (job__...) go through it.
+        others = [lookup for lookup in queryset._prefetch_related_lookups if _lookup_path(lookup) != 'job']
+        return queryset.prefetch_related(None).prefetch_related(jobs, *others)
+
+
+def _lookup_path(lookup):
+    return lookup if isinstance(lookup, str) else lookup.prefetch_through
