@@ -54,6 +54,7 @@ TEST_REDIS_TASKS_DB = 7
 TEST_REDIS_CACHE_DB = 8
 
 started = []  # (name, Popen) of every process this run started, stopped in reverse order
+held_locks = []  # open lock files, released when the process exits
 
 
 def say(message):
@@ -981,6 +982,7 @@ def cmd_selfcheck_private_pg(args):
     except BlockingIOError:
         say('waiting for another self-check of this clone to finish')
         fcntl.flock(lock, fcntl.LOCK_EX)
+    held_locks.append(lock)  # until the process exits, after its server has been stopped
     stop_leftover_postgres('pg-check', port)
     start_private_postgres('pg-check', port)
     probe = check_private_postgres(port)
