@@ -1,8 +1,14 @@
 """
-One end-to-end pass in a real browser: Debian's chromium driven by playwright, against `netbox runserver` on this
-test run's database. Log in, open the retry event list, filter it by kind, open an event, follow it to NetBox's Job
-page and see the plugin's panel there.
+End-to-end passes in a real browser: Debian's chromium driven by playwright, against `netbox runserver` on this
+test run's database.
 
+- Log in, open the retry event list, filter it by kind, open an event, follow it to NetBox's Job page and see the
+  plugin's panel there.
+- On NetBox's dashboard: unlock it, add the plugin's widget with NetBox's "Add Widget" dialog (empty title), then
+  change its hours in the widget's configure dialog.
+- NetBox's event rule form offers the plugin's event types, and a rule using them is saved again through it.
+
+A failing pass leaves a screenshot of the page in ``SAFEJOBS_TEST_ARTIFACTS`` (default ``.dev/test-artifacts/``).
 Skipped, saying why, only when /usr/bin/chromium or the playwright package is missing (`scripts/dev test`
 installs both when it can).
 """
@@ -13,18 +19,24 @@ import subprocess
 import time
 import unittest
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
-from core.models import Job
+from core.models import Job, ObjectType
 from django.test import TransactionTestCase
 from django.utils import timezone
+from extras.models import Dashboard, EventRule, Webhook
 from users.models import User
 
+from netbox_safejobs import event_types
 from netbox_safejobs.models import RetryEvent
 
 from .base import netbox_command, worker_env
 
 CHROMIUM = '/usr/bin/chromium'
+ARTIFACTS = Path(os.environ.get('SAFEJOBS_TEST_ARTIFACTS') or Path(__file__).resolve().parent.parent / '.dev' /
+                 'test-artifacts')
 
 try:
     from playwright.sync_api import sync_playwright
@@ -88,60 +100,154 @@ class BrowserTest(TransactionTestCase):
                 time.sleep(0.3)
         raise AssertionError(f'runserver did not listen on port {self.port} within {timeout}s')
 
-    def test_list_filter_event_job_page(self):
-        base = f'http://127.0.0.1:{self.port}'
+    @property
+    def base(self):
+        return f'http://127.0.0.1:{self.port}'
+
+    @contextmanager
+    def browser_page(self):
+        """A chromium page; on failure, a screenshot of it is kept as a test artefact."""
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=CHROMIUM, headless=True,
                 args=['--no-sandbox', '--disable-gpu', '--disable-background-networking'],
             )
             try:
-                page = browser.new_page()
+                page = browser.new_page(viewport={'width': 1400, 'height': 1000})
                 page.set_default_timeout(30000)
-
-                # Log in
-                page.goto(f'{base}/plugins/safejobs/retry-events/')
-                self.assertIn('/login/', page.url)
-                page.fill('input[name="username"]', 'operator')
-                page.fill('input[name="password"]', self.password)
-                page.click('button[type="submit"]')
-                page.wait_for_url('**/plugins/safejobs/retry-events/**')
-
-                # The list shows all three events
-                rows = page.locator('table.object-list tbody tr')
-                self.assertEqual(rows.count(), 3)
-                self.assertIn('Found after retry', page.inner_text('table.object-list'))
-
-                # Filter by kind with the filter form
-                page.click('#filters-form-tab')
-                page.evaluate(
-                    """() => {
-                        const select = document.querySelector('select[name="kind"]');
-                        if (select.tomselect) { select.tomselect.setValue(['retry']); }
-                        else { for (const o of select.options) { o.selected = o.value === 'retry'; } }
-                    }"""
-                )
-                page.locator('#filters-form button[type="submit"]').first.click()
-                page.wait_for_url('**kind=retry**')
-                rows = page.locator('table.object-list tbody tr')
-                self.assertEqual(rows.count(), 1)
-                self.assertIn('Retry', rows.first.inner_text())
-                self.assertNotIn('lost job', page.inner_text('table.object-list'))
-
-                # Open the event
-                page.click(f'table.object-list a[href="/plugins/safejobs/retry-events/{self.retry.pk}/"]')
-                page.wait_for_url(f'**/plugins/safejobs/retry-events/{self.retry.pk}/')
-                self.assertIn('core.jobs.SyncDataSourceJob', page.content())
-
-                # Follow it to NetBox's Job page and see the panel with both events of the job
-                page.click('#safejobs-job-link')
-                page.wait_for_url(f'**/core/jobs/{self.job.pk}/')
-                panel = page.locator('#safejobs-job-panel')
-                panel.wait_for()
-                text = panel.inner_text()
-                self.assertIn('Retry', text)
-                self.assertIn('Found after retry', text)
-                self.assertEqual(panel.locator('tbody tr').count(), 2)
-                self.assertNotIn('lost job', text)
+                try:
+                    yield page
+                except BaseException:
+                    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                    path = ARTIFACTS / f'{self.id()}.png'
+                    try:
+                        page.screenshot(path=str(path), full_page=True)
+                        print(f'\nscreenshot of the failing page: {path}')
+                    except Exception as exc:  # the page may be what broke
+                        print(f'\nno screenshot of the failing page: {exc}')
+                    raise
             finally:
                 browser.close()
+
+    def log_in(self, page, path):
+        """Log in through NetBox's login page, landing on ``path``."""
+        page.goto(f'{self.base}/login/?next={path}')
+        page.fill('input[name="username"]', 'operator')
+        page.fill('input[name="password"]', self.password)
+        page.click('button[type="submit"]')
+        page.wait_for_function('path => location.pathname === path', arg=path)
+
+    @staticmethod
+    def choose(page, name, values, scope='body'):
+        """Select ``values`` in the (TomSelect-enhanced) select ``name`` and let it announce the change."""
+        page.evaluate(
+            """([scope, name, values]) => {
+                const select = document.querySelector(`${scope} select[name="${name}"]`);
+                if (select.tomselect) { select.tomselect.setValue(values); }
+                else {
+                    for (const o of select.options) { o.selected = values.includes(o.value); }
+                    select.dispatchEvent(new Event('change', {bubbles: true}));
+                }
+            }""",
+            [scope, name, values],
+        )
+
+    def test_list_filter_event_job_page(self):
+        with self.browser_page() as page:
+            # Log in: an anonymous user is sent to the login page
+            page.goto(f'{self.base}/plugins/safejobs/retry-events/')
+            self.assertIn('/login/', page.url)
+            self.log_in(page, '/plugins/safejobs/retry-events/')
+
+            # The list shows all three events
+            rows = page.locator('table.object-list tbody tr')
+            self.assertEqual(rows.count(), 3)
+            self.assertIn('Found after retry', page.inner_text('table.object-list'))
+
+            # Filter by kind with the filter form
+            page.click('#filters-form-tab')
+            page.evaluate(
+                """() => {
+                    const select = document.querySelector('select[name="kind"]');
+                    if (select.tomselect) { select.tomselect.setValue(['retry']); }
+                    else { for (const o of select.options) { o.selected = o.value === 'retry'; } }
+                }"""
+            )
+            page.locator('#filters-form button[type="submit"]').first.click()
+            page.wait_for_url('**kind=retry**')
+            rows = page.locator('table.object-list tbody tr')
+            self.assertEqual(rows.count(), 1)
+            self.assertIn('Retry', rows.first.inner_text())
+            self.assertNotIn('lost job', page.inner_text('table.object-list'))
+
+            # Open the event
+            page.click(f'table.object-list a[href="/plugins/safejobs/retry-events/{self.retry.pk}/"]')
+            page.wait_for_url(f'**/plugins/safejobs/retry-events/{self.retry.pk}/')
+            self.assertIn('core.jobs.SyncDataSourceJob', page.content())
+
+            # Follow it to NetBox's Job page and see the panel with both events of the job
+            page.click('#safejobs-job-link')
+            page.wait_for_url(f'**/core/jobs/{self.job.pk}/')
+            panel = page.locator('#safejobs-job-panel')
+            panel.wait_for()
+            text = panel.inner_text()
+            self.assertIn('Retry', text)
+            self.assertIn('Found after retry', text)
+            self.assertEqual(panel.locator('tbody tr').count(), 2)
+            self.assertNotIn('lost job', text)
+
+    def test_dashboard_widget_dialogs(self):
+        # An empty dashboard of the user's own (NetBox's default one fetches an RSS feed from the internet).
+        Dashboard.objects.create(user=self.user, layout=[], config={})
+        with self.browser_page() as page:
+            self.log_in(page, '/')
+
+            # Unlock Dashboard > Add Widget > the plugin's widget type, title left empty > Save
+            page.click('#unlock_dashboard')
+            page.locator('a[hx-get$="/dashboard/widgets/add/"]').click()
+            page.locator('#widget_add_form').wait_for()
+            self.assertIn('Retry events (24 hours)', page.inner_text('#widget_add_form select[name="widget_class"]'))
+            self.choose(page, 'widget_class', ['netbox_safejobs.RetryEventsWidget'], scope='#widget_add_form')
+            page.locator('#widget_add_form input[name="config-hours"]').wait_for()
+            self.assertIn('(netbox-safejobs)', page.inner_text('#widget_add_form'))
+            page.locator('#widget_add_form button.btn-primary').click()
+            page.locator('.safejobs-widget').wait_for()
+            self.assertIn('Retry events (24 hours)', page.inner_text('#dashboard'))
+            self.assertIn('All events, last 24 hours', page.inner_text('.safejobs-widget'))
+
+            # The widget's configure dialog: 6 hours
+            page.click('#unlock_dashboard')
+            page.locator('a[aria-label="Retry events (24 hours) widget configuration"]').click()
+            hours = page.locator('#htmx-modal-content input[name="config-hours"]')
+            hours.wait_for()
+            hours.fill('6')
+            page.locator('#htmx-modal-content button.btn-primary').click()
+            page.get_by_text('All events, last 6 hours').wait_for()
+        (stored,) = Dashboard.objects.get(user=self.user).config.values()
+        self.assertEqual((stored['class'], stored['config']), ('netbox_safejobs.RetryEventsWidget', {'hours': 6}))
+
+    def test_event_rule_form_with_the_plugin_event_types(self):
+        # A rule as the REST API would store it: on retry events, for both of the plugin's event types.
+        webhook = Webhook.objects.create(name='alerts', payload_url='http://alerts.example/')
+        rule = EventRule.objects.create(
+            name='safe jobs alerts', event_types=[event_types.JOB_GAVE_UP, event_types.DISPATCH_FAILED],
+            action_type='webhook', action_object_type=ObjectType.objects.get_for_model(Webhook),
+            action_object_id=webhook.pk,
+        )
+        rule.object_types.add(ObjectType.objects.get_for_model(RetryEvent))
+        with self.browser_page() as page:
+            self.log_in(page, '/extras/event-rules/add/')
+            for name in (event_types.JOB_GAVE_UP, event_types.DISPATCH_FAILED):
+                self.assertEqual(page.locator(f'select[name="event_types"] option[value="{name}"]').count(), 1)
+
+            # The edit form shows the rule's types selected, and saves it with one of them
+            page.goto(f'{self.base}/extras/event-rules/{rule.pk}/edit/')
+            selected = page.eval_on_selector(
+                'select[name="event_types"]', 'select => Array.from(select.selectedOptions, o => o.value)')
+            self.assertEqual(sorted(selected), sorted([event_types.JOB_GAVE_UP, event_types.DISPATCH_FAILED]))
+            self.choose(page, 'event_types', [event_types.JOB_GAVE_UP])
+            page.locator('button[name="_update"]').click()
+            page.wait_for_url(f'**/extras/event-rules/{rule.pk}/')
+            self.assertIn('Job gave up (safe jobs)', page.inner_text('body'))
+        rule.refresh_from_db()
+        self.assertEqual(rule.event_types, [event_types.JOB_GAVE_UP])
