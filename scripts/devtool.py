@@ -393,9 +393,7 @@ def pg_data_dir(name, account):
     link = STATE / name
     if account is None or (not link.is_symlink() and can_reach(account, STATE)):
         link.mkdir(parents=True, exist_ok=True)
-        if account is not None:
-            os.chown(link, account.pw_uid, account.pw_gid)
-        link.chmod(0o700)
+        own_data_dir(link, account)
         return link
     base = Path('/var/tmp') if Path('/var/tmp').is_dir() else Path('/tmp')
     outside = base / f'netbox-safejobs-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}'
@@ -417,9 +415,15 @@ def pg_data_dir(name, account):
             f'({link.relative_to(ROOT)} links there)')
         link.symlink_to(data)
     data.mkdir(exist_ok=True)
-    os.chown(data, account.pw_uid, account.pw_gid)
-    data.chmod(0o700)
+    own_data_dir(data, account)
     return data
+
+
+def own_data_dir(path, account):
+    """Make path the account's, mode 0700, as PostgreSQL demands; all of it when made by another account before."""
+    if account is not None and path.stat().st_uid != account.pw_uid:
+        run(['chown', '-R', f'{account.pw_uid}:{account.pw_gid}', path])
+    path.chmod(0o700)
 
 
 def start_private_postgres(name='pg', port=PRIVATE_PG_PORT):
