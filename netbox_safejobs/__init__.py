@@ -34,7 +34,10 @@ class SafeJobsConfig(PluginConfig):
         from . import settings
 
         # Fail at start-up, naming the key, the value and what is allowed, rather than deep inside a worker later.
-        settings.validate_settings(django_settings.PLUGINS_CONFIG.get(self.name, {}))
+        config = django_settings.PLUGINS_CONFIG.get(self.name, {})
+        settings.validate_settings(config)
+        for warning in settings.retired_keys_warnings(config):
+            logger.warning(warning)
         settings.connect_signals()
 
         from . import jobs, patches

@@ -24,9 +24,15 @@ class RetryEventKindChoices(ChoiceSet):
     KIND_DUPLICATE_SKIPPED = 'duplicate_skipped'
     # Dispatch: the push to Redis failed after the transaction committed.
     KIND_DISPATCH_FAILED = 'dispatch_failed'
-    # Recovery: an owed push was sent again, or a job stuck in "running" was closed.
+    # Relay: an owed push was sent again. Liveness: a job whose worker or work horse died was closed.
     KIND_RECOVERED = 'recovered'
     KIND_STUCK_ERRORED = 'stuck_errored'
+    # Worker guard: the Job row was deleted while the job ran; the run ended without re-creating it.
+    KIND_ROW_DELETED = 'row_deleted'
+    # Relay: a stored push that is not the plugin's own (bad signature, truncated, unreadable); the job is errored.
+    KIND_PAYLOAD_REJECTED = 'payload_rejected'
+    # An operator deleted or stopped the job's task in Background Tasks: the plugin does not send it again.
+    KIND_OPERATOR_STOPPED = 'operator_stopped'
 
     CHOICES = [
         (KIND_RETRY, _('Retry'), 'yellow'),
@@ -37,4 +43,7 @@ class RetryEventKindChoices(ChoiceSet):
         (KIND_DISPATCH_FAILED, _('Dispatch failed'), 'red'),
         (KIND_RECOVERED, _('Recovered'), 'teal'),
         (KIND_STUCK_ERRORED, _('Stuck job errored'), 'purple'),
+        (KIND_ROW_DELETED, _('Row deleted mid-run'), 'gray'),
+        (KIND_PAYLOAD_REJECTED, _('Stored push rejected'), 'red'),
+        (KIND_OPERATOR_STOPPED, _('Stopped by operator'), 'gray'),
     ]

@@ -27,6 +27,7 @@ __all__ = (
     'graphql_type',
     'handle_unsupported_reason',
     'installed_plugins',
+    'is_not_updated',
     'job_field_values',
     'job_queue_name',
     'jobs_module',
@@ -38,6 +39,8 @@ __all__ = (
     'process_event_rules',
     'refresh_event_type_choices',
     'register_filterset',
+    'rq_task_deleters',
+    'rq_worker_class',
     'stock_push_on_commit',
     'system_job',
     'view_actions',
@@ -115,6 +118,39 @@ def handle_unsupported_reason():
     return None
 
 
+def rq_task_deleters():
+    """
+    ``[(module, 'delete_rq_job')]``: NetBox's function that deletes a task from Background Tasks (UI and REST API,
+    4.2+), in ``core.utils`` and in each module that imported it by name (``core.views``, ``core.api.views``), so
+    that one wrapper sees every call. Empty where NetBox has no such function.
+    """
+    import importlib
+
+    try:
+        modules = [importlib.import_module('core.utils')]
+    except ImportError:
+        return []
+    # The views import it by name when they are first imported (with the URLconf): patched in core.utils before
+    # that, they take the wrapper. Where they are imported already, their names are patched too.
+    modules += [sys.modules[name] for name in ('core.views', 'core.api.views') if name in sys.modules]
+    return [(module, 'delete_rq_job') for module in modules if callable(getattr(module, 'delete_rq_job', None))]
+
+
+def rq_worker_class():
+    """
+    ``(class, None)``: RQ's forking ``Worker``, which ``netbox rqworker`` runs (django-rq's default ``WORKER_CLASS``),
+    with the ``work()`` method the worker loop wraps; or ``(None, reason)``. Subclasses (django-rq's, a custom
+    ``WORKER_CLASS``) inherit the wrapper.
+    """
+    try:
+        from rq.worker import Worker
+    except ImportError:
+        return None, 'rq.worker.Worker does not exist'
+    if not callable(getattr(Worker, 'work', None)):
+        return None, 'rq.worker.Worker has no work() method'
+    return Worker, None
+
+
 _queue_kwargs = None
 _queues = {}
 
@@ -151,8 +187,32 @@ def get_push_queue(name):
             _queue_kwargs = {'autocommit': True}
         else:
             _queue_kwargs = {}
-    queue = _queues[name] = django_rq.get_queue(name, **_queue_kwargs)
+    queue = django_rq.get_queue(name, **_queue_kwargs)
+    queue = _queues[name] = django_rq.get_queue(name, connection=_fail_fast(queue.connection), **_queue_kwargs)
     return queue
+
+
+def _fail_fast(connection):
+    """
+    The same Redis, without redis-py's retries (redis-py 6+ retries a refused connection three times with backoff,
+    3.6 s in all): a push the plugin makes may fail, since it is stored and the relay sends it as soon as Redis
+    answers, but it must not hold a web request for seconds per job while Redis is down. A connection that hangs is
+    given up after 5 seconds.
+    """
+    from redis import ConnectionPool, Redis
+
+    try:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        return connection
+    pool = connection.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs['retry'] = Retry(NoBackoff(), 0)
+    kwargs.pop('retry_on_timeout', None)
+    if kwargs.get('socket_connect_timeout') is None:
+        kwargs['socket_connect_timeout'] = 5
+    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 
 def job_queue_name(job):
@@ -224,6 +284,21 @@ def on_commit(func, using):
         transaction.on_commit(func, using=using, robust=True)
     else:
         transaction.on_commit(func, using=using)
+
+
+def is_not_updated(exc):
+    """
+    True when ``exc`` is Django's refusal of a forced UPDATE that touched no row (the row is gone), as opposed to an
+    error of the database: ``ObjectNotUpdated`` on Django 6.0+ (NetBox 4.5+), a plain ``DatabaseError`` with
+    Django's message before.
+    """
+    from django.core import exceptions
+    from django.db import DatabaseError
+
+    not_updated = getattr(exceptions, 'ObjectNotUpdated', None)
+    if not_updated is not None and isinstance(exc, not_updated):
+        return True
+    return type(exc) is DatabaseError and 'did not affect any rows' in str(exc)
 
 
 def system_job(interval):

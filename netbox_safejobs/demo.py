@@ -3,7 +3,8 @@
 shows real ones within a minute. Needs a running ``rqworker`` (``scripts/dev run`` starts one).
 
 Every step uses the plugin's real code paths against the real database and Redis; only the stuck job is staged
-(a job claimed an hour ago by a worker that no longer exists), because killing a real worker is not a demo.
+(a job claimed by a worker whose heartbeat stopped an hour ago), because killing a real worker is not a demo, and so
+is the damaged stored push.
 """
 
 import time
@@ -17,7 +18,7 @@ from netbox.jobs import JobRunner
 
 from . import compat
 from .choices import RetryEventKindChoices
-from .models import JobDispatch, RetryEvent
+from .models import JobDispatch, RetryEvent, WorkerHeartbeat
 
 __all__ = (
     'DemoJob',
@@ -31,7 +32,9 @@ class DemoJob(JobRunner):
     class Meta:
         name = 'Safe jobs demo'
 
-    def run(self, *args, **kwargs):
+    def run(self, *args, pause=0, **kwargs):
+        if pause:
+            time.sleep(pause)
         self.logger.info('demo job ran')
 
 
@@ -80,8 +83,8 @@ def run_demo(out=print, wait=60):
     _push_directly(twice, rq_job_id=str(uuid.uuid4()))
     jobs.append(twice.job_id)
 
-    out('4. Redis unreachable at commit: no error for the caller, "dispatch failed"; the recovery pass then sends '
-        'it: "recovered".')
+    out('4. Redis unreachable at commit: no error for the caller, "dispatch failed", the push owed at once; the '
+        'relay then sends it: "recovered".')
     unreachable = {name: {**params, 'PORT': 1} for name, params in settings.RQ_QUEUES.items()}
     for params in unreachable.values():
         params.pop('URL', None)
@@ -89,10 +92,9 @@ def run_demo(out=print, wait=60):
         with transaction.atomic():
             lost = DemoJob.enqueue()
     jobs.append(lost.job_id)
-    # As if the recovery system job ran recovery_min_age later.
+    # What the relay in every worker does within a second; run here so the demo does not depend on its timing.
     from .recovery import run_pass
 
-    JobDispatch.objects.filter(job=lost).update(created=timezone.now() - timedelta(hours=1))
     run_pass(stuck=False)
 
     out('5. The database connection killed while the guard checks a row: "database error", then the job runs.')
@@ -109,16 +111,44 @@ def run_demo(out=print, wait=60):
     DemoJob.handle(killed)
     jobs.append(killed.job_id)
 
-    out('6. A job left "running" by a worker that died (staged: claimed an hour ago, no RQ task): '
+    out('6. A job left "running" by a worker that died (staged: its heartbeat stopped an hour ago): '
         '"stuck job errored".')
     stuck = Job.objects.create(name=DemoJob.name, job_id=uuid.uuid4(), status='running',
                                started=timezone.now() - timedelta(hours=1),
                                **compat.job_field_values(queue_name='default'))
+    dead_worker = uuid.uuid4()
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    WorkerHeartbeat.objects.create(id=dead_worker, name='demo-gone', host='gone', pid=1, version='demo',
+                                   started=an_hour_ago, seen=an_hour_ago)
     JobDispatch.objects.create(job=stuck, job_uuid=stuck.job_id, queue_name='default',
-                               runner=f'{DemoJob.__module__}.{DemoJob.__qualname__}',
-                               claimed=timezone.now() - timedelta(hours=1), worker_host='gone', worker_pid=1)
+                               runner=f'{DemoJob.__module__}.{DemoJob.__qualname__}', token=uuid.uuid4(),
+                               claimed=timezone.now() - timedelta(hours=1), worker=dead_worker, worker_host='gone',
+                               worker_pid=1)
     run_pass()
     jobs.append(stuck.job_id)
+
+    out('7. A job whose row is deleted while it runs: "row deleted mid-run"; the row is not re-created.')
+    doomed = DemoJob.enqueue(pause=3)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and not Job.objects.filter(pk=doomed.pk, status='running').exists():
+        time.sleep(0.2)
+    Job.objects.filter(pk=doomed.pk).delete()
+    jobs.append(doomed.job_id)
+
+    out('8. A stored push that is not ours (staged: its signature broken): "stored push rejected", the job errored.')
+    with compat.override_rq_queues(unreachable):
+        forged = DemoJob.enqueue()
+    row = JobDispatch.objects.get(job=forged)
+    JobDispatch.objects.filter(pk=row.pk).update(payload=bytes(row.payload)[:-1] + b'!')
+    run_pass(stuck=False)
+    jobs.append(forged.job_id)
+
+    out('9. A queued task deleted from Background Tasks: "stopped by operator"; it is not sent again.')
+    from core.utils import delete_rq_job
+
+    cancelled = DemoJob.enqueue(schedule_at=timezone.now() + timedelta(hours=1))
+    delete_rq_job(str(cancelled.job_id))
+    jobs.append(cancelled.job_id)
 
     out(f'Waiting up to {wait}s for the worker to take the tasks...')
     wanted = set(RetryEventKindChoices.values())

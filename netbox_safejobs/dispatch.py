@@ -1,47 +1,66 @@
 """
-Commit-bound, crash-safe dispatch of jobs to RQ.
+Commit-bound, crash-safe dispatch of jobs to RQ: the write side of the outbox.
 
 ``JobRunner.enqueue`` is wrapped (see ``patches.py``). NetBox's own ``Job.enqueue`` still runs and saves the Job
 row; the RQ push it makes, whether at once (NetBox <= 4.2.5) or from ``transaction.on_commit`` (4.2.6+, #18880),
 is *captured* instead of sent. The plugin then
 
 1. stores the push in a ``JobDispatch`` row in the same transaction as the Job row (the outbox), pickled as RQ
-   would pickle it, so a task that cannot be serialized fails the enqueue before commit, never after it;
-2. registers its own on-commit callback, on the database alias the Job was written to, that sends the push. Django
-   drops the callback on rollback (of the transaction or of the savepoint it was registered in), so nothing reaches
-   Redis for a job that does not exist. Outside a transaction the callback runs at once;
-3. catches any failure of the push: the data is committed, so raising now would only hide that. A
-   ``dispatch failed`` event is recorded and the stored push is sent by the recovery pass when Redis is back.
+   would pickle it and signed (``payload.py``), so a task that cannot be serialized fails the enqueue before commit,
+   never after it;
+2. registers its own on-commit callback, on the database alias the Job was written to, that sends the push and
+   stamps the row ``sent``. Django drops the callback on rollback (of the transaction or of the savepoint it was
+   registered in), so nothing reaches Redis for a job that does not exist. Outside a transaction it runs at once;
+3. catches any failure of the push: the data is committed, so raising now would only hide that. The row is stamped
+   ``owed`` at once, one ``dispatch failed`` event is recorded, and the relay of every worker (``relay.py``) sends
+   it as soon as Redis answers.
+
+A task the plugin pushes carries a marker in its RQ ``meta``: it was pushed after its row committed, so a worker
+that finds no row knows the row was deleted, and drops the task at once (``guard.py``).
+
+``Job.delete()`` cancels the job's RQ task only once the deleting transaction commits (``deferred_cancel``): stock
+NetBox cancels it at once, so a rolled-back delete left a pending job with a cancelled task.
 
 The capture is scoped to the calling thread and to the call of ``Job.enqueue``: ``django_rq.get_queue`` and
 ``transaction.on_commit``, as seen by the module defining ``Job.enqueue``, behave exactly as before for everyone else.
 """
 
 import logging
-import pickle
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from functools import partial, wraps
 
-from django.db import router, transaction
+from django.db import DatabaseError, connections, router, transaction
 
 from . import compat, events
 from .choices import RetryEventKindChoices
+from .payload import Push, seal
 
 __all__ = (
+    'PUSH_MARKER',
     'CapturedPush',
     'OnCommitProxy',
     'RQModuleProxy',
     'capturing',
     'defer',
+    'deferred_cancel',
+    'mark_owed',
+    'mark_sent',
     'push',
+    'pushes_deferred_to_relay',
+    'successors_held',
+    'wrap_delete',
+    'wrap_delete_task',
     'wrap_enqueue',
 )
 
 logger = logging.getLogger('netbox_safejobs.dispatch')
 
 _local = threading.local()
+
+# The key in an RQ task's meta that says: pushed by netbox-safejobs, after the Job row committed.
+PUSH_MARKER = 'netbox_safejobs'
 
 
 @dataclass
@@ -54,7 +73,10 @@ class CapturedPush:
     kwargs: dict = field(default_factory=dict)
 
     def send(self):
-        return getattr(compat.get_push_queue(self.queue_name), self.method)(*self.args, **self.kwargs)
+        """Push to RQ, marked as pushed by the plugin after its row committed (see ``PUSH_MARKER``)."""
+        kwargs = dict(self.kwargs)
+        kwargs['meta'] = {**(kwargs.get('meta') or {}), PUSH_MARKER: 1}
+        return getattr(compat.get_push_queue(self.queue_name), self.method)(*self.args, **kwargs)
 
 
 class _CapturingQueue:
@@ -102,9 +124,12 @@ class RQModuleProxy:
 
     def get_queue(self, name='default', *args, **kwargs):
         sink = _sink()
-        if sink is None:
-            return self._module.get_queue(name, *args, **kwargs)
-        return _CapturingQueue(name, sink)
+        if sink is not None:
+            return _CapturingQueue(name, sink)
+        using = getattr(_local, 'deleting', None)
+        if using is not None:
+            return _DeferringQueue(name, using)
+        return self._module.get_queue(name, *args, **kwargs)
 
     def __getattr__(self, attr):
         return getattr(self._module, attr)
@@ -130,7 +155,138 @@ class OnCommitProxy:
         return getattr(self._module, attr)
 
 
-_insert_sql = None
+class _DeferringQueue:
+    """Stands in for the RQ queue inside ``Job.delete()``: the task is cancelled once the delete commits."""
+
+    def __init__(self, name, using):
+        self.name = name
+        self._using = using
+
+    def fetch_job(self, job_id):
+        return _DeferredCancel(self.name, job_id, self._using)
+
+    def __getattr__(self, attr):
+        return getattr(compat.get_push_queue(self.name), attr)
+
+
+class _DeferredCancel:
+    """What ``Job.delete()`` cancels: registered to run after commit, dropped on rollback."""
+
+    def __init__(self, queue_name, job_id, using):
+        self.queue_name = queue_name
+        self.id = job_id
+        self._using = using
+
+    def cancel(self, *args, **kwargs):
+        compat.on_commit(partial(_cancel_task, self.queue_name, self.id), using=self._using)
+
+    def __bool__(self):
+        return True
+
+
+def _cancel_task(queue_name, job_id):
+    """Cancel a deleted job's RQ task, as NetBox does, after the delete committed. Never raises."""
+    from rq.exceptions import InvalidJobOperation
+
+    try:
+        task = compat.get_push_queue(queue_name).fetch_job(job_id)
+        if task is not None:
+            task.cancel()
+    except InvalidJobOperation:
+        pass
+    except Exception as e:
+        # The row is gone; a task that still runs finds no row and is dropped by the worker guard.
+        logger.warning('job %s: RQ task not cancelled after the delete (%s); a worker will drop it', job_id,
+                       events.redact(events.describe(e)))
+
+
+@contextmanager
+def deferred_cancel(using):
+    """While the block runs, ``Job.delete()`` in this thread cancels the RQ task after commit."""
+    previous = getattr(_local, 'deleting', None)
+    _local.deleting = using
+    try:
+        yield
+    finally:
+        _local.deleting = previous
+
+
+def wrap_delete(original):
+    """The wrapper installed as ``Job.delete``."""
+
+    @wraps(original)
+    def delete(self, *args, **kwargs):
+        with deferred_cancel(kwargs.get('using') or self._state.db or router.db_for_write(type(self))):
+            return original(self, *args, **kwargs)
+
+    delete.__safejobs_original__ = original
+    return delete
+
+
+def _close_deleted_task(job_id):
+    """
+    An operator deleted a job's RQ task from Background Tasks: a decision, not a loss. The job, if it still waits, is
+    closed with that reason, its stored push erased, and one event recorded; nothing sends it again.
+    """
+    from core.models import Job
+
+    from .models import JobDispatch
+
+    using = router.db_for_write(Job)
+    try:
+        job = Job.objects.using(using).filter(job_id=job_id, status__in=compat.CLAIMABLE_STATES).first()
+        if job is None:
+            return
+        with transaction.atomic(using=using):
+            JobDispatch.objects.using(using).filter(job=job).delete()
+            job.terminate(status='failed', error='Its task was deleted from Background Tasks by an operator; '
+                                                  'netbox-safejobs does not send it again.')
+        events.record(RetryEventKindChoices.KIND_OPERATOR_STOPPED, job=job, using=using,
+                      detail='Task deleted from Background Tasks: the job is closed as failed and is not sent '
+                             'again. Enqueue it anew if it should run.')
+    except Exception:
+        logger.exception('job %s: not closed after its task was deleted from Background Tasks', job_id)
+
+
+def wrap_delete_task(original):
+    """The wrapper of NetBox's ``delete_rq_job`` (Background Tasks, UI and REST API)."""
+
+    @wraps(original)
+    def delete_rq_job(job_id, *args, **kwargs):
+        result = original(job_id, *args, **kwargs)
+        _close_deleted_task(job_id)
+        return result
+
+    delete_rq_job.__safejobs_original__ = original
+    return delete_rq_job
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The outbox row
+# --------------------------------------------------------------------------------------------------------------------
+
+_sql = {}
+
+
+def _statements():
+    if not _sql:
+        from .models import JobDispatch
+
+        table = JobDispatch._meta.db_table
+        # The database's clock, never the application host's: the relay compares these stamps with it.
+        _sql['insert'] = (
+            f'INSERT INTO {table} (job_id, job_uuid, queue_name, runner, method, payload, created, recoveries, '
+            f"worker_host) VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp(), 0, '') RETURNING id"
+        )
+        _sql['sent'] = (
+            f'UPDATE {table} SET sent = clock_timestamp(), owed = NULL '
+            f'WHERE id = %s AND sent IS NULL AND claimed IS NULL'
+        )
+        _sql['owed'] = (
+            f'UPDATE {table} SET owed = clock_timestamp() '
+            f'WHERE id = %s AND sent IS NULL AND claimed IS NULL AND owed IS NULL'
+        )
+    return _sql
 
 
 def _insert(using, values):
@@ -139,19 +295,30 @@ def _insert(using, values):
     ``post_save`` receiver NetBox and other plugins connect for all models (change logging, search, event rules) on
     the hot path of every enqueue, for a row none of them is interested in.
     """
-    global _insert_sql
-    from django.db import connections
-
-    from .models import JobDispatch
-
-    if _insert_sql is None:
-        _insert_sql = (
-            f'INSERT INTO {JobDispatch._meta.db_table} '
-            f'(job_id, job_uuid, queue_name, runner, method, payload, created, recoveries, worker_host) '
-            f"VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp(), 0, '')"
-        )
     with connections[using].cursor() as cursor:
-        cursor.execute(_insert_sql, values)
+        cursor.execute(_statements()['insert'], values)
+        return cursor.fetchone()[0]
+
+
+def _stamp(using, statement, dispatch_id):
+    """Stamp a row sent or owed. Returns False (and logs) when the database cannot be reached."""
+    try:
+        with connections[using].cursor() as cursor:
+            cursor.execute(_statements()[statement], [dispatch_id])
+        return True
+    except DatabaseError as e:
+        # An unstamped row stays "written": the relay owes it after unknown_push_age, by the database's clock.
+        logger.warning('dispatch row %s not stamped %s (%s); the relay will treat it as owed after '
+                       'unknown_push_age', dispatch_id, statement, events.redact(events.describe(e)))
+        return False
+
+
+def mark_sent(using, dispatch_id):
+    return _stamp(using, 'sent', dispatch_id)
+
+
+def mark_owed(using, dispatch_id):
+    return _stamp(using, 'owed', dispatch_id)
 
 
 def defer(job, runner, captured):
@@ -159,51 +326,128 @@ def defer(job, runner, captured):
     using = job._state.db or router.db_for_write(type(job))
     # Pickled here, inside the caller's transaction: a task that cannot be serialized fails the enqueue now, and
     # the transaction with it, rather than after commit. RQ pickles the same objects when it receives the push.
-    payload = pickle.dumps((captured.method, captured.args, captured.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-    _insert(using, [job.pk, job.job_id, captured.queue_name[:100], events.runner_path(runner)[:255], captured.method,
-                    payload])
-    compat.on_commit(partial(push, job, runner, captured, using), using=using)
+    blob = seal(Push(captured.method, captured.args, captured.kwargs))
+    dispatch_id = _insert(using, [job.pk, job.job_id, captured.queue_name[:100], events.runner_path(runner)[:255],
+                                  captured.method, blob])
+    compat.on_commit(partial(push, job, runner, captured, using, dispatch_id), using=using)
 
 
-def push(job, runner, captured, using):
+@contextmanager
+def pushes_deferred_to_relay():
+    """
+    While the block runs, pushes in this thread are not attempted: their rows are stamped owed and left to the relay.
+    Used while a failed push is being recorded: an event rule on ``dispatch failed`` that enqueues a job (a script)
+    would otherwise push again, fail again and record again, until RecursionError.
+    """
+    depth = getattr(_local, 'no_push', 0)
+    _local.no_push = depth + 1
+    try:
+        yield
+    finally:
+        _local.no_push = depth
+
+
+def push(job, runner, captured, using, dispatch_id):
     """Send one push to RQ, after commit. Never raises: the data is committed and the push is stored."""
+    if getattr(_local, 'no_push', 0):
+        mark_owed(using, dispatch_id)
+        return
     try:
         captured.send()
     except Exception as e:
-        events.record(
-            RetryEventKindChoices.KIND_DISPATCH_FAILED,
-            job=job,
-            runner=runner,
-            queue=captured.queue_name,
-            detail=f'{events.describe(e)}. The job is committed and its push is stored; the recovery pass '
-                   f'sends it when Redis answers again.',
-            using=using,
-        )
+        mark_owed(using, dispatch_id)
+        with pushes_deferred_to_relay():
+            events.record(
+                RetryEventKindChoices.KIND_DISPATCH_FAILED,
+                job=job,
+                runner=runner,
+                queue=captured.queue_name,
+                detail=f'{events.describe(e)}. The job is committed and its push is stored as owed; the relay of '
+                       f'every worker sends it as soon as Redis answers.',
+                using=using,
+            )
+        return
+    mark_sent(using, dispatch_id)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Periodic jobs whose row was deleted mid-run
+# --------------------------------------------------------------------------------------------------------------------
+
+class HeldRun:
+    """One run of a job in this thread; ``row_deleted`` once a save found its row gone."""
+
+    def __init__(self, job, runner):
+        self.job = job
+        self.runner = runner
+        self.row_deleted = False
+        self.successor_dropped = False
+
+
+@contextmanager
+def successors_held(job, runner):
+    """
+    While NetBox's ``handle()`` runs ``job``: if its row turns out to be deleted, the next run NetBox schedules for a
+    periodic job in its ``finally`` is not enqueued. An operator who deleted a periodic job mid-run wanted it gone.
+    """
+    stack = getattr(_local, 'runs', None)
+    if stack is None:
+        stack = _local.runs = []
+    held = HeldRun(job, runner)
+    stack.append(held)
+    try:
+        yield held
+    finally:
+        stack.pop()
+
+
+def _successor_of_deleted(cls, kwargs):
+    stack = getattr(_local, 'runs', None)
+    if not stack:
+        return None
+    held = stack[-1]
+    if held.row_deleted and held.job.interval and kwargs.get('interval') == held.job.interval:
+        return held
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The wrapper of JobRunner.enqueue
+# --------------------------------------------------------------------------------------------------------------------
+
+def _enqueue_captured(original, cls, args, kwargs, using):
+    with capturing() as pushes:
+        job = original(cls, *args, **kwargs)
+    if not pushes:
+        logger.warning('Job.enqueue pushed nothing the plugin could capture for job %s; left to NetBox',
+                       getattr(job, 'job_id', '?'))
+    for captured in pushes:
+        defer(job, cls, captured)
+    return job
 
 
 def wrap_enqueue(original):
     """The wrapper installed as ``JobRunner.enqueue``; ``original`` is NetBox's function (unbound)."""
-    from functools import wraps
 
     @wraps(original)
     def enqueue(cls, *args, **kwargs):
+        held = _successor_of_deleted(cls, kwargs)
+        if held is not None:
+            held.successor_dropped = True
+            logger.info('job %s: its row was deleted while it ran; its next run is not scheduled', held.job.job_id)
+            return None
         # immediate=True runs the job synchronously in this process: there is no push to make safe.
         if kwargs.get('immediate'):
             return original(cls, *args, **kwargs)
         from core.models import Job
 
-        # One transaction for the Job row and its stored push, even when the caller has none (autocommit): a process
-        # dying between the two would otherwise leave a row with nothing to recover it from. savepoint=False: inside
-        # the caller's transaction this adds no query at all.
-        with transaction.atomic(using=router.db_for_write(Job), savepoint=False):
-            with capturing() as pushes:
-                job = original(cls, *args, **kwargs)
-            if not pushes:
-                logger.warning('Job.enqueue pushed nothing the plugin could capture for job %s; left to NetBox',
-                               getattr(job, 'job_id', '?'))
-            for captured in pushes:
-                defer(job, cls, captured)
-        return job
+        using = router.db_for_write(Job)
+        # The Job row and its stored push commit together or not at all. Inside the caller's transaction that takes a
+        # savepoint: an enqueue that raises (a name that fails full_clean, a task that cannot be pickled) then leaves
+        # the caller's transaction as stock NetBox leaves it, usable, instead of marked for rollback. In autocommit
+        # the block is the transaction itself.
+        with transaction.atomic(using=using, savepoint=connections[using].in_atomic_block):
+            return _enqueue_captured(original, cls, args, kwargs, using)
 
     enqueue.__safejobs_original__ = original
     return enqueue

@@ -20,6 +20,7 @@ from .choices import RetryEventKindChoices
 
 __all__ = (
     'describe',
+    'link_to_job',
     'record',
     'record_many',
     'redact',
@@ -45,6 +46,9 @@ _LEVELS = {
     RetryEventKindChoices.KIND_DISPATCH_FAILED: logging.ERROR,
     RetryEventKindChoices.KIND_RECOVERED: logging.WARNING,
     RetryEventKindChoices.KIND_STUCK_ERRORED: logging.ERROR,
+    RetryEventKindChoices.KIND_ROW_DELETED: logging.WARNING,
+    RetryEventKindChoices.KIND_PAYLOAD_REJECTED: logging.ERROR,
+    RetryEventKindChoices.KIND_OPERATOR_STOPPED: logging.WARNING,
 }
 
 
@@ -191,3 +195,18 @@ def record_many(kind, entries, using='default'):
     for event, message, extra in built:
         _emit(event, message, extra, using)
     return events
+
+
+def link_to_job(job, using='default'):
+    """
+    Link the earlier events of ``job``'s UUID that were written while its row was not visible yet (``retry`` before
+    ``found after retry``) to the row, now that it is there: "(no job row)" must mean the row is really gone.
+    Never raises; one UPDATE, off the happy path.
+    """
+    from .models import RetryEvent
+
+    try:
+        with transaction.atomic(using=using):
+            RetryEvent.objects.using(using).filter(job_uuid=job.job_id, job__isnull=True).update(job_id=job.pk)
+    except DatabaseError as e:
+        logger.warning('job %s: earlier events not linked to its row (%s)', job.job_id, redact(describe(e)))

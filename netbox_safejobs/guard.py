@@ -1,5 +1,5 @@
 """
-The worker guard: what happens in the RQ worker before NetBox's own ``JobRunner.handle()`` runs.
+The worker guard: what happens in the RQ worker around NetBox's own ``JobRunner.handle()``.
 
 The task carries a pickled copy of the Job. Stock NetBox calls ``job.start()`` on it, a ``Model.save()`` that
 INSERTs the row when the UPDATE touched nothing: a deleted row comes back (#21129), a row not yet committed makes
@@ -7,35 +7,44 @@ the worker block and then fail on a duplicate key (#18880 on NetBox <= 4.2.5, ne
 snapshot overwrites every column. Instead, the guard
 
 1. *claims* the job in one statement: ``pending``/``scheduled`` → ``running`` on the row as it is in the database,
-   returning that row, and marks the job's ``JobDispatch`` row as claimed (erasing the stored push, except for a
-   periodic job, whose next run the recovery pass must be able to schedule if the worker dies). A task pushed
-   twice finds the row already claimed and is skipped: a job starts at most once;
-2. when no row is there, looks again on a backoff schedule, and drops the task, without inserting anything, when
-   the row never appears;
+   returning that row, and takes the job's lease in its ``JobDispatch`` row: a token of this attempt, this worker
+   (whose heartbeat keeps the lease alive, ``liveness.py``) and this work horse. The stored push is erased; a
+   periodic job keeps only its next run's arguments. A task pushed twice finds the row already claimed and is
+   skipped: a job starts at most once. A claim whose reply was lost (the connection died after the commit) is
+   retried, recognises its own token, and runs the job;
+2. when no row is there: a task the plugin pushed after the commit (its RQ meta says so) belongs to a deleted row
+   and is dropped at once. Any other task (pushed by stock code, or by a process without the plugin during a
+   rolling upgrade) may belong to a row that is still committing: the guard looks again on a backoff schedule and
+   drops the task, without inserting anything, when the row never appears;
 3. tells a database error apart from a missing row: it reconnects and retries on a budget of its own, and raises
    when the database stays away, so RQ marks the task failed instead of the job being dropped;
-4. runs NetBox's own ``handle()`` on the fresh row, then removes the lease.
+4. runs NetBox's own ``handle()`` on the fresh row, saved UPDATE-only from claim to end: a row deleted while the job
+   runs is never re-created, the run ends quietly with one event, and a periodic job's next run is not scheduled.
 
 The happy path costs one statement before ``handle()`` and one after, and writes no event.
 """
 
-import functools
 import logging
 import os
 import socket
 import time
+import uuid
+from functools import lru_cache, wraps
 
-from django.db import InterfaceError, OperationalError, connections, router
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, router
 
-from . import backoff, compat, events
+from . import backoff, compat, dispatch, events, workers
 from .choices import RetryEventKindChoices
+from .payload import seal_next_run
 from .settings import get_settings
 
 __all__ = (
     'ClaimResult',
+    'JobRowDeleted',
     'claim',
     'release',
     'run',
+    'run_nothing',
     'wrap_handle',
 )
 
@@ -44,6 +53,10 @@ logger = logging.getLogger('netbox_safejobs.guard')
 _HOST = socket.gethostname()[:255]
 
 _DATABASE_ERRORS = (OperationalError, InterfaceError)
+
+
+class JobRowDeleted(Exception):
+    """The running job's row was deleted: saving it would re-create it, so the save is refused."""
 
 
 class ClaimResult:
@@ -75,25 +88,32 @@ def _statements():
             RETURNING {columns}
         ), lease AS (
             INSERT INTO {dispatch_table}
-                (job_id, job_uuid, queue_name, runner, method, payload, created, recoveries, claimed,
-                 worker_host, worker_pid)
-            SELECT id, job_id, %(queue)s, %(runner)s, '', NULL, now(), 0, now(), %(host)s, %(pid)s FROM claimed
+                (job_id, job_uuid, queue_name, runner, method, payload, created, recoveries, claimed, token,
+                 worker, worker_host, worker_pid)
+            SELECT id, job_id, %(queue)s, %(runner)s, '', %(next_run)s, clock_timestamp(), 0, clock_timestamp(),
+                   %(token)s, %(worker)s, %(host)s, %(pid)s FROM claimed
             ON CONFLICT (job_id) DO UPDATE SET
-                payload = CASE WHEN %(keep_payload)s THEN {dispatch_table}.payload END,
-                claimed = EXCLUDED.claimed, worker_host = EXCLUDED.worker_host,
-                worker_pid = EXCLUDED.worker_pid
+                payload = EXCLUDED.payload, claimed = EXCLUDED.claimed, token = EXCLUDED.token,
+                worker = EXCLUDED.worker, worker_host = EXCLUDED.worker_host, worker_pid = EXCLUDED.worker_pid
         )
         SELECT {columns} FROM claimed
     """
-    _sql['status'] = f'SELECT status FROM {job_table} WHERE job_id = %s'
-    _sql['release'] = f'DELETE FROM {dispatch_table} WHERE job_id = %s'
+    # Why the claim found nothing: no row, or a row already claimed (by this very attempt, if its reply was lost).
+    _sql['status'] = f"""
+        SELECT j.status, d.token FROM {job_table} j LEFT JOIN {dispatch_table} d ON d.job_id = j.id
+        WHERE j.job_id = %s
+    """
+    _sql['reread'] = f'SELECT {columns} FROM {job_table} WHERE job_id = %s'
+    # Only this attempt's lease: a lease closed by the liveness check (and perhaps taken again) is not ours any more.
+    _sql['release'] = f'DELETE FROM {dispatch_table} WHERE job_id = %s AND token = %s'
     return _sql
 
 
-def _claim_once(job, runner, using):
+def _claim_once(job, runner, using, token, next_run):
     from core.models import Job
 
     sql = _statements()
+    worker = workers.current()
     with connections[using].cursor() as cursor:
         cursor.execute(sql['claim'], {
             'running': compat.RUNNING,
@@ -101,17 +121,24 @@ def _claim_once(job, runner, using):
             'claimable': list(compat.CLAIMABLE_STATES),
             'queue': compat.job_queue_name(job)[:100],
             'runner': events.runner_path(runner)[:255],
+            'next_run': next_run,
+            'token': token,
+            'worker': worker.id if worker else None,
             'host': _HOST,
             'pid': os.getpid(),
-            # The stored push holds what RQ held, possibly a user's request: erased at the claim. A periodic job keeps
-            # it until handle() returns, so that the recovery pass can schedule the next run if the worker dies.
-            'keep_payload': bool(job.interval),
         })
         row = cursor.fetchone()
         if row is not None:
             return ClaimResult.CLAIMED, Job.from_db(using, sql['attnames'], row)
         cursor.execute(sql['status'], [job.job_id])
         found = cursor.fetchone()
+        if found is not None and found[1] == token:
+            # Our own claim committed, and its reply was lost with the connection: the job is ours to run.
+            cursor.execute(sql['reread'], [job.job_id])
+            row = cursor.fetchone()
+            if row is not None:
+                return ClaimResult.CLAIMED, Job.from_db(using, sql['attnames'], row)
+            found = None
     if found is None:
         return ClaimResult.MISSING, None
     return ClaimResult.TAKEN, found[0]
@@ -126,7 +153,7 @@ def _close(using):
         pass
 
 
-@functools.lru_cache(maxsize=8)
+@lru_cache(maxsize=8)
 def _schedules(settings):
     """The waits before each look-up retry and each reconnection: computed once per settings, not once per job."""
     lookups = backoff.delays(settings.backoff_schedule, settings.lookup_base_delay, settings.lookup_retries,
@@ -136,21 +163,36 @@ def _schedules(settings):
     return lookups, reconnects
 
 
-def claim(runner, job):
+def _pushed_after_commit():
+    """True when the RQ task being run was pushed by the plugin after its row committed."""
+    from rq import get_current_job
+
+    try:
+        task = get_current_job()
+    except Exception:
+        return False
+    return bool(task is not None and (task.meta or {}).get(dispatch.PUSH_MARKER))
+
+
+def claim(runner, job, token=None, kwargs=None):
     """
     Claim ``job`` for this worker. Returns the Job as it is in the database, now ``running``, or ``None`` when the
-    task must not run (the row never appeared, or another task already claimed it).
+    task must not run (the row was deleted or never appeared, or another task already claimed it).
     """
     from core.models import Job
 
     using = router.db_for_write(Job)
     lookups, reconnects = _schedules(get_settings())
+    token = token or uuid.uuid4()
+    # What a periodic job keeps through its run: the arguments of its next run, should its worker die.
+    next_run = seal_next_run(kwargs or {}) if job.interval else None
     common = {'job': job, 'runner': runner}
     retries = failures = 0
     waited = 0.0
+    committed = None
     while True:
         try:
-            result, value = _claim_once(job, runner, using)
+            result, value = _claim_once(job, runner, using, token, next_run)
         except _DATABASE_ERRORS as e:
             _close(using)
             if failures >= len(reconnects):
@@ -170,6 +212,7 @@ def claim(runner, job):
                 events.record(RetryEventKindChoices.KIND_FOUND_AFTER_RETRY, attempt=retries, delay=round(waited, 6),
                               using=using, detail=f'Job row found after {retries} retries, {waited:.3f}s in all.',
                               **common)
+                events.link_to_job(value, using=using)
             return value
 
         if result == ClaimResult.TAKEN:
@@ -178,7 +221,17 @@ def claim(runner, job):
                           **common)
             return None
 
-        # The row is not there: not committed yet, rolled back, or deleted.
+        # The row is not there.
+        if committed is None:
+            committed = _pushed_after_commit()
+        if committed:
+            # Pushed by the plugin after its row committed: the row was deleted since. Nothing will bring it back.
+            events.record(RetryEventKindChoices.KIND_GAVE_UP, attempt=0, delay=0.0, using=using,
+                          detail='Job row deleted before a worker took the task (the task was pushed after the row '
+                                 'committed). Task dropped without running; the row was not re-created.',
+                          **common)
+            return None
+        # Pushed by stock code: not committed yet, rolled back, or deleted.
         if retries >= len(lookups):
             events.record(RetryEventKindChoices.KIND_GAVE_UP, attempt=retries, delay=round(waited, 6), using=using,
                           detail=f'Job row not found after {retries} retries, {waited:.3f}s in all (rolled back or '
@@ -194,33 +247,97 @@ def claim(runner, job):
         waited += delay
 
 
-def release(job):
-    """Remove the job's lease once ``handle()`` has returned. A failure only leaves work for the recovery pass."""
+def release(job, token=None):
+    """Remove the job's lease once ``handle()`` has returned. A failure only leaves work for the liveness check."""
     from core.models import Job
 
     using = job._state.db or router.db_for_write(Job)
     try:
         with connections[using].cursor() as cursor:
-            cursor.execute(_statements()['release'], [job.pk])
+            cursor.execute(_statements()['release'], [job.pk, token])
     except _DATABASE_ERRORS as e:
         _close(using)
-        logger.warning('job %s: lease not removed (%s); the recovery pass will clean it up', job.job_id, e)
+        logger.warning('job %s: lease not removed (%s); the liveness check will clean it up', job.job_id, e)
+
+
+def _update_only(job, held):
+    """
+    Make every save of ``job`` an UPDATE: ``Model.save()`` falls back to INSERT when the UPDATE touches no row,
+    which re-creates a row deleted while the job ran (NetBox's ``start()`` and ``terminate()`` both save).
+    """
+    model_save = type(job).save
+
+    def save(*args, **kwargs):
+        if not kwargs.get('force_insert'):
+            kwargs['force_update'] = True
+        try:
+            return model_save(job, *args, **kwargs)
+        except DatabaseError as e:
+            if not compat.is_not_updated(e):
+                raise
+            held.row_deleted = True
+            raise JobRowDeleted(f'job {job.job_id}: its row was deleted while it ran; not re-created') from None
+
+    job.save = save
+
+
+def _run_held(original, runner, job, args, kwargs):
+    """NetBox's own ``handle()`` on ``job``, saved UPDATE-only; ``None`` and one event if the row goes."""
+    using = job._state.db
+    with dispatch.successors_held(job, runner) as held:
+        _update_only(job, held)
+        try:
+            return original(runner, job, *args, **kwargs)
+        except JobRowDeleted:
+            pass
+        if not held.row_deleted:
+            return None
+        detail = 'Job row deleted while the job ran: the run ended, the row was not re-created'
+        if job.interval:
+            detail += ', and the next run of this periodic job was not scheduled'
+        events.record(RetryEventKindChoices.KIND_ROW_DELETED, job=job, runner=runner, using=using,
+                      detail=detail + '.')
+    return None
 
 
 def run(original, runner, job, args, kwargs):
-    """Claim, run NetBox's own ``handle()`` on the fresh row, release."""
-    fresh = claim(runner, job)
+    """Claim, run NetBox's own ``handle()`` on the fresh row (its lease heartbeating in a worker), release."""
+    token = uuid.uuid4()
+    fresh = claim(runner, job, token=token, kwargs=kwargs)
     if fresh is None:
         return None
+    heartbeat = None
+    if workers.current() is not None:
+        heartbeat = workers.LeaseHeartbeat(fresh.pk, token, get_settings().heartbeat_interval, fresh._state.db)
+        heartbeat.start()
     try:
-        return original(runner, fresh, *args, **kwargs)
+        return _run_held(original, runner, fresh, args, kwargs)
     finally:
-        release(fresh)
+        if heartbeat is not None:
+            heartbeat.stop()
+        release(fresh, token)
+
+
+class WorkerLost(Exception):
+    """Why a job that was running is closed without having run to its end (its worker or work horse died)."""
+
+
+def run_nothing(original, runner, job, reason, kwargs):
+    """
+    Close a claimed job whose run was cut short, through NetBox's own ``handle()``: its ``start()`` raises
+    ``WorkerLost(reason)``, so NetBox records the error, terminates the job as errored (notifications, ``job_end``,
+    event rules) and, for a periodic job, schedules the next run with its arguments (under NetBox's own advisory lock
+    where it takes one, #22232). The row is saved UPDATE-only: a row deleted meanwhile is not re-created.
+    """
+    def start():
+        raise WorkerLost(reason)
+
+    job.start = start
+    return _run_held(original, runner, job, (), kwargs)
 
 
 def wrap_handle(original):
     """The wrapper installed as ``JobRunner.handle``; ``original`` is NetBox's function (unbound)."""
-    from functools import wraps
 
     @wraps(original)
     def handle(cls, job, *args, **kwargs):

@@ -12,6 +12,7 @@ from .choices import RetryEventKindChoices
 __all__ = (
     'JobDispatch',
     'RetryEvent',
+    'WorkerHeartbeat',
 )
 
 
@@ -129,17 +130,28 @@ class RetryEvent(EventRulesMixin, models.Model):
 
 class JobDispatch(models.Model):
     """
-    The dispatch state of one job, written in the same transaction as its Job row: the outbox of the dispatch and
-    the lease of the worker guard.
+    The dispatch state of one job, written in the same transaction as its Job row: the outbox of the dispatch and,
+    once a worker claims the job, its lease. PostgreSQL is the only source of truth about where a job is; the
+    plugin never infers it from what Redis holds.
 
-    - *Owed*: ``payload`` holds the push as RQ would receive it (the callable and its arguments, pickled; for some
-      jobs that includes a request). The push is sent after commit; if it fails, or the process dies first, or Redis
-      loses the task, the recovery pass sends it again from here.
-    - *Claimed*: the worker guard claimed the job; the payload is erased, ``claimed`` and the worker are set. The
-      row is deleted when ``handle()`` returns. A row left claimed means the worker died mid-job: the recovery pass
-      closes the job.
+    Its states, each a column set with the database's clock:
 
-    Never shown in the UI, the API or an event: the payload may hold a user's request.
+    - *written*: ``created`` only. The caller's transaction committed (or has not yet); the push is on its way.
+      A row left written longer than ``unknown_push_age`` lost its pushing process (killed between commit and push):
+      it is owed.
+    - *sent*: ``sent`` is set once RQ accepted the push.
+    - *owed*: ``owed`` is set at once when a push fails (Redis down), or when Redis lost the tasks it held (see
+      ``relay.py``). Every worker's relay sends owed rows as soon as Redis answers, each row by exactly one relay
+      (``FOR UPDATE SKIP LOCKED``).
+    - *claimed*: a worker guard claimed the job: ``claimed``, the attempt ``token``, and the claiming ``worker``
+      (a ``WorkerHeartbeat``) with its host and work horse pid. The stored push is erased; a periodic job keeps only
+      the arguments of its next run. A job that runs longer than ``heartbeat_interval`` has its lease's
+      ``heartbeat`` refreshed by its own work horse, so that it outlives a worker that died before it. The row is
+      deleted when ``handle()`` returns; a lease whose worker and work horse both stopped heartbeating, or whose work
+      horse died, is closed by ``liveness.py``.
+
+    ``payload`` is signed with a key derived from NetBox's ``SECRET_KEY`` and never unpickled unless the signature
+    matches. Never shown in the UI, the API or an event: it may hold a user's request.
     """
 
     job = models.OneToOneField(
@@ -154,20 +166,77 @@ class JobDispatch(models.Model):
     method = models.CharField(max_length=20, blank=True, editable=False)
     payload = models.BinaryField(null=True, editable=False)
     created = models.DateTimeField(default=timezone.now, editable=False)
-    pushed = models.DateTimeField(null=True, editable=False)
+    sent = models.DateTimeField(null=True, editable=False)
+    owed = models.DateTimeField(null=True, editable=False)
     recoveries = models.PositiveIntegerField(default=0, editable=False)
     claimed = models.DateTimeField(null=True, editable=False)
+    token = models.UUIDField(null=True, editable=False)
+    worker = models.UUIDField(null=True, editable=False)
+    heartbeat = models.DateTimeField(null=True, editable=False)
     worker_host = models.CharField(max_length=255, blank=True, editable=False)
     worker_pid = models.PositiveIntegerField(null=True, editable=False)
 
     class Meta:
         ordering = ('created', 'pk')
         indexes = (
-            # The recovery pass reads owed pushes and claimed leases by age; it never scans core_job.
-            models.Index(fields=('claimed', 'created'), name='netbox_safejobs_dispatch_idx'),
+            # The relay, once a second in every worker: rows written or owed, oldest first. Partial, so an idle relay
+            # reads an empty index however many jobs are queued or running.
+            models.Index(
+                fields=('created',), name='netbox_safejobs_unsent_idx',
+                condition=models.Q(claimed__isnull=True, sent__isnull=True),
+            ),
+            # Redis lost its tasks: every sent, unclaimed row of its queues is owed again.
+            models.Index(
+                fields=('queue_name',), name='netbox_safejobs_sent_idx',
+                condition=models.Q(claimed__isnull=True, sent__isnull=False),
+            ),
+            # Liveness: the leases of a worker (heartbeat gone stale, work horse died).
+            models.Index(
+                fields=('worker',), name='netbox_safejobs_lease_idx',
+                condition=models.Q(claimed__isnull=False),
+            ),
         )
         verbose_name = _('job dispatch')
         verbose_name_plural = _('job dispatches')
 
     def __str__(self):
-        return f'{self.job_uuid} ({"claimed" if self.claimed else "owed"})'
+        return f'{self.job_uuid} ({self.state})'
+
+    @property
+    def state(self):
+        if self.claimed:
+            return 'claimed'
+        if self.owed:
+            return 'owed'
+        if self.sent:
+            return 'sent'
+        return 'written'
+
+
+class WorkerHeartbeat(models.Model):
+    """
+    One live ``rqworker`` running this plugin: written when it starts, its ``seen`` refreshed (database clock) every
+    ``heartbeat_interval`` seconds by the worker's own loop, deleted when it stops cleanly. A lease whose worker has
+    not been seen for ``stuck_after`` seconds belongs to a dead worker (SIGKILL, OOM, host lost), as Oban's Lifeline
+    and Procrastinate's stalled-job detection decide it: from the database, never from the broker's state.
+    """
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    name = models.CharField(max_length=255, blank=True, editable=False)
+    host = models.CharField(max_length=255, blank=True, editable=False)
+    pid = models.PositiveIntegerField(null=True, editable=False)
+    version = models.CharField(max_length=50, blank=True, editable=False)
+    started = models.DateTimeField(editable=False)
+    seen = models.DateTimeField(editable=False)
+
+    class Meta:
+        ordering = ('host', 'pid')
+        indexes = (
+            # Stale workers, and the health check's list of live ones.
+            models.Index(fields=('seen',), name='netbox_safejobs_seen_idx'),
+        )
+        verbose_name = _('worker heartbeat')
+        verbose_name_plural = _('worker heartbeats')
+
+    def __str__(self):
+        return f'{self.name or self.host} (pid {self.pid})'

@@ -1,13 +1,21 @@
 """
-The plugin's patches of NetBox: ``install()`` and ``uninstall()``. The only module that changes NetBox's classes.
+The plugin's patches of NetBox (and of RQ's worker): ``install()`` and ``uninstall()``. The only module that changes
+classes the plugin does not own.
 
 Installed once from ``PluginConfig.ready()``, which runs in every process (web server, ``rqworker``, management
-commands). Each patch wraps NetBox's function with ``functools.wraps`` and calls it; the originals are kept, and
-``uninstall()`` puts them back (tests use it). When NetBox lacks what a patch needs, the patch is not installed,
-one line says why, and NetBox runs as it would without the plugin.
+commands). Each patch wraps the original function with ``functools.wraps`` and calls it; the originals are kept, and
+``uninstall()`` puts them back (tests use it). When NetBox or RQ lacks what a patch needs, the patch is not installed,
+one line says why, and NetBox runs as it would without it.
+
+- ``dispatch``: ``JobRunner.enqueue`` (commit-bound, stored push), ``Job.delete`` (the RQ task is cancelled after
+  the delete commits) and NetBox's ``delete_rq_job`` (a task an operator deleted closes its job);
+- ``guard``: ``JobRunner.handle`` (claim, look-up with backoff, UPDATE-only run);
+- ``worker``: RQ's ``Worker.work`` (the worker loop: relay, heartbeat, liveness) and ``Worker.monitor_work_horse``
+  (a work horse that died is closed at once).
 """
 
 import logging
+from functools import wraps
 
 from . import compat
 from .settings import get_settings
@@ -20,16 +28,20 @@ __all__ = (
 
 logger = logging.getLogger('netbox_safejobs.patches')
 
-# name -> list of (owner, attribute, original value), restored in reverse order by uninstall()
+_ABSENT = object()
+
+# name -> list of (owner, attribute, original value or _ABSENT), restored in reverse order by uninstall()
 _installed = {}
 
 
 def _replace(owner, attribute, value, undo):
-    undo.append((owner, attribute, owner.__dict__[attribute] if isinstance(owner, type) else getattr(owner, attribute)))
+    undo.append((owner, attribute, owner.__dict__.get(attribute, _ABSENT) if isinstance(owner, type)
+                 else getattr(owner, attribute)))
     setattr(owner, attribute, value)
 
 
 def _install_dispatch():
+    from core.models import Job
     from netbox.jobs import JobRunner
 
     from . import dispatch
@@ -42,6 +54,14 @@ def _install_dispatch():
     undo = []
     original = JobRunner.__dict__['enqueue'].__func__
     _replace(JobRunner, 'enqueue', classmethod(dispatch.wrap_enqueue(original)), undo)
+    if 'delete' in Job.__dict__:
+        _replace(Job, 'delete', dispatch.wrap_delete(Job.__dict__['delete']), undo)
+    deleters = compat.rq_task_deleters()
+    if deleters:
+        # One wrapper for the function and every name it was imported under.
+        wrapped = dispatch.wrap_delete_task(getattr(deleters[0][0], deleters[0][1]))
+        for owner, attribute in deleters:
+            _replace(owner, attribute, wrapped, undo)
     # Only the module defining Job.enqueue sees the proxies; both pass everything through outside a capture.
     proxies = {'django_rq': dispatch.RQModuleProxy, 'transaction': dispatch.OnCommitProxy}
     for name in compat.capture_globals():
@@ -64,7 +84,68 @@ def _install_guard():
     _installed['guard'] = undo
 
 
-def install(dispatch=None, guard=None):
+def _wrap_work(original):
+    from . import worker_loop
+
+    @wraps(original)
+    def work(self, *args, **kwargs):
+        worker_loop.start(self)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            worker_loop.stop()
+
+    return work
+
+
+def _wrap_monitor(original):
+    from . import worker_loop
+
+    @wraps(original)
+    def monitor_work_horse(self, job, *args, **kwargs):
+        horse_pid = getattr(self, '_horse_pid', 0)
+        self._safejobs_horse_killed = False
+        worker_loop.monitored.add(horse_pid)
+        try:
+            return original(self, job, *args, **kwargs)
+        finally:
+            try:
+                stopped = getattr(self, '_stopped_job_id', None) == job.id
+                if stopped or self._safejobs_horse_killed:
+                    worker_loop.horse_ended(self, horse_pid, stopped)
+            finally:
+                worker_loop.monitored.discard(horse_pid)
+
+    return monitor_work_horse
+
+
+def _wrap_horse_killed(original):
+    @wraps(original)
+    def handle_work_horse_killed(self, *args, **kwargs):
+        self._safejobs_horse_killed = True
+        return original(self, *args, **kwargs)
+
+    return handle_work_horse_killed
+
+
+def _install_worker():
+    worker_class, reason = compat.rq_worker_class()
+    if reason:
+        logger.warning('Worker loop not installed: %s. Run `netbox safejobs_recover` from cron for owed pushes '
+                       'and stuck jobs.', reason)
+        return
+    undo = []
+    _replace(worker_class, 'work', _wrap_work(worker_class.work), undo)
+    if hasattr(worker_class, 'monitor_work_horse') and hasattr(worker_class, 'handle_work_horse_killed'):
+        _replace(worker_class, 'monitor_work_horse', _wrap_monitor(worker_class.monitor_work_horse),
+                 undo)
+        _replace(worker_class, 'handle_work_horse_killed',
+                 _wrap_horse_killed(worker_class.handle_work_horse_killed), undo)
+    # Without those two, the loop's own check of its work horses (liveness.close_dead_horses) closes their jobs.
+    _installed['worker'] = undo
+
+
+def install(dispatch=None, guard=None, worker=None):
     """
     Install the patches switched on in the settings (or as given). Idempotent: a patch already installed is left
     as it is.
@@ -72,20 +153,26 @@ def install(dispatch=None, guard=None):
     settings = get_settings()
     dispatch = settings.dispatch_on_commit if dispatch is None else dispatch
     guard = settings.worker_guard if guard is None else guard
+    worker = settings.worker_loop if worker is None else worker
     if dispatch and 'dispatch' not in _installed:
         _install_dispatch()
     if guard and 'guard' not in _installed:
         _install_guard()
+    if worker and 'worker' not in _installed:
+        _install_worker()
     return installed()
 
 
 def uninstall(name=None):
-    """Put NetBox's originals back (all patches, or the one named)."""
+    """Put the originals back (all patches, or the one named)."""
     for key in [name] if name else list(_installed):
         for owner, attribute, original in reversed(_installed.pop(key, [])):
-            setattr(owner, attribute, original)
+            if original is _ABSENT:
+                delattr(owner, attribute)
+            else:
+                setattr(owner, attribute, original)
 
 
 def installed():
-    """The names of the patches in place: a subset of {'dispatch', 'guard'}."""
+    """The names of the patches in place: a subset of {'dispatch', 'guard', 'worker'}."""
     return set(_installed)

@@ -13,9 +13,11 @@ __all__ = (
     'BACKOFF_SCHEDULES',
     'DEFAULT_SETTINGS',
     'PLUGIN_NAME',
+    'RETIRED_SETTINGS',
     'SafeJobsSettings',
     'connect_signals',
     'get_settings',
+    'retired_keys_warnings',
     'validate_settings',
 )
 
@@ -34,12 +36,14 @@ DEFAULT_SETTINGS = {
     'lookup_max_wait': 30.0,
     # Worker guard: how many times to reconnect and retry when the database itself fails.
     'database_retries': 3,
-    # Recovery pass: owed pushes, tasks lost by Redis, jobs stuck in "running".
-    'recovery_enabled': True,
-    'recovery_interval': 5,
-    'recovery_min_age': 60,
+    # The loop every rqworker runs beside its work: the relay of owed pushes, the worker's heartbeat, stuck jobs.
+    'worker_loop': True,
+    'relay_interval': 1.0,
+    'unknown_push_age': 10,
+    'heartbeat_interval': 10,
     'stuck_job_detection': True,
-    'stuck_job_grace': 900,
+    'stuck_after': 60,
+    'worker_reconnect_interval': 1.0,
     # Retry events: days to keep them (0 keeps them forever).
     'event_retention_days': 90,
 }
@@ -54,11 +58,13 @@ class SafeJobsSettings:
     backoff_schedule: str
     lookup_max_wait: float
     database_retries: int
-    recovery_enabled: bool
-    recovery_interval: int
-    recovery_min_age: int
+    worker_loop: bool
+    relay_interval: float
+    unknown_push_age: int
+    heartbeat_interval: int
     stuck_job_detection: bool
-    stuck_job_grace: int
+    stuck_after: int
+    worker_reconnect_interval: float
     event_retention_days: int
 
 
@@ -109,15 +115,28 @@ _VALIDATORS = {
     'backoff_schedule': _choice(BACKOFF_SCHEDULES),
     'lookup_max_wait': _seconds(0, 3600),
     'database_retries': _int(0, 50),
-    'recovery_enabled': _bool,
-    'recovery_interval': _int(1, 1440),
-    'recovery_min_age': _int(1, 86400),
+    'worker_loop': _bool,
+    'relay_interval': _seconds(0.1, 60),
+    'unknown_push_age': _int(1, 3600),
+    'heartbeat_interval': _int(1, 300),
     'stuck_job_detection': _bool,
-    'stuck_job_grace': _int(60, 7 * 86400),
+    'stuck_after': _int(10, 86400),
+    'worker_reconnect_interval': _seconds(0.1, 60),
     'event_retention_days': _int(0, 36500),
 }
 
 assert set(_VALIDATORS) == set(DEFAULT_SETTINGS) == {f.name for f in fields(SafeJobsSettings)}
+
+# Keys of earlier releases that no longer mean anything: accepted, so that an operator's configuration keeps working,
+# and named in one warning at start-up with what replaced them.
+RETIRED_SETTINGS = {
+    'recovery_enabled': 'owed pushes are sent by the relay in every rqworker (see worker_loop); no system job is '
+                        'needed',
+    'recovery_interval': 'the relay in every rqworker sends owed pushes every relay_interval seconds',
+    'recovery_min_age': 'a failed push is owed at once; a push whose outcome is unknown is owed after '
+                        'unknown_push_age seconds, by the database clock',
+    'stuck_job_grace': 'a job is stuck when its worker has not heartbeated for stuck_after seconds',
+}
 
 
 def validate_settings(config):
@@ -125,7 +144,7 @@ def validate_settings(config):
     Check a plugin configuration dict (defaults already merged in by NetBox) and return it as a
     ``SafeJobsSettings``. Raise ``ImproperlyConfigured`` naming the key, the value and what is allowed.
     """
-    unknown = sorted(set(config) - set(DEFAULT_SETTINGS))
+    unknown = sorted(set(config) - set(DEFAULT_SETTINGS) - set(RETIRED_SETTINGS))
     if unknown:
         raise ImproperlyConfigured(
             f"PLUGINS_CONFIG['{PLUGIN_NAME}'] has unknown key(s) {', '.join(repr(k) for k in unknown)}; "
@@ -134,7 +153,19 @@ def validate_settings(config):
     values = {}
     for key, default in DEFAULT_SETTINGS.items():
         values[key] = _VALIDATORS[key](key, config.get(key, default))
+    # Three missed heartbeats before a worker counts as dead: one late beat (a busy host, a slow query) is not death.
+    if values['stuck_after'] < 3 * values['heartbeat_interval']:
+        raise _error('stuck_after', values['stuck_after'],
+                     f"at least 3 x heartbeat_interval ({3 * values['heartbeat_interval']} seconds)")
     return SafeJobsSettings(**values)
+
+
+def retired_keys_warnings(config):
+    """One line per retired key the configuration still sets, naming what replaced it."""
+    return [
+        f"PLUGINS_CONFIG['{PLUGIN_NAME}']['{key}'] is no longer used and is ignored: {RETIRED_SETTINGS[key]}."
+        for key in sorted(set(config) & set(RETIRED_SETTINGS))
+    ]
 
 
 _cached = None

@@ -11,7 +11,7 @@ from django.utils import timezone
 from django_rq import get_queue
 from rq.job import Job as RQJob
 
-from netbox_safejobs import compat, patches
+from netbox_safejobs import compat, dispatch, patches, payload
 from netbox_safejobs.choices import RetryEventKindChoices
 from netbox_safejobs.models import JobDispatch, RetryEvent
 from netbox_safejobs.recovery import run_pass
@@ -149,21 +149,104 @@ class DispatchTestMixin:
         self.assertEqual(event.job_id, job.pk)
         self.assertEqual(event.job_uuid, job.job_id)
         self.assertIn('ConnectionError', event.detail)
-        self.assertTrue(JobDispatch.objects.filter(job=job, payload__isnull=False).exists())
+        # Owed at once, in the database: no age to wait for.
+        row = JobDispatch.objects.get(job=job)
+        self.assertEqual(row.state, 'owed')
+        self.assertIsNotNone(row.payload)
 
-        # Redis is back: the recovery pass pushes the stored dispatch once, the worker runs it once.
-        report = run_pass(now=timezone.now() + timedelta(hours=1))
+        # Redis is back: a pass sends the stored push at once, and only once; the worker runs it once.
+        report = run_pass()
         self.assertEqual(report.pushed, [job.job_id])
         self.assertTrue(self.in_redis(job))
-        second = run_pass(now=timezone.now() + timedelta(hours=1))
-        self.assertEqual(second.pushed, [])
-        self.assertEqual(second.already_queued, 1)
+        self.assertEqual(JobDispatch.objects.get(job=job).state, 'sent')
+        self.assertEqual(run_pass().pushed, [])
         run_burst_worker()
         job.refresh_from_db()
         self.assertEqual(job.status, 'completed')
         self.assertEqual(run_count(job.job_id), 1)
         self.assertFalse(JobDispatch.objects.filter(job=job).exists())
         self.assertEqual(RetryEvent.objects.filter(kind=RetryEventKindChoices.KIND_RECOVERED).count(), 1)
+        self.assertEqual(RetryEvent.objects.filter(kind=RetryEventKindChoices.KIND_DISPATCH_FAILED).count(), 1)
+
+    def test_successful_push_is_stamped_sent(self):
+        job = CountingJob.enqueue()
+        row = JobDispatch.objects.get(job=job)
+        self.assertEqual(row.state, 'sent')
+        self.assertGreaterEqual(row.sent, row.created)
+        task = RQJob.fetch(str(job.job_id), connection=self.redis)
+        self.assertEqual(task.meta.get(dispatch.PUSH_MARKER), 1, 'the task does not say it was pushed after commit')
+
+    def test_stored_push_is_signed(self):
+        job = CountingJob.enqueue()
+        blob = bytes(JobDispatch.objects.get(job=job).payload)
+        push = payload.unseal(blob)
+        self.assertEqual(push.method, 'enqueue')
+        self.assertEqual(push.kwargs['job_id'], str(job.job_id))
+        tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+        with self.assertRaisesMessage(payload.BadPayload, 'bad signature'):
+            payload.unseal(tampered)
+        with self.assertRaisesMessage(payload.BadPayload, 'truncated'):
+            payload.unseal(blob[:10])
+
+    def test_caller_transaction_survives_a_failing_enqueue(self):
+        """An enqueue that raises inside the caller's transaction leaves it usable, as stock NetBox does."""
+        from django.core.exceptions import ValidationError
+
+        with transaction.atomic():
+            kept = CountingJob.enqueue()
+            with self.assertRaises(ValidationError):
+                CountingJob.enqueue(name='x' * 300)  # fails Job.full_clean()
+            with self.assertRaises((pickle.PicklingError, AttributeError, TypeError)):
+                CountingJob.enqueue(callback=lambda: None)  # fails after the Job row was saved
+            after = CountingJob.enqueue()
+        self.assertEqual(set(Job.objects.values_list('pk', flat=True)), {kept.pk, after.pk})
+        self.assertEqual(JobDispatch.objects.count(), 2)
+        self.assertTrue(self.in_redis(kept))
+        self.assertTrue(self.in_redis(after))
+
+    def test_delete_rolled_back_keeps_the_task(self):
+        """Job.delete() cancels the RQ task only once the delete commits."""
+        job = CountingJob.enqueue()
+        with self.assertRaises(RuntimeError):
+            with transaction.atomic():
+                Job.objects.get(pk=job.pk).delete()
+                self.assertNotEqual(RQJob.fetch(str(job.job_id), connection=self.redis).get_status(), 'canceled')
+                raise RuntimeError('roll back')
+        self.assertTrue(Job.objects.filter(pk=job.pk, status='pending').exists())
+        self.assertEqual(RQJob.fetch(str(job.job_id), connection=self.redis).get_status(), 'queued')
+        run_burst_worker()
+        self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
+
+        other = CountingJob.enqueue()
+        with transaction.atomic():
+            Job.objects.get(pk=other.pk).delete()
+        self.assertEqual(RQJob.fetch(str(other.job_id), connection=self.redis).get_status(), 'canceled')
+
+    def test_failed_push_in_an_event_rule_does_not_recurse(self):
+        """
+        An event rule on "dispatch failed" whose action enqueues a job (as a Script action does): while Redis is
+        down, its own push must not fail, record, trigger and enqueue again until RecursionError.
+        """
+        from netbox_safejobs import event_types
+
+        enqueued = []
+
+        def rule_action(event, using='default'):
+            enqueued.append(CountingJob.enqueue())
+            return 1
+
+        original = event_types.trigger
+        event_types.trigger = rule_action
+        try:
+            with compat.override_rq_queues(closed_port_queues()):
+                job = CountingJob.enqueue()
+        finally:
+            event_types.trigger = original
+        self.assertEqual(len(enqueued), 1)
+        self.assertEqual(RetryEvent.objects.filter(kind=RetryEventKindChoices.KIND_DISPATCH_FAILED).count(), 1)
+        states = {row.job_id: row.state for row in JobDispatch.objects.all()}
+        self.assertEqual(states, {job.pk: 'owed', enqueued[0].pk: 'owed'})
+        self.assertEqual(sorted(run_pass().pushed), sorted([job.job_id, enqueued[0].job_id]))
 
 
 @override_settings(RQ={'COMMIT_MODE': 'auto'})
@@ -217,7 +300,7 @@ class UnsupportedNetBoxTest(SafeJobsTransactionTestCase):
         try:
             with self.assertLogs('netbox_safejobs.patches', level='WARNING') as logs:
                 installed = patches.install()
-            self.assertEqual(installed, {'guard'})
+            self.assertEqual(installed, {'guard', 'worker'})
             self.assertIs(JobRunner.__dict__['enqueue'], original_enqueue)
             self.assertIsNot(JobRunner.__dict__['handle'], original_handle)
             self.assertEqual(len(logs.output), 1)
@@ -230,7 +313,7 @@ class UnsupportedNetBoxTest(SafeJobsTransactionTestCase):
             compat.capture_unsupported_reason = reason
             patches.uninstall()
             patches.install()
-        self.assertEqual(patches.installed(), {'dispatch', 'guard'})
+        self.assertEqual(patches.installed(), {'dispatch', 'guard', 'worker'})
 
     def test_capture_supported_on_this_netbox(self):
         from netbox_safejobs import compat

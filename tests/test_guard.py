@@ -99,7 +99,77 @@ class WorkerGuardTest(SafeJobsTransactionTestCase):
         run_burst_worker(plugins_config=FAST)
         self.assertFalse(Job.objects.filter(job_id=job.job_id).exists(), 'the deleted row came back')
         self.assertEqual(run_count(job.job_id), 0)
-        self.assertEqual(self.kinds(job.job_id)[-1], Kind.KIND_GAVE_UP)
+        # Pushed by the plugin after commit: the row was deleted, not committing. Dropped at once, one event.
+        self.assertEqual(self.kinds(job.job_id), [Kind.KIND_GAVE_UP])
+        self.assertIn('deleted', RetryEvent.objects.get(job_uuid=job.job_id).detail)
+
+    def test_deleted_row_tasks_cost_no_more_than_live_ones(self):
+        """20 tasks whose rows were deleted cost a worker no more than 1.2x the time of 20 live trivial jobs."""
+        def burst(delete):
+            jobs = [CountingJob.enqueue() for _ in range(20)]
+            if delete:
+                Job.objects.filter(pk__in=[job.pk for job in jobs]).delete()
+            started = time.monotonic()
+            run_burst_worker()
+            return time.monotonic() - started
+
+        live = burst(delete=False)
+        deleted = burst(delete=True)
+        # One worker start-up is in both figures; the backoff schedule (5 retries, ~6 s a task) is in neither.
+        self.assertLess(deleted, live * 1.2 + 1.0, f'deleted-row tasks took {deleted:.1f}s, live ones {live:.1f}s')
+        self.assertEqual(RetryEvent.objects.filter(kind=Kind.KIND_GAVE_UP).count(), 20)
+        self.assertEqual(RetryEvent.objects.count(), 20)
+
+    def test_claim_whose_reply_was_lost_runs_the_job_once(self):
+        """The claim commits, the connection dies before the reply: the retry recognises its own claim and runs."""
+        from netbox_safejobs import guard
+
+        job = CountingJob.enqueue()
+        real = guard._claim_once
+        calls = []
+
+        def claim_then_lose_reply(*args, **kwargs):
+            calls.append(1)
+            result = real(*args, **kwargs)
+            if len(calls) == 1:
+                raise OperationalError('server closed the connection unexpectedly')
+            return result
+
+        guard._claim_once = claim_then_lose_reply
+        try:
+            with override_settings(PLUGINS_CONFIG={'netbox_safejobs': {**FAST, 'database_retries': 2}}):
+                CountingJob.handle(job)
+        finally:
+            guard._claim_once = real
+        job.refresh_from_db()
+        self.assertEqual(job.status, 'completed')
+        self.assertEqual(run_count(job.job_id), 1)
+        self.assertEqual(self.kinds(job.job_id), [Kind.KIND_DATABASE_ERROR])
+        self.assertFalse(JobDispatch.objects.filter(job=job).exists())
+        # Another attempt (another token) is a duplicate, as ever.
+        Job.objects.filter(pk=job.pk).update(status='pending')
+        mine = uuid.uuid4()
+        self.assertIsNotNone(guard.claim(CountingJob, job, token=mine))
+        self.assertIsNotNone(guard.claim(CountingJob, job, token=mine), 'a retried claim did not recognise itself')
+        self.assertIsNone(guard.claim(CountingJob, job, token=uuid.uuid4()))
+        self.assertEqual(self.kinds(job.job_id)[-1], Kind.KIND_DUPLICATE_SKIPPED)
+
+    def test_requeue_from_failed_registry_runs_as_in_stock_netbox(self):
+        from core.utils import requeue_rq_job
+        from rq.registry import FailedJobRegistry
+
+        job = CountingJob.enqueue()
+        queue = get_push_queue('default')
+        task = queue.fetch_job(str(job.job_id))
+        queue.remove(task)
+        task.set_status('failed')
+        FailedJobRegistry(queue=queue).add(task, ttl=600)
+        requeue_rq_job(str(job.job_id))
+        run_burst_worker(plugins_config=FAST)
+        job.refresh_from_db()
+        self.assertEqual(job.status, 'completed')
+        self.assertEqual(run_count(job.job_id), 1)
+        self.assertFalse(RetryEvent.objects.exists())
 
     def test_same_task_pushed_twice_runs_once(self):
         job = CountingJob.enqueue()

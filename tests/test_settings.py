@@ -14,11 +14,13 @@ BAD_VALUES = {
     'backoff_schedule': ('linear', "one of 'fibonacci', 'exponential'"),
     'lookup_max_wait': ('30', 'a number of seconds from 0 to 3600'),
     'database_retries': (2.5, 'an integer from 0 to 50'),
-    'recovery_enabled': (None, 'True or False'),
-    'recovery_interval': (0, 'an integer from 1 to 1440'),
-    'recovery_min_age': (True, 'an integer from 1 to 86400'),
+    'worker_loop': (None, 'True or False'),
+    'relay_interval': (0, 'a number of seconds from 0.1 to 60'),
+    'unknown_push_age': (True, 'an integer from 1 to 3600'),
+    'heartbeat_interval': (0.5, 'an integer from 1 to 300'),
     'stuck_job_detection': ('off', 'True or False'),
-    'stuck_job_grace': (10, 'an integer from 60 to 604800'),
+    'stuck_after': (5, 'an integer from 10 to 86400'),
+    'worker_reconnect_interval': (61, 'a number of seconds from 0.1 to 60'),
     'event_retention_days': (-5, 'an integer from 0 to 36500'),
 }
 
@@ -45,6 +47,26 @@ class SettingsValidationTest(SimpleTestCase):
                 self.assertIn(f"['{key}']", message)
                 self.assertIn(repr(value), message)
                 self.assertIn(allowed, message)
+
+    def test_stuck_after_needs_three_heartbeats(self):
+        with self.assertRaisesMessage(ImproperlyConfigured, "['stuck_after'] is 20; it must be at least 3 x "
+                                                            "heartbeat_interval (30 seconds)"):
+            validate_settings({'heartbeat_interval': 10, 'stuck_after': 20})
+        self.assertEqual(validate_settings({'heartbeat_interval': 10, 'stuck_after': 30}).stuck_after, 30)
+
+    def test_retired_keys_still_accepted_with_one_warning_each(self):
+        """An operator's configuration of an earlier release keeps working; start-up names what replaced each key."""
+        old = {'recovery_enabled': False, 'recovery_interval': 5, 'recovery_min_age': 60, 'stuck_job_grace': 900}
+        settings = validate_settings(old)
+        self.assertFalse(hasattr(settings, 'recovery_min_age'))
+        config = apps.get_app_config('netbox_safejobs')
+        with override_settings(PLUGINS_CONFIG={'netbox_safejobs': old}):
+            with self.assertLogs('netbox_safejobs.config', level='WARNING') as logs:
+                config.ready()
+        self.assertEqual(len(logs.output), 4)
+        self.assertIn("['recovery_min_age'] is no longer used", logs.output[2])
+        self.assertIn('unknown_push_age', logs.output[2])
+        self.assertIn('stuck_after', logs.output[3])
 
     def test_unknown_key(self):
         with self.assertRaisesMessage(ImproperlyConfigured, "unknown key(s) 'lookup_retry'"):

@@ -1,0 +1,260 @@
+"""
+Liveness from the database: closing the jobs whose worker or work horse died.
+
+A claimed job's lease names its worker (``WorkerHeartbeat``) and its work horse. Whether the job still runs is decided
+from PostgreSQL alone, as Oban's Lifeline and Procrastinate's stalled-job detection do, never from what Redis holds:
+
+- **the work horse died** (SIGKILL, OOM, a stop from Background Tasks) while its worker lives: RQ's worker sees it at
+  once, and the worker loop closes the lease that horse held (``close_horse``);
+- **the whole worker died**: its heartbeat, refreshed every ``heartbeat_interval`` seconds by its own loop, is older
+  than ``stuck_after`` seconds by the database's clock, and so is the lease's own heartbeat, which the work horse
+  refreshes while a job runs longer than ``heartbeat_interval`` (a worker killed alone leaves its work horse
+  running). ``close_stale``. Clocks of worker hosts play no part.
+
+A job whose worker keeps heartbeating is never closed, however long it runs and whatever happens to Redis. A lease
+without a worker (``immediate`` jobs, run by ``netbox runscript`` in its own process) is never closed.
+
+Closing is atomic: the lease is deleted with ``RETURNING`` in the same transaction that terminates the job, so two
+passes never close or reschedule one job twice, and a pass that dies leaves the lease for the next. The job is
+terminated, and a periodic one rescheduled with its arguments, by NetBox's own ``handle()`` (``guard.run_nothing``).
+"""
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+
+from django.db import connections, transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from . import compat, events, guard
+from .choices import RetryEventKindChoices
+from .payload import BadPayload, NextRun, unseal
+from .settings import get_settings
+
+__all__ = (
+    'LivenessReport',
+    'close_dead_horses',
+    'close_horse',
+    'close_stale',
+    'stale_leases',
+)
+
+logger = logging.getLogger('netbox_safejobs.liveness')
+
+BATCH = 100
+
+_COLUMNS = ('id', 'job_id', 'job_uuid', 'runner', 'queue_name', 'payload', 'worker_host', 'worker_pid')
+
+
+@dataclass
+class LivenessReport:
+    closed: list = field(default_factory=list)
+    forgotten_workers: int = 0
+    errors: list = field(default_factory=list)
+
+
+def _tables():
+    from .models import JobDispatch, WorkerHeartbeat
+
+    return JobDispatch._meta.db_table, WorkerHeartbeat._meta.db_table
+
+
+def _original_handle():
+    """NetBox's own ``JobRunner.handle`` function, whether or not the guard wraps it."""
+    from netbox.jobs import JobRunner
+
+    func = inspect.getattr_static(JobRunner, 'handle').__func__
+    return getattr(func, '__safejobs_original__', func)
+
+
+def _close(using, lease_id, reason, kind):
+    """Delete one lease and close its job, in one transaction. Returns the job UUID, or None if another pass did."""
+    try:
+        return _close_through_netbox(using, lease_id, reason, kind)
+    except Exception as e:
+        # NetBox's handle() could not close it (a runner that cannot be imported any more, a failing notification):
+        # close it plainly rather than retrying the same lease on every pass.
+        logger.exception('lease %s: closing through NetBox failed; marking the job errored directly', lease_id)
+        return _close_plainly(using, lease_id, f'{reason}. Closing it through NetBox failed: {events.describe(e)}',
+                              kind)
+
+
+def _close_plainly(using, lease_id, reason, kind):
+    from core.models import Job
+
+    table, _ = _tables()
+    with transaction.atomic(using=using):
+        with connections[using].cursor() as cursor:
+            cursor.execute(f'DELETE FROM {table} WHERE id = %s AND claimed IS NOT NULL RETURNING '
+                           f'{", ".join(_COLUMNS)}', [lease_id])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        lease = dict(zip(_COLUMNS, row, strict=True))
+        error = f'{reason}. Closed by netbox-safejobs.'
+        Job.objects.using(using).filter(pk=lease['job_id'], status=compat.RUNNING).update(
+            status='errored', error=error, completed=timezone.now(),
+        )
+        events.record(kind, job_uuid=lease['job_uuid'], runner=lease['runner'], queue=lease['queue_name'],
+                      detail=error + ' No next run scheduled.', using=using)
+    return lease['job_uuid']
+
+
+def _close_through_netbox(using, lease_id, reason, kind):
+    from core.models import Job
+
+    table, _ = _tables()
+    with transaction.atomic(using=using):
+        with connections[using].cursor() as cursor:
+            cursor.execute(f'DELETE FROM {table} WHERE id = %s AND claimed IS NOT NULL RETURNING '
+                           f'{", ".join(_COLUMNS)}', [lease_id])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        lease = dict(zip(_COLUMNS, row, strict=True))
+        job = Job.objects.using(using).filter(pk=lease['job_id']).first()
+        if job is None or job.status != compat.RUNNING:
+            return None
+        if job.started is None:
+            # The work horse died between the claim and NetBox's start(): NetBox's handle() computes the next run
+            # from the start time.
+            job.started = timezone.now()
+        where = f'worker {lease["worker_host"] or "?"}, work horse pid {lease["worker_pid"] or "?"}'
+        error = f'{reason} ({where}). Closed by netbox-safejobs.'
+        kwargs = {}
+        if lease['payload'] is not None:
+            try:
+                stored = unseal(lease['payload'])
+                kwargs = dict(stored) if isinstance(stored, NextRun) else {}
+            except BadPayload as e:
+                error += f' Its next run cannot be scheduled: {e}.'
+        try:
+            runner = import_string(lease['runner'])
+        except ImportError:
+            runner = None
+        detail = error
+        if runner is None:
+            job.terminate(status='errored', error=error)
+            detail += f' Runner {lease["runner"]!r} not found: no next run scheduled.'
+        else:
+            guard.run_nothing(_original_handle(), runner, job, error, kwargs)
+            if job.interval:
+                detail += ' The next run of this periodic job is scheduled by NetBox.'
+        events.record(kind, job=job, runner=lease['runner'], queue=lease['queue_name'], detail=detail, using=using)
+    return lease['job_uuid']
+
+
+def close_horse(identity, horse_pid, reason, kind=RetryEventKindChoices.KIND_STUCK_ERRORED, using='default'):
+    """Close the job(s) a work horse of this worker held when it died. Returns their UUIDs."""
+    if identity is None or not horse_pid:
+        return []
+    table, _ = _tables()
+    with connections[using].cursor() as cursor:
+        cursor.execute(f'SELECT id FROM {table} WHERE worker = %s AND worker_pid = %s AND claimed IS NOT NULL',
+                       [identity.id, horse_pid])
+        ids = [row[0] for row in cursor.fetchall()]
+    closed = []
+    for lease_id in ids:
+        job_uuid = _close(using, lease_id, reason, kind)
+        if job_uuid is not None:
+            closed.append(job_uuid)
+    return closed
+
+
+def _pid_alive(pid):
+    """Whether a process of this host runs (a zombie, killed but not yet reaped by RQ, does not)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
+    try:
+        import os
+
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_dead_horses(identity, using='default', monitored=()):
+    """
+    Close the leases of this worker whose work horse no longer runs: the backstop of RQ's own notice
+    (``worker_loop.horse_ended``), for a notice that failed or an RQ that gives none. Work horses in ``monitored``
+    are being handled by that notice right now, with its more precise reason. One indexed query.
+    """
+    if identity is None:
+        return []
+    table, _ = _tables()
+    with connections[using].cursor() as cursor:
+        cursor.execute(f'SELECT id, worker_pid FROM {table} WHERE worker = %s AND claimed IS NOT NULL',
+                       [identity.id])
+        dead = [lease_id for lease_id, pid in cursor.fetchall()
+                if pid and pid not in monitored and not _pid_alive(pid)]
+    closed = []
+    for lease_id in dead:
+        job_uuid = _close(using, lease_id, 'The work horse running this job died (killed by a signal or out of '
+                                           'memory)', RetryEventKindChoices.KIND_STUCK_ERRORED)
+        if job_uuid is not None:
+            closed.append(job_uuid)
+    return closed
+
+
+def stale_leases(using='default', limit=BATCH, stuck_after=None):
+    """
+    Ids of leases whose worker and work horse have both not heartbeated for ``stuck_after`` seconds (database clock).
+    A work horse whose worker was killed alone runs on, and keeps its lease alive itself.
+    """
+    stuck_after = stuck_after if stuck_after is not None else get_settings().stuck_after
+    table, workers_table = _tables()
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f'SELECT d.id FROM {table} d LEFT JOIN {workers_table} w ON w.id = d.worker '
+            f'WHERE d.claimed IS NOT NULL AND d.worker IS NOT NULL '
+            f"AND greatest(d.claimed, d.heartbeat) < clock_timestamp() - %s * interval '1 second' "
+            f"AND (w.id IS NULL OR w.seen < clock_timestamp() - %s * interval '1 second') "
+            f'ORDER BY d.claimed LIMIT %s',
+            [stuck_after, stuck_after, limit],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def close_stale(report=None, using='default', dry_run=False):
+    """Close every job whose worker stopped heartbeating; forget workers that are gone. Returns the report."""
+    report = report or LivenessReport()
+    stuck_after = get_settings().stuck_after
+    try:
+        ids = stale_leases(using, limit=10 ** 6 if dry_run else BATCH, stuck_after=stuck_after)
+        if dry_run:
+            report.closed += ids
+            return report
+        while ids:
+            for lease_id in ids:
+                job_uuid = _close(using, lease_id,
+                                  f'The worker running this job stopped heartbeating for more than {stuck_after}s '
+                                  f'(killed, out of memory, or its host was lost)',
+                                  RetryEventKindChoices.KIND_STUCK_ERRORED)
+                if job_uuid is not None:
+                    report.closed.append(job_uuid)
+            if len(ids) < BATCH:
+                break
+            ids = stale_leases(using, stuck_after=stuck_after)
+        _, workers_table = _tables()
+        table, _ = _tables()
+        with connections[using].cursor() as cursor:
+            cursor.execute(
+                f'DELETE FROM {workers_table} w '
+                f"WHERE w.seen < clock_timestamp() - %s * interval '1 second' "
+                f'AND NOT EXISTS (SELECT 1 FROM {table} d WHERE d.worker = w.id AND d.claimed IS NOT NULL)',
+                [stuck_after],
+            )
+            report.forgotten_workers += cursor.rowcount
+    except Exception as e:
+        report.errors.append(events.redact(events.describe(e)))
+        logger.exception('liveness pass failed')
+    return report

@@ -1,0 +1,91 @@
+"""
+The stored push: what the outbox keeps of a job, sealed so that only the plugin's own rows are ever unpickled.
+
+A push is kept as RQ would receive it (the method, the callable and its arguments, pickled), because that is what
+must be sent again when the first push fails. For scripts and background API requests the arguments hold a copy of
+the user's request, so the blob is
+
+- signed: an HMAC-SHA256 of the pickle with a key derived from NetBox's ``SECRET_KEY`` (Django's ``salted_hmac``,
+  with a salt of this module's own), checked before anything is unpickled. A blob written by anyone else, or
+  truncated, raises ``BadPayload`` and is never unpickled;
+- erased as soon as it is not needed: at the worker's claim. A periodic job keeps only the keyword arguments of its
+  next run (``seal_next_run``), which NetBox's own ``handle()`` passes on, until its run ends.
+"""
+
+import hmac
+import pickle
+
+from django.utils.crypto import salted_hmac
+
+__all__ = (
+    'BadPayload',
+    'NextRun',
+    'Push',
+    'seal',
+    'seal_next_run',
+    'unseal',
+)
+
+_SALT = 'netbox_safejobs.payload.v1'
+_MAC_SIZE = 32  # SHA-256
+
+
+class BadPayload(Exception):
+    """A stored blob that is not the plugin's own: bad signature, truncated, or not a push."""
+
+
+class Push(tuple):
+    """``(method, args, kwargs)``: ``queue.<method>(*args, **kwargs)``."""
+
+    __slots__ = ()
+
+    def __new__(cls, method, args, kwargs):
+        return super().__new__(cls, (method, tuple(args), dict(kwargs)))
+
+    method = property(lambda self: self[0])
+    args = property(lambda self: self[1])
+    kwargs = property(lambda self: self[2])
+
+
+class NextRun(dict):
+    """The keyword arguments NetBox's ``handle()`` passes to the next run of a periodic job."""
+
+
+def _mac(data):
+    return salted_hmac(_SALT, data, algorithm='sha256').digest()
+
+
+def seal(push):
+    """A ``Push`` (or ``NextRun``) as signed bytes."""
+    if isinstance(push, NextRun):
+        body = pickle.dumps(('next', dict(push)), protocol=pickle.HIGHEST_PROTOCOL)
+    else:
+        body = pickle.dumps(('push', push.method, push.args, push.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    return _mac(body) + body
+
+
+def seal_next_run(kwargs):
+    """What a periodic job keeps through its run: its keyword arguments, without the job itself."""
+    return seal(NextRun({k: v for k, v in kwargs.items() if k not in ('job', 'job_id')}))
+
+
+def unseal(blob):
+    """The ``Push`` or ``NextRun`` sealed in ``blob``; ``BadPayload`` when the blob is not ours or is damaged."""
+    if blob is None:
+        raise BadPayload('no stored push')
+    data = bytes(blob)
+    if len(data) <= _MAC_SIZE:
+        raise BadPayload('stored push truncated')
+    mac, body = data[:_MAC_SIZE], data[_MAC_SIZE:]
+    if not hmac.compare_digest(mac, _mac(body)):
+        raise BadPayload('stored push has a bad signature (not written by this installation, or altered)')
+    try:
+        value = pickle.loads(body)
+    except Exception as e:
+        # Signed but unreadable: a runner class renamed or removed since the push was stored.
+        raise BadPayload(f'stored push cannot be read: {type(e).__name__}: {e}') from e
+    if value[0] == 'push' and len(value) == 4:
+        return Push(value[1], value[2], value[3])
+    if value[0] == 'next' and len(value) == 2:
+        return NextRun(value[1])
+    raise BadPayload('stored push has an unknown format')

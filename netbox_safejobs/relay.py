@@ -1,0 +1,253 @@
+"""
+The relay: sends the pushes the outbox owes RQ, each exactly once, as soon as Redis answers.
+
+Runs once a second (``relay_interval``) in every ``rqworker``'s own loop (``worker_loop.py``), the process that is
+always connected to Redis, and behind ``netbox safejobs_recover``. It needs no cron and no system job. Like the relays
+of transactional outboxes (django-outbox-pattern, Procrastinate, Oban), it decides from PostgreSQL alone:
+
+- a row stamped ``owed`` (its push failed; dispatch stamps it at once) is sent on the relay's next tick;
+- a row left *written* for ``unknown_push_age`` seconds, measured with the database's clock, lost its pushing process
+  between commit and push (SIGKILL, OOM, deploy): it is owed too;
+- Redis that lost its data (restarted empty, flushed, failed over to an empty replica) is recognised by a marker key
+  the relay keeps in it (``EPOCH_KEY``): when the key is gone, every sent, unclaimed row of that Redis's queues whose
+  task is gone too is owed again, under an advisory lock, once. (A task pushed since the loss is still there: it is the
+  only use the relay makes of what Redis holds, and it can only prevent a second send, never cause one to be
+  skipped for a task Redis lacks.)
+
+Rows are taken with ``FOR UPDATE SKIP LOCKED`` inside one transaction that pushes and stamps them ``sent``: any number
+of relays on any number of hosts send each owed push once. A relay that dies mid-batch rolls back and its rows are
+owed again. A stored push that is not ours (bad signature, truncated, unknown runner) errors its job with one event and
+never blocks the rows behind it.
+"""
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from django.db import connections, transaction
+
+from . import compat, events
+from .choices import RetryEventKindChoices
+from .dispatch import CapturedPush
+from .payload import BadPayload, Push, unseal
+from .settings import get_settings
+
+__all__ = (
+    'EPOCH_KEY',
+    'RelayReport',
+    'check_redis',
+    'send_owed',
+)
+
+logger = logging.getLogger('netbox_safejobs.relay')
+
+BATCH = 500
+
+# A key the relay keeps in each Redis that holds RQ queues. Gone means Redis lost its data since the relay last looked.
+EPOCH_KEY = 'netbox_safejobs:epoch'
+
+# Any constant distinct from NetBox's own advisory lock keys (netbox.constants.ADVISORY_LOCK_KEYS, small integers).
+_REOWE_LOCK = 0x5AFE_0B5
+
+
+@dataclass
+class RelayReport:
+    pushed: list = field(default_factory=list)
+    reowed: int = 0
+    rejected: list = field(default_factory=list)
+    cleaned: int = 0
+    errors: list = field(default_factory=list)
+    redis_down: bool = False
+
+
+def _is_connection_error(e):
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    return isinstance(e, (ConnectionError, TimeoutError, OSError))
+
+
+def _redis_groups():
+    """{connection key: (redis connection, [queue names])} for the RQ queues NetBox knows."""
+    from django.conf import settings
+
+    groups = {}
+    for name in getattr(settings, 'RQ_QUEUES', {}):
+        connection = compat.get_push_queue(name).connection
+        kwargs = connection.connection_pool.connection_kwargs
+        key = (kwargs.get('host'), kwargs.get('port'), kwargs.get('path'), kwargs.get('db'))
+        groups.setdefault(key, (connection, []))[1].append(name)
+    return groups
+
+
+def _tasks_present(connection, job_uuids):
+    """Which of these jobs' RQ tasks Redis holds: one pipelined EXISTS per task."""
+    from rq.job import Job as RQJob
+
+    pipe = connection.pipeline(transaction=False)
+    for job_uuid in job_uuids:
+        pipe.exists(RQJob.key_for(str(job_uuid)))
+    return {job_uuid for job_uuid, present in zip(job_uuids, pipe.execute(), strict=True) if present}
+
+
+def _reowe(using, connection, queue_names):
+    """
+    Redis lost its data: every unclaimed row of its queues whose task Redis no longer holds is owed again. Returns
+    how many rows. A task pushed since the loss is still there and is not sent twice.
+    """
+    from .models import JobDispatch
+
+    table = JobDispatch._meta.db_table
+    count = 0
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute('SELECT pg_advisory_xact_lock(%s)', [_REOWE_LOCK])
+        if connection.get(EPOCH_KEY) is not None:
+            return 0  # another relay got here first
+        # Sent rows only. A written row's push is still on its way (it reaches the Redis we see now), or its process
+        # died (owed after unknown_push_age); re-owing it would race its own push and send it twice.
+        cursor.execute(
+            f'SELECT id, job_uuid FROM {table} '
+            f'WHERE claimed IS NULL AND sent IS NOT NULL AND queue_name = ANY(%s)',
+            [list(queue_names)],
+        )
+        rows = cursor.fetchall()
+        for start in range(0, len(rows), BATCH):
+            batch = rows[start:start + BATCH]
+            present = _tasks_present(connection, [job_uuid for _, job_uuid in batch])
+            lost = [row_id for row_id, job_uuid in batch if job_uuid not in present]
+            if lost:
+                cursor.execute(f'UPDATE {table} SET sent = NULL, owed = clock_timestamp() WHERE id = ANY(%s)',
+                               [lost])
+                count += cursor.rowcount
+        # Set inside the transaction, so that a relay waiting on the lock finds it; at worst (the commit fails) the
+        # rows are owed again next time, and the guard's claim skips a duplicate.
+        connection.set(EPOCH_KEY, uuid.uuid4().hex)
+    if count:
+        logger.warning('Redis of queues %s lost its data (restarted empty, flushed or failed over): %d unclaimed '
+                       'job(s) owed again', ', '.join(queue_names), count)
+    return count
+
+
+def check_redis(report, using='default'):
+    """
+    Look at each Redis of the RQ queues: answering, and still holding the relay's marker. Returns False when one does
+    not answer (nothing can be sent to it now; the caller skips the database query).
+    """
+    ok = True
+    for connection, queue_names in _redis_groups().values():
+        try:
+            if connection.get(EPOCH_KEY) is None:
+                report.reowed += _reowe(using, connection, queue_names)
+        except Exception as e:
+            if not _is_connection_error(e):
+                raise
+            report.redis_down = True
+            ok = False
+    return ok
+
+
+def _select_sql():
+    from core.models import Job
+
+    from .models import JobDispatch
+
+    return (
+        f'SELECT d.id, d.job_id, d.job_uuid, d.queue_name, d.runner, d.payload, d.recoveries, d.owed IS NOT NULL, '
+        f'j.status, j.name '
+        f'FROM {JobDispatch._meta.db_table} d JOIN {Job._meta.db_table} j ON j.id = d.job_id '
+        f'WHERE d.claimed IS NULL AND d.sent IS NULL '
+        f"AND (d.owed IS NOT NULL OR d.created < clock_timestamp() - %s * interval '1 second') "
+        f'ORDER BY d.created, d.id LIMIT %s '
+        f'FOR UPDATE OF d SKIP LOCKED'
+    )
+
+
+def _reject(using, row, reason):
+    """A stored push that is not ours or cannot be read: the job is errored, one event, the row removed."""
+    from core.models import Job
+
+    from .models import JobDispatch
+
+    job = Job.objects.using(using).filter(pk=row['job_id'], status__in=compat.CLAIMABLE_STATES).first()
+    detail = (f'{reason}. Not unpickled and not sent; the job is marked errored. Enqueue it again if it should '
+              f'run.')
+    if job is not None:
+        job.terminate(status='errored', error=f'netbox-safejobs: {reason}')
+    JobDispatch.objects.using(using).filter(pk=row['id']).delete()
+    return {'job_pk': row['job_id'] if job is not None else None, 'job_uuid': row['job_uuid'],
+            'job_name': row['name'], 'runner': row['runner'], 'queue': row['queue_name'], 'detail': detail}
+
+
+def _send_batch(report, using, age, limit, dry_run):
+    """One transaction: take up to ``limit`` owed rows no other relay holds, push them, stamp them."""
+    from .models import JobDispatch
+
+    table = JobDispatch._meta.db_table
+    recovered, rejected = [], []
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(_select_sql(), [age, limit])
+        columns = ('id', 'job_id', 'job_uuid', 'queue_name', 'runner', 'payload', 'recoveries', 'failed', 'status',
+                   'name')
+        rows = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
+        if not rows:
+            return 0
+        if dry_run:
+            report.pushed += [row['job_uuid'] for row in rows if row['status'] in compat.CLAIMABLE_STATES]
+            return 0
+        finished = [row['id'] for row in rows if row['status'] not in compat.CLAIMABLE_STATES]
+        sent = []
+        for row in rows:
+            if row['status'] not in compat.CLAIMABLE_STATES:
+                continue
+            try:
+                push = unseal(row['payload'])
+                if not isinstance(push, Push):
+                    raise BadPayload('stored push holds no push')
+            except BadPayload as e:
+                rejected.append(_reject(using, row, str(e)))
+                continue
+            try:
+                CapturedPush(row['queue_name'], push.method, push.args, push.kwargs).send()
+            except Exception as e:
+                if _is_connection_error(e):
+                    # Redis went away mid-batch: what was sent is stamped, the rest stays owed.
+                    report.redis_down = True
+                    break
+                rejected.append(_reject(using, row, f'stored push could not be sent: {events.describe(e)}'))
+                continue
+            sent.append(row['id'])
+            report.pushed.append(row['job_uuid'])
+            why = ('the push failed (Redis was down) or Redis lost the task' if row['failed'] else
+                   'the process that committed it died before pushing')
+            recovered.append({
+                'job_pk': row['job_id'], 'job_uuid': row['job_uuid'], 'job_name': row['name'],
+                'runner': row['runner'], 'queue': row['queue_name'], 'attempt': row['recoveries'] + 1,
+                'detail': f'Owed push sent by the relay ({why}).',
+            })
+        if sent:
+            cursor.execute(
+                f'UPDATE {table} SET sent = clock_timestamp(), owed = NULL, recoveries = recoveries + 1 '
+                f'WHERE id = ANY(%s)', [sent],
+            )
+        if finished:
+            # Jobs that ended (or were started by a worker without the guard) no longer need their stored push.
+            cursor.execute(f'DELETE FROM {table} WHERE id = ANY(%s)', [finished])
+            report.cleaned += len(finished)
+    events.record_many(RetryEventKindChoices.KIND_RECOVERED, recovered, using=using)
+    events.record_many(RetryEventKindChoices.KIND_PAYLOAD_REJECTED, rejected, using=using)
+    report.rejected += [entry['job_uuid'] for entry in rejected]
+    return len(rows)
+
+
+def send_owed(report=None, using='default', limit=BATCH, dry_run=False):
+    """Send every owed push (in batches), unless Redis does not answer. Returns the ``RelayReport``."""
+    report = report or RelayReport()
+    age = get_settings().unknown_push_age
+    try:
+        if not dry_run and not check_redis(report, using):
+            return report
+        while _send_batch(report, using, age, limit, dry_run) >= limit and not report.redis_down and not dry_run:
+            pass
+    except Exception as e:
+        report.errors.append(events.redact(events.describe(e)))
+        logger.exception('relay pass failed')
+    return report

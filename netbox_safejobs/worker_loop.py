@@ -1,0 +1,170 @@
+"""
+The loop every ``rqworker`` runs beside its work: the relay of owed pushes, the worker's heartbeat, and the closing of
+jobs whose worker or work horse died. Nothing depends on a system job that itself lives in Redis, so a Redis that
+lost its data, or a killed recovery job, cannot switch delivery or liveness off.
+
+A daemon thread started when RQ's ``Worker.work()`` starts and stopped when it returns (``patches.py`` wraps both,
+and RQ's ``monitor_work_horse()``). Each tick, every ``relay_interval`` seconds:
+
+1. the relay (``relay.send_owed``): one Redis ``GET`` per Redis and, when Redis answers, one indexed query that finds
+   nothing when nothing is owed;
+2. every ``heartbeat_interval`` seconds, the worker's heartbeat (one statement), the stale-worker check
+   (``liveness.close_stale``, one indexed query when nothing is stale) and the check of its own work horses
+   (``liveness.close_dead_horses``, one indexed query).
+
+The thread has its own database connection (Django's connections are per thread) and never touches the worker's
+Redis connection objects. Work horses fork from the worker's main thread and run none of this.
+"""
+
+import logging
+import threading
+import time
+
+from django.db import close_old_connections, connections
+
+from . import liveness, relay, workers
+from .choices import RetryEventKindChoices
+from .settings import get_settings
+
+__all__ = (
+    'WorkerLoop',
+    'horse_ended',
+    'monitored',
+    'start',
+    'stop',
+)
+
+logger = logging.getLogger('netbox_safejobs.worker_loop')
+
+
+class WorkerLoop(threading.Thread):
+
+    def __init__(self, identity, settings):
+        super().__init__(name='netbox-safejobs', daemon=True)
+        self.identity = identity
+        self.settings = settings
+        self._stopping = threading.Event()
+        self._failing = False
+
+    def stop(self, timeout=10):
+        self._stopping.set()
+        self.join(timeout)
+
+    def tick(self, beat):
+        if beat:
+            workers.beat(self.identity)
+        report = relay.send_owed()
+        if report.pushed or report.reowed or report.rejected:
+            logger.warning('relay: sent %d owed push(es)%s%s', len(report.pushed),
+                           f', {report.reowed} owed again after Redis lost its data' if report.reowed else '',
+                           f', {len(report.rejected)} rejected' if report.rejected else '')
+        if beat and self.settings.stuck_job_detection:
+            closed = liveness.close_stale()
+            if closed.closed:
+                logger.warning('closed %d job(s) whose worker stopped heartbeating', len(closed.closed))
+            dead = liveness.close_dead_horses(self.identity, monitored=frozenset(monitored))
+            if dead:
+                logger.warning('closed %d job(s) whose work horse died', len(dead))
+
+    def run(self):
+        next_beat = 0.0
+        try:
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                beat = now >= next_beat
+                try:
+                    self.tick(beat)
+                    if beat:
+                        next_beat = now + self.settings.heartbeat_interval
+                    if self._failing:
+                        logger.warning('worker loop working again')
+                        self._failing = False
+                except Exception:
+                    # The database or Redis is away: say it once, keep trying every tick.
+                    if not self._failing:
+                        logger.exception('worker loop tick failed; trying again every %ss',
+                                         self.settings.relay_interval)
+                        self._failing = True
+                    close_old_connections()
+                    try:
+                        connections['default'].close()
+                    except Exception:
+                        pass
+                self._stopping.wait(self.settings.relay_interval)
+        finally:
+            connections.close_all()
+
+
+_loop = None
+
+# Work horses RQ's worker is waiting on or handling the end of (``patches._wrap_monitor``): their end is closed by
+# ``horse_ended`` with RQ's own reason (a stop from Background Tasks), not by the loop's backstop.
+monitored = set()
+
+
+def start(worker):
+    """
+    Start the loop for an RQ worker (from ``Worker.work()``). Registers the worker's heartbeat first, so that the
+    work horses it forks stamp their leases with a worker the liveness check knows. Never raises.
+    """
+    global _loop
+    settings = get_settings()
+    if not settings.worker_loop or _loop is not None:
+        return None
+    try:
+        # RQ backs off exponentially (to 60 s) while Redis is away: after an outage, jobs would wait for the
+        # worker's next attempt long after Redis is back and the relay has sent them.
+        worker.exponential_backoff_factor = 1.0
+        worker.max_connection_wait_time = min(getattr(worker, 'max_connection_wait_time', 60),
+                                              settings.worker_reconnect_interval)
+        identity = workers.set_current(getattr(worker, 'name', ''))
+        try:
+            workers.beat(identity)
+        except Exception:
+            logger.exception('worker heartbeat not written at start-up; the loop will try again')
+        _loop = WorkerLoop(identity, settings)
+        _loop.start()
+        logger.info('worker loop started for %s (relay every %ss, heartbeat every %ss)', identity.name,
+                    settings.relay_interval, settings.heartbeat_interval)
+    except Exception:
+        logger.exception('worker loop not started; owed pushes wait for `netbox safejobs_recover`')
+        _loop = None
+    return _loop
+
+
+def stop():
+    """Stop the loop and forget the worker's heartbeat (a clean stop). Never raises."""
+    global _loop
+    loop, _loop = _loop, None
+    if loop is None:
+        return
+    try:
+        loop.stop()
+        workers.forget(loop.identity)
+    except Exception:
+        logger.exception('worker heartbeat not removed; it is forgotten once stale')
+    finally:
+        connections.close_all()
+
+
+def horse_ended(worker, horse_pid, stopped):
+    """
+    RQ's worker saw its work horse end abnormally (killed, out of memory, or stopped from Background Tasks): close
+    the job that horse held, now, rather than waiting for a heartbeat to go stale. Never raises.
+    """
+    identity = workers.current()
+    if identity is None or not horse_pid:
+        return []
+    if stopped:
+        reason = 'The job was stopped from Background Tasks (its work horse was terminated)'
+        kind = RetryEventKindChoices.KIND_OPERATOR_STOPPED
+    else:
+        reason = 'The work horse running this job died (killed by a signal or out of memory)'
+        kind = RetryEventKindChoices.KIND_STUCK_ERRORED
+    try:
+        return liveness.close_horse(identity, horse_pid, reason, kind=kind)
+    except Exception:
+        logger.exception('job of dead work horse %s not closed; the stale-worker check will not see it while this '
+                         'worker lives', horse_pid)
+        connections['default'].close()
+        return []

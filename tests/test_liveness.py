@@ -1,0 +1,234 @@
+"""
+Liveness from the database: heartbeats, dead work horses and workers, and never a live job closed. Real workers,
+real PostgreSQL and Redis; processes are killed with SIGKILL, Redis is flushed under a running job.
+"""
+
+import os
+import signal
+import time
+import uuid
+
+from core.models import Job
+from django.db import connection
+from django.test import override_settings
+
+from netbox_safejobs import liveness, workers
+from netbox_safejobs.choices import RetryEventKindChoices as Kind
+from netbox_safejobs.models import JobDispatch, RetryEvent, WorkerHeartbeat
+from netbox_safejobs.recovery import run_pass
+
+from .base import SafeJobsTransactionTestCase, Worker, worker_env
+from .jobs import CountingJob, run_count
+
+# Heartbeats every second and a stuck bound of 10 s, so that a dead worker is seen within a test's patience.
+LIVELY = {'heartbeat_interval': 1, 'stuck_after': 10, 'relay_interval': 0.5}
+
+
+class LivenessTest(SafeJobsTransactionTestCase):
+
+    def start_worker(self, config=LIVELY):
+        worker = Worker('default', burst=False, env=worker_env(config))
+        self.addCleanup(worker.kill)
+        return worker
+
+    def wait_running(self, job, worker):
+        self.wait_for(lambda: run_count(job.job_id) == 1, timeout=90, message='run() entered')
+        self.wait_for(lambda: worker.children(), timeout=30, message='work horse')
+        lease = JobDispatch.objects.get(job=job)
+        self.assertEqual(lease.state, 'claimed')
+        self.assertIsNotNone(lease.token)
+        self.assertTrue(WorkerHeartbeat.objects.filter(id=lease.worker).exists(), 'lease without a live worker')
+        return lease
+
+    def test_worker_announces_itself_and_heartbeats(self):
+        worker = self.start_worker()
+        self.wait_for(lambda: WorkerHeartbeat.objects.exists(), timeout=60, message='heartbeat row')
+        row = WorkerHeartbeat.objects.get()
+        self.assertEqual(row.pid, worker.pid)
+        self.assertTrue(row.version)
+        first = row.seen
+        self.wait_for(lambda: WorkerHeartbeat.objects.get().seen > first, timeout=10, message='heartbeat refreshed')
+        worker.kill(signal.SIGTERM)
+        self.assertFalse(WorkerHeartbeat.objects.exists(), 'a cleanly stopped worker left its heartbeat')
+
+    def test_killed_work_horse_is_closed_at_once_and_rescheduled(self):
+        """The work horse is SIGKILLed mid-run (what the OOM killer does): the job is closed within seconds."""
+        job = CountingJob.enqueue(interval=30, sleep=120)
+        worker = self.start_worker()
+        lease = self.wait_running(job, worker)
+        self.assertIsNotNone(lease.payload, 'a periodic job keeps its next run')
+        killed = time.monotonic()
+        for pid in worker.children():
+            os.kill(pid, signal.SIGKILL)
+        self.wait_for(lambda: Job.objects.get(pk=job.pk).status == 'errored', timeout=30, message='job closed')
+        self.assertLess(time.monotonic() - killed, 10)
+        job.refresh_from_db()
+        self.assertIn('work horse running this job died', job.error)
+        self.assertIsNotNone(job.completed)
+        self.assertFalse(JobDispatch.objects.filter(job=job).exists())
+        event = RetryEvent.objects.get(kind=Kind.KIND_STUCK_ERRORED)
+        self.assertEqual(event.job_id, job.pk)
+        # Rescheduled by NetBox's own handle(), with the run's arguments.
+        successor = Job.objects.get(name=CountingJob.name, status='scheduled')
+        self.assertEqual(successor.interval, 30)
+        stored = JobDispatch.objects.get(job=successor)
+        from netbox_safejobs.payload import unseal
+
+        self.assertEqual(unseal(stored.payload).kwargs.get('sleep'), 120)
+        self.assertEqual(run_count(job.job_id), 1)
+        self.assertIsNone(worker.process.poll(), 'the worker died with its horse')
+
+    def test_killed_worker_is_closed_after_its_heartbeat_goes_stale(self):
+        """The worker and its work horse die (a host lost): another worker closes the job after stuck_after."""
+        job = CountingJob.enqueue(sleep=120)
+        worker = self.start_worker()
+        self.wait_running(job, worker)
+        horses = worker.children()
+        os.kill(worker.pid, signal.SIGKILL)  # the worker first, so that it cannot notice its horse dying
+        for pid in horses:
+            os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        worker.kill()
+        with override_settings(PLUGINS_CONFIG={'netbox_safejobs': LIVELY}):
+            self.assertEqual(run_pass().stuck_errored, [], 'closed before the heartbeat went stale')
+            # Another worker's loop closes it; no pass by hand, no system job.
+            self.start_worker()
+            self.wait_for(lambda: Job.objects.get(pk=job.pk).status == 'errored', timeout=60, message='closed')
+        elapsed = time.monotonic() - killed
+        self.assertGreaterEqual(elapsed, LIVELY['stuck_after'] - 1)
+        self.assertLess(elapsed, LIVELY['stuck_after'] + 15)
+        job.refresh_from_db()
+        self.assertIn('stopped heartbeating', job.error)
+        self.assertEqual(RetryEvent.objects.filter(job_uuid=job.job_id, kind=Kind.KIND_STUCK_ERRORED).count(), 1)
+
+    def test_work_horse_outliving_its_worker_is_never_closed(self):
+        """The worker alone is SIGKILLed; its work horse runs on past stuck_after, heartbeating its own lease."""
+        job = CountingJob.enqueue(sleep=LIVELY['stuck_after'] + 6)
+        worker = self.start_worker()
+        self.wait_running(job, worker)
+        os.kill(worker.pid, signal.SIGKILL)
+        with override_settings(PLUGINS_CONFIG={'netbox_safejobs': LIVELY}):
+            while Job.objects.get(pk=job.pk).status == 'running':
+                self.assertEqual(run_pass().stuck_errored, [], 'a live job was closed')
+                time.sleep(1)
+        job.refresh_from_db()
+        self.assertEqual(job.status, 'completed')
+        self.assertFalse(RetryEvent.objects.exists())
+        self.assertEqual(run_count(job.job_id), 1)
+
+    def test_live_job_survives_redis_flush_and_outlives_every_bound(self):
+        """A job runs longer than stuck_after while Redis loses its data: it completes, once, and is never closed."""
+        job = CountingJob.enqueue(sleep=LIVELY['stuck_after'] + 4)
+        worker = self.start_worker()
+        self.wait_running(job, worker)
+        self.redis.flushdb()
+        with override_settings(PLUGINS_CONFIG={'netbox_safejobs': LIVELY}):
+            self.wait_for(lambda: Job.objects.get(pk=job.pk).status != 'running', timeout=60, message='job ended')
+            self.assertEqual(run_pass().stuck_errored, [])
+        job.refresh_from_db()
+        self.assertEqual(job.status, 'completed')
+        self.assertEqual(job.data, {'ran': True})
+        self.assertFalse(RetryEvent.objects.filter(kind=Kind.KIND_STUCK_ERRORED).exists())
+        self.assertEqual(Job.objects.filter(name=CountingJob.name).count(), 1)
+
+    def test_row_deleted_while_running_is_not_recreated(self):
+        job = CountingJob.enqueue(interval=30, sleep=4)
+        worker = self.start_worker()
+        self.wait_running(job, worker)
+        Job.objects.filter(pk=job.pk).delete()  # a queryset delete: no RQ cancel, the horse runs on
+        self.wait_for(lambda: RetryEvent.objects.filter(kind=Kind.KIND_ROW_DELETED).exists(), timeout=60,
+                      message='row_deleted event')
+        time.sleep(1)
+        self.assertFalse(Job.objects.filter(job_id=job.job_id).exists(), 'the deleted row came back')
+        self.assertFalse(Job.objects.filter(name=CountingJob.name).exists(), 'a deleted periodic job got a next run')
+        event = RetryEvent.objects.get(kind=Kind.KIND_ROW_DELETED)
+        self.assertIn('not scheduled', event.detail)
+        self.assertEqual(RetryEvent.objects.count(), 1)
+
+
+    def test_stopped_from_background_tasks_is_closed_not_resent(self):
+        from core.utils import stop_rq_job
+
+        job = CountingJob.enqueue(sleep=120)
+        worker = self.start_worker()
+        self.wait_running(job, worker)
+        stop_rq_job(str(job.job_id))
+        self.wait_for(lambda: Job.objects.get(pk=job.pk).status != 'running', timeout=30, message='job closed')
+        job.refresh_from_db()
+        self.assertEqual(job.status, 'errored')
+        self.assertIn('stopped from Background Tasks', job.error)
+        self.assertEqual(RetryEvent.objects.get(job_uuid=job.job_id).kind, Kind.KIND_OPERATOR_STOPPED)
+        self.assertEqual(run_pass().pushed, [])
+        self.assertEqual(run_count(job.job_id), 1)
+
+
+def connection_now():
+    with connection.cursor() as cursor:
+        cursor.execute('SELECT clock_timestamp()')
+        return cursor.fetchone()[0]
+
+
+class OperatorTest(SafeJobsTransactionTestCase):
+
+    def test_task_deleted_from_background_tasks_closes_its_job(self):
+        from core.utils import delete_rq_job
+
+        job = CountingJob.enqueue()
+        other = CountingJob.enqueue()
+        delete_rq_job(str(job.job_id))
+        job.refresh_from_db()
+        self.assertEqual(job.status, 'failed')
+        self.assertIn('deleted from Background Tasks', job.error)
+        self.assertFalse(JobDispatch.objects.filter(job=job).exists())
+        self.assertEqual(RetryEvent.objects.get().kind, Kind.KIND_OPERATOR_STOPPED)
+        # Not sent again, even when Redis later loses its data.
+        self.redis.flushdb()
+        self.assertEqual(run_pass().pushed, [other.job_id])
+        self.assertEqual(Job.objects.get(pk=job.pk).status, 'failed')
+
+
+class LeaseTest(SafeJobsTransactionTestCase):
+    """Leases without a worker, and two passes at once, without worker processes."""
+
+    def lease(self, worker_id=None, seen_ago=None):
+        job = Job.objects.create(name=CountingJob.name, job_id=uuid.uuid4(), status='running',
+                                 queue_name='default')
+        if worker_id is not None and seen_ago is not None:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f'INSERT INTO {WorkerHeartbeat._meta.db_table} (id, name, host, pid, version, started, seen) '
+                    f"VALUES (%s, 'gone', 'elsewhere', 1, '0', now(), clock_timestamp() - %s * interval '1 second')",
+                    [worker_id, seen_ago],
+                )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f'INSERT INTO {JobDispatch._meta.db_table} (job_id, job_uuid, queue_name, runner, method, created, '
+                f"recoveries, claimed, token, worker, worker_host, worker_pid) VALUES (%s, %s, 'default', "
+                f"'tests.jobs.CountingJob', '', now(), 0, clock_timestamp() - interval '1 hour', %s, %s, 'h', 2)",
+                [job.pk, job.job_id, uuid.uuid4(), worker_id],
+            )
+        return job
+
+    def test_immediate_job_lease_is_never_closed(self):
+        """A lease without a worker (netbox runscript, immediate=True) belongs to no heartbeat: never closed."""
+        job = self.lease(worker_id=None)
+        self.assertEqual(run_pass().stuck_errored, [])
+        self.assertEqual(Job.objects.get(pk=job.pk).status, 'running')
+
+    def test_fresh_heartbeat_keeps_a_lease_however_old(self):
+        job = self.lease(worker_id=uuid.uuid4(), seen_ago=1)
+        self.assertEqual(run_pass().stuck_errored, [])
+        self.assertEqual(Job.objects.get(pk=job.pk).status, 'running')
+
+    def test_stale_heartbeat_closes_once_whatever_the_number_of_passes(self):
+        job = self.lease(worker_id=uuid.uuid4(), seen_ago=3600)
+        ids = liveness.stale_leases()
+        self.assertEqual(len(ids), 1)
+        # Two passes that both saw the lease: only one closes it.
+        first = liveness._close('default', ids[0], 'test', Kind.KIND_STUCK_ERRORED)
+        second = liveness._close('default', ids[0], 'test', Kind.KIND_STUCK_ERRORED)
+        self.assertEqual((first, second), (job.job_id, None))
+        self.assertEqual(Job.objects.get(pk=job.pk).status, 'errored')
+        self.assertEqual(RetryEvent.objects.filter(kind=Kind.KIND_STUCK_ERRORED).count(), 1)
+        self.assertFalse(WorkerHeartbeat.objects.exists() and run_pass().stuck_errored)
+        self.assertEqual(workers.current(), None)

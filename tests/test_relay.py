@@ -1,0 +1,224 @@
+"""
+Delivery from the database: the relay in every worker, `netbox safejobs_recover`, Redis outages and data loss, and
+concurrent relays. Real PostgreSQL, real Redis servers that are stopped, flushed and restarted, real workers.
+"""
+
+import signal
+import subprocess
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+from core.models import Job
+from django.conf import settings
+from django.db import connection, transaction
+from rq.job import Job as RQJob
+
+from benchmarks import harness
+from netbox_safejobs import compat, relay
+from netbox_safejobs.choices import RetryEventKindChoices as Kind
+from netbox_safejobs.models import JobDispatch, RetryEvent
+from netbox_safejobs.recovery import run_pass
+
+from .base import SafeJobsTransactionTestCase, Worker, netbox_command, run_burst_worker, worker_env
+from .jobs import CountingJob, run_count
+from .test_dispatch import closed_port_queues
+
+
+def private_queues(redis):
+    """RQ_QUEUES with every queue on a private Redis server."""
+    queues = {}
+    for name, params in settings.RQ_QUEUES.items():
+        params = {**params, 'HOST': '127.0.0.1', 'PORT': redis.port, 'DB': 0}
+        params.pop('URL', None)
+        queues[name] = params
+    return queues
+
+
+class RelayTest(SafeJobsTransactionTestCase):
+
+    def in_redis(self, job_uuid):
+        return RQJob.exists(str(job_uuid), connection=self.redis)
+
+    def test_process_killed_between_commit_and_push(self):
+        """A process SIGKILLed after COMMIT, before its push: owed after unknown_push_age, sent once, run once."""
+        relay.check_redis(relay.RelayReport())  # the relay's marker, as a running worker keeps it
+        script = textwrap.dedent("""
+            import os, signal
+            from django.db import transaction
+            from tests.jobs import CountingJob
+            with transaction.atomic():
+                # Registered before the enqueue, so it runs first after COMMIT: the process dies before the push.
+                transaction.on_commit(lambda: os.kill(os.getpid(), signal.SIGKILL))
+                job = CountingJob.enqueue()
+                print(job.job_id, flush=True)
+        """)
+        result = subprocess.run(netbox_command('shell', '--command', script), env=worker_env(), capture_output=True,
+                                text=True, timeout=120)
+        self.assertEqual(result.returncode, -9, result.stderr)
+        job_uuid = uuid.UUID(result.stdout.strip().splitlines()[-1])
+        job = Job.objects.get(job_id=job_uuid)
+        self.assertEqual(job.status, 'pending')
+        self.assertFalse(self.in_redis(job_uuid), 'the push happened although the process died first')
+        self.assertEqual(JobDispatch.objects.get(job=job).state, 'written')
+
+        # Younger than unknown_push_age (by the database's clock): its process may still be pushing it.
+        self.assertEqual(run_pass().pushed, [])
+        JobDispatch.objects.filter(job=job).update(created=connection_now() - _seconds(11))
+        self.assertEqual(run_pass().pushed, [job_uuid])
+        self.assertEqual(run_pass().pushed, [], 'pushed twice')
+        run_burst_worker()
+        job.refresh_from_db()
+        self.assertEqual(job.status, 'completed')
+        self.assertEqual(run_count(job_uuid), 1)
+        event = RetryEvent.objects.get(kind=Kind.KIND_RECOVERED)
+        self.assertEqual(event.job_uuid, job_uuid)
+        self.assertIn('died before pushing', event.detail)
+
+    def test_redis_flushed_sends_lost_tasks_once(self):
+        """Redis lost its data without an outage (FLUSHDB, failover to an empty replica): lost tasks owed again."""
+        relay.check_redis(relay.RelayReport())  # the relay's marker, as a running worker keeps it
+        lost = CountingJob.enqueue()
+        scheduled = CountingJob.enqueue(schedule_at=connection_now() + _seconds(3600))
+        self.redis.flushdb()
+        kept = CountingJob.enqueue()  # pushed after the loss: Redis holds it
+        report = run_pass()
+        self.assertEqual(report.reowed, 2)
+        self.assertEqual(sorted(report.pushed), sorted([lost.job_id, scheduled.job_id]))
+        self.assertIn(str(scheduled.job_id), compat.get_push_queue('default').scheduled_job_registry.get_job_ids())
+        self.assertEqual(run_pass().pushed, [])
+        run_burst_worker()
+        for job in (lost, kept):
+            self.assertEqual(run_count(job.job_id), 1)
+            self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
+        self.assertFalse(RetryEvent.objects.filter(kind=Kind.KIND_DUPLICATE_SKIPPED).exists())
+
+    def test_bad_stored_push_errors_its_job_and_blocks_nothing(self):
+        with compat.override_rq_queues(closed_port_queues()):
+            bad = CountingJob.enqueue()
+            truncated = CountingJob.enqueue()
+            good = CountingJob.enqueue()
+        row = JobDispatch.objects.get(job=bad)
+        blob = bytes(row.payload)
+        JobDispatch.objects.filter(job=bad).update(payload=blob[:-1] + bytes([blob[-1] ^ 1]))
+        JobDispatch.objects.filter(job=truncated).update(payload=blob[:8])
+        report = run_pass()
+        self.assertEqual(report.pushed, [good.job_id])
+        self.assertEqual(sorted(report.rejected), sorted([bad.job_id, truncated.job_id]))
+        for job, reason in ((bad, 'bad signature'), (truncated, 'truncated')):
+            job.refresh_from_db()
+            self.assertEqual(job.status, 'errored')
+            self.assertIn(reason, job.error)
+            self.assertFalse(self.in_redis(job.job_id))
+            event = RetryEvent.objects.get(job_uuid=job.job_id, kind=Kind.KIND_PAYLOAD_REJECTED)
+            self.assertIn(reason, event.detail)
+        self.assertFalse(JobDispatch.objects.filter(job__in=[bad, truncated]).exists())
+
+    def test_dry_run_changes_nothing(self):
+        with compat.override_rq_queues(closed_port_queues()):
+            job = CountingJob.enqueue()
+        report = run_pass(dry_run=True)
+        self.assertEqual(report.pushed, [job.job_id])
+        self.assertIn('would push 1 owed job(s)', report.summary())
+        self.assertEqual(JobDispatch.objects.get(job=job).state, 'owed')
+        self.assertFalse(self.in_redis(job.job_id))
+
+    def test_management_command(self):
+        with compat.override_rq_queues(closed_port_queues()):
+            job = CountingJob.enqueue()
+        result = subprocess.run(netbox_command('safejobs_recover', '-v', '2'), env=worker_env(), capture_output=True,
+                                text=True, timeout=120)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(f'pushed {job.job_id}', result.stdout)
+        self.assertIn('pushed 1 owed job(s)', result.stdout)
+        self.assertTrue(self.in_redis(job.job_id))
+
+    def test_finished_jobs_leave_no_dispatch_rows(self):
+        with compat.override_rq_queues(closed_port_queues()):
+            done = CountingJob.enqueue()
+        Job.objects.filter(pk=done.pk).update(status='completed')
+        report = run_pass()
+        self.assertEqual(report.pushed, [])
+        self.assertEqual(report.cleaned, 1)
+        self.assertFalse(JobDispatch.objects.exists())
+
+    def test_concurrent_relays_send_each_push_once(self):
+        """8 relays in 8 processes at once over 200 owed pushes: each task reaches Redis exactly once."""
+        with compat.override_rq_queues(closed_port_queues()):
+            with transaction.atomic():
+                jobs = [CountingJob.enqueue() for _ in range(200)]
+        self.assertEqual(JobDispatch.objects.filter(owed__isnull=False).count(), 200)
+        relay.check_redis(relay.RelayReport())
+        # Count every push that reaches Redis: RQ adds each to the queue list, even a duplicate job id.
+        processes = [subprocess.Popen(netbox_command('safejobs_recover'), env=worker_env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True) for _ in range(8)]
+        outputs = [p.communicate(timeout=180)[0] for p in processes]
+        self.assertTrue(all(p.returncode == 0 for p in processes), outputs)
+        queued = compat.get_push_queue('default').get_job_ids()
+        self.assertEqual(len(queued), 200)
+        self.assertEqual(set(queued), {str(job.job_id) for job in jobs})
+        self.assertEqual(RetryEvent.objects.filter(kind=Kind.KIND_RECOVERED).count(), 200)
+        self.assertFalse(JobDispatch.objects.filter(sent__isnull=True).exists())
+
+
+def connection_now():
+    with connection.cursor() as cursor:
+        cursor.execute('SELECT clock_timestamp()')
+        return cursor.fetchone()[0]
+
+
+def _seconds(n):
+    from datetime import timedelta
+
+    return timedelta(seconds=n)
+
+
+class RelayInWorkerTest(SafeJobsTransactionTestCase):
+    """The relay inside a running rqworker: no cron, no system job, no worker restart."""
+
+    CONFIG = {'relay_interval': 1.0}
+
+    def setUp(self):
+        super().setUp()
+        self.workdir = Path(tempfile.mkdtemp(prefix='safejobs-relay-test-'))
+        self.server = harness.RedisServer(self.workdir)
+        self.server.start()
+        self.queues = compat.override_rq_queues(private_queues(self.server))
+        self.queues.__enter__()
+        self.addCleanup(self.server.stop)
+        self.addCleanup(self.queues.__exit__, None, None, None)
+
+    def worker(self):
+        env = worker_env(self.CONFIG, SAFEJOBS_REDIS_PORT=self.server.port, SAFEJOBS_REDIS_TASKS_DB=0)
+        worker = Worker(burst=False, env=env)
+        self.addCleanup(worker.kill)
+        return worker
+
+    def completed(self, jobs):
+        return Job.objects.filter(pk__in=[job.pk for job in jobs], status='completed').count() == len(jobs)
+
+    def test_redis_outage_jobs_run_within_two_seconds_of_redis_back(self):
+        worker = self.worker()
+        warm = CountingJob.enqueue()
+        self.wait_for(lambda: self.completed([warm]), timeout=60, message='worker ready')
+        self.server.stop()
+        jobs = [CountingJob.enqueue() for _ in range(10)]  # Redis down: no error, each row owed at once
+        owed = JobDispatch.objects.filter(owed__isnull=False)
+        self.assertEqual(owed.filter(job__in=jobs).count(), 10,
+                         list(owed.values_list('job__name', 'job__status', 'sent', 'owed', 'claimed')))
+        time.sleep(2)
+        self.server.start()  # back, and empty
+        back = time.monotonic()
+        try:
+            self.wait_for(lambda: self.completed(jobs), timeout=30, interval=0.05, message='every job completed')
+        except AssertionError:
+            worker.kill(signal.SIGTERM)
+            raise AssertionError(f'not every job completed:\n{worker.output[-5000:]}') from None
+        elapsed = time.monotonic() - back
+        self.assertLessEqual(elapsed, 2.5, f'jobs ran {elapsed:.2f}s after Redis answered again')
+        self.assertIsNone(worker.process.poll(), 'the worker had to restart')
+        self.assertEqual([run_count(job.job_id) for job in jobs], [1] * 10)
+        self.assertEqual(RetryEvent.objects.filter(kind=Kind.KIND_DISPATCH_FAILED).count(), 10)
+        self.assertFalse(RetryEvent.objects.filter(kind=Kind.KIND_DUPLICATE_SKIPPED).exists())
