@@ -7,7 +7,9 @@ server and real ``netbox rqworker`` processes, both measured in the same invocat
     scripts/dev bench harness --scenarios race,duplicate_push --jobs 2000 --workers 2
 
 *Stock* is NetBox with the plugin installed and every switch off (``dispatch_on_commit``, ``worker_guard``,
-``recovery_enabled``, ``stuck_job_detection``): NetBox's own code paths, in the harness and in its workers.
+``worker_loop``, ``stuck_job_detection``): NetBox's own code paths, in the harness and in its workers.
+No scenario runs a recovery pass by hand or moves a clock: delivery and liveness are what the plugin's workers do on
+their own, with the default settings.
 *Plugin* is the plugin with its defaults, except where a scenario says otherwise (printed with the results).
 
 The harness uses the development database and a private Redis server it starts on a free port (and stops and
@@ -31,7 +33,6 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'netbox.settings')
@@ -39,17 +40,20 @@ os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'netbox.settings')
 ROOT = Path(__file__).resolve().parent.parent
 
 STOCK_CONFIG = {
-    'dispatch_on_commit': False, 'worker_guard': False, 'recovery_enabled': False, 'stuck_job_detection': False,
+    'dispatch_on_commit': False, 'worker_guard': False, 'worker_loop': False, 'stuck_job_detection': False,
 }
 # The plugin's workers look for a missing row for 0.1 + 0.1 + 0.2 + 0.3 + 0.5 = 1.2 s instead of 6 s, so that the
 # scenario that deletes rows in bulk does not spend minutes waiting; everything else is the default.
 PLUGIN_CONFIG = {'lookup_base_delay': 0.1}
 MODES = ('stock', 'plugin')
 SCENARIOS = (
-    'race', 'redis_outage', 'crash_after_commit', 'deleted_rows', 'worker_killed', 'db_terminated',
-    'duplicate_push', 'cost',
+    'race', 'redis_outage', 'redis_outages', 'redis_flushed', 'crash_after_commit', 'deleted_rows',
+    'deleted_mid_run', 'worker_killed', 'worker_sigkill', 'db_terminated', 'duplicate_push', 'concurrent_relays',
+    'cost',
 )
 QUEUES = ('high', 'default', 'low')
+# Seconds Redis stays down in each outage of the redis_outages scenario.
+OUTAGES = (1, 3, 5, 7, 10)
 
 # Guarantees the plugin must keep in every scenario (the exit status depends on them).
 GUARANTEES = ('lost', 'ghost_rows', 'resurrected', 'duplicate_runs', 'caller_exceptions')
@@ -257,7 +261,7 @@ def set_mode(mode):
 
     patches.uninstall()
     if mode == 'plugin':
-        patches.install(dispatch=True, guard=True)
+        patches.install(dispatch=True, guard=True, worker=True)
 
 
 def read_runs(runs_file, pids=None):
@@ -447,8 +451,6 @@ def scenario_race(ctx, mode, opts, runs_file):
 
 def scenario_redis_outage(ctx, mode, opts, runs_file):
     """Redis stopped during a burst of enqueues, then started again, empty (no persistence)."""
-    from django.core.management import call_command
-
     pool = WorkerPool(ctx, mode, runs_file)
     back_at = {}
     up, down = opts.outage_seconds, opts.outage_seconds
@@ -467,9 +469,6 @@ def scenario_redis_outage(ctx, mode, opts, runs_file):
         deadline = time.monotonic() + up + down + up
         committed, _, exceptions, _ = enqueue_many(None, threads=1, rate=0.01, until=deadline)
         timer.join()
-        if mode == 'plugin':
-            # What the recovery system job (or `netbox safejobs_recover` from cron) does at its next run.
-            call_command('safejobs_recover', stdout=open(os.devnull, 'w'))
         settled = wait_until_settled(committed, timeout=opts.timeout, idle=15, pool=pool)
         all_ran_after = None
         if settled:
@@ -494,12 +493,7 @@ with transaction.atomic():
 
 
 def scenario_crash_after_commit(ctx, mode, opts, runs_file):
-    """Processes SIGKILLed between COMMIT and the push to Redis."""
-    from django.core.management import call_command
-    from django.utils import timezone
-
-    from netbox_safejobs.recovery import run_pass
-
+    """Processes SIGKILLed between COMMIT and the push to Redis; the workers' relay owes them after 10 s."""
     procs = [
         subprocess.Popen(netbox_command('shell', '--command', CRASH_SCRIPT),
                          env=ctx.env(mode), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -511,11 +505,7 @@ def scenario_crash_after_commit(ctx, mode, opts, runs_file):
         committed += [uuid.UUID(line) for line in out.split() if len(line) == 36]
     pool = WorkerPool(ctx, mode, runs_file)
     try:
-        if mode == 'plugin':
-            # The recovery pass as it runs once the pushes are older than recovery_min_age.
-            run_pass(now=timezone.now() + timedelta(minutes=5))
-            call_command('safejobs_recover', stdout=open(os.devnull, 'w'))
-        wait_until_settled(committed, timeout=opts.timeout, idle=15, pool=pool)
+        wait_until_settled(committed, timeout=opts.timeout, idle=20, pool=pool)
     finally:
         pool.stop()
     return collect(committed, [], runs_file)
@@ -536,12 +526,11 @@ def scenario_deleted_rows(ctx, mode, opts, runs_file):
 
 
 def scenario_worker_killed(ctx, mode, opts, runs_file):
-    """The work horses SIGKILLed mid-job (what the OOM killer does)."""
+    """The work horses SIGKILLed mid-job (what the OOM killer does); their workers live on."""
+    from core.models import Job
     from django.db import transaction
-    from django.utils import timezone
 
     from benchmarks.runners import HarnessJob
-    from netbox_safejobs.recovery import run_pass
 
     committed = []
     for _ in range(ctx.workers):
@@ -559,22 +548,22 @@ def scenario_worker_killed(ctx, mode, opts, runs_file):
         for pid in pids.values():
             os.kill(pid, signal.SIGKILL)
             killed += 1
-        time.sleep(5)
-        if mode == 'plugin':
-            # The recovery pass once stuck_job_grace (15 minutes by default) has passed.
-            run_pass(now=timezone.now() + timedelta(hours=1))
+        killed_at = time.monotonic()
+        closed_after = None
+        while time.monotonic() - killed_at < 30:
+            if not Job.objects.filter(job_id__in=committed, status='running').exists():
+                closed_after = round(time.monotonic() - killed_at, 2)
+                break
+            time.sleep(0.1)
     finally:
         pool.stop()
-    return collect(committed, [], runs_file, extra={'killed': killed})
+    return collect(committed, [], runs_file, extra={'killed': killed, 'closed_s_after_kill': closed_after})
 
 
 def scenario_db_terminated(ctx, mode, opts, runs_file):
     """Database connections of the workers terminated (pg_terminate_backend) every 0.5 s while they take jobs."""
     import psycopg
     from django.db import connection
-    from django.utils import timezone
-
-    from netbox_safejobs.recovery import run_pass
 
     committed, _, _, _ = enqueue_many(opts.fault_jobs * 2, threads=2)
     settings = connection.settings_dict
@@ -609,11 +598,8 @@ def scenario_db_terminated(ctx, mode, opts, runs_file):
         stop.set()
         thread.join()
     try:
-        if mode == 'plugin':
-            # The recovery passes that follow: owed pushes now, stuck jobs once stuck_job_grace has passed.
-            run_pass(now=timezone.now() + timedelta(hours=1))
-            wait_until_settled(committed, timeout=opts.timeout, idle=15, pool=pool)
-            run_pass(now=timezone.now() + timedelta(hours=1))
+        # What the workers' own loops do next: close the jobs of work horses that died with their connection.
+        wait_until_settled(committed, timeout=opts.timeout, idle=15, pool=pool)
     finally:
         pool.stop()
     return collect(committed, [], runs_file, extra={'connections_terminated': terminated[0]})
@@ -633,6 +619,173 @@ def scenario_duplicate_push(ctx, mode, opts, runs_file):
     pool = WorkerPool(ctx, mode, runs_file, burst=True)
     pool.wait(timeout=opts.timeout)
     return collect(committed, [], runs_file)
+
+
+def _outage(ctx, seconds, enqueue):
+    """Stop Redis, run ``enqueue()`` while it is down, keep it down ``seconds`` in all, start it (empty)."""
+    ctx.redis.stop()
+    started = time.monotonic()
+    result = enqueue()
+    time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+    ctx.redis.start()
+    return result, time.time()
+
+
+def scenario_redis_outages(ctx, mode, opts, runs_file):
+    """
+    Five Redis outages of 1 to 10 s, jobs enqueued during each, Redis back empty each time, workers running and never
+    restarted by hand: the time from Redis answering again to every job of that outage having run.
+    """
+    per_outage = max(1, opts.outage_jobs // len(OUTAGES))
+    pool = WorkerPool(ctx, mode, runs_file)
+    committed, exceptions, latencies = [], Counter(), []
+    try:
+        pool.wait_ready()
+        for seconds in OUTAGES:
+            (jobs, _, errors, _), back = _outage(ctx, seconds, lambda: enqueue_many(per_outage, threads=1))
+            committed += jobs
+            exceptions.update(errors)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                _, starts = read_runs(runs_file)
+                if all(u in starts for u in jobs):
+                    latencies.append(max(starts[u] for u in jobs) - back)
+                    break
+                time.sleep(0.02)
+        wait_until_settled(committed, timeout=60, idle=10, pool=pool)
+    finally:
+        pool.stop()
+    complete = len(latencies) == len(OUTAGES)
+    return collect(committed, [], runs_file, caller_exceptions=exceptions, extra={
+        'outages': ', '.join(f'{s}' for s in OUTAGES),
+        'ran_s_after_redis_back_p50': round(percentile(latencies, .5), 2) if complete else None,
+        'ran_s_after_redis_back_max': round(max(latencies), 2) if complete else None,
+    })
+
+
+def scenario_redis_flushed(ctx, mode, opts, runs_file):
+    """
+    Redis loses its data without an outage (FLUSHALL, a failover to an empty replica) while jobs wait in the queue
+    and others run: the waiting ones are sent again, the running ones finish once and are not closed.
+    """
+    from django_rq import get_connection
+
+    committed, _, _, _ = enqueue_many(opts.fault_jobs, threads=2)
+    running = enqueue_many(ctx.workers, threads=1)[0]
+    from benchmarks.runners import HarnessJob
+
+    slow = [HarnessJob.enqueue(sleep=8).job_id for _ in range(ctx.workers)]
+    pool = WorkerPool(ctx, mode, runs_file, count=ctx.workers)
+    try:
+        pool.wait_ready()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            _, starts = read_runs(runs_file)
+            if any(u in starts for u in slow):
+                break
+            time.sleep(0.05)
+        get_connection('default').flushall()
+        flushed = time.time()
+        settled = wait_until_settled(committed + running + slow, timeout=opts.timeout, idle=20, pool=pool)
+        after = None
+        if settled:
+            _, starts = read_runs(runs_file)
+            after = round(max(starts.get(u, 0) for u in committed + running) - flushed, 2)
+    finally:
+        pool.stop()
+    return collect(committed + running + slow, [], runs_file, extra={'all_ran_s_after_flush': after})
+
+
+def scenario_deleted_mid_run(ctx, mode, opts, runs_file):
+    """Periodic jobs whose rows are deleted (a queryset delete) while they run."""
+    from core.models import Job
+
+    from benchmarks.runners import HarnessJob
+
+    jobs = [HarnessJob.enqueue(sleep=3, interval=60).job_id for _ in range(ctx.workers)]
+    pool = WorkerPool(ctx, mode, runs_file)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            _, starts = read_runs(runs_file)
+            if all(u in starts for u in jobs):
+                break
+            time.sleep(0.05)
+        Job.objects.filter(job_id__in=jobs).delete()
+        time.sleep(6)
+    finally:
+        pool.stop()
+    successors = Job.objects.filter(name=HarnessJob.name, interval=60).exclude(job_id__in=jobs).count()
+    return collect([], [], runs_file, deleted=jobs, extra={'deleted': len(jobs), 'next_runs_of_deleted': successors})
+
+
+def scenario_worker_sigkill(ctx, mode, opts, runs_file):
+    """Whole workers SIGKILLed with their work horses mid-job (a host lost); another worker is started."""
+    from core.models import Job
+    from django.db import transaction
+
+    from benchmarks.runners import HarnessJob
+
+    committed = []
+    for _ in range(ctx.workers):
+        with transaction.atomic():
+            committed.append(HarnessJob.enqueue(sleep=60).job_id)
+    pool = WorkerPool(ctx, mode, runs_file)
+    try:
+        pids = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(pids) < len(committed):
+            read_runs(runs_file, pids)
+            time.sleep(0.2)
+    finally:
+        pool._stopping.set()
+        for p in pool.processes:
+            os.kill(p.pid, signal.SIGKILL)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+        for p in pool.processes:
+            p.wait()
+    killed_at = time.monotonic()
+    survivor = WorkerPool(ctx, mode, runs_file, count=1)
+    closed_after = None
+    try:
+        while time.monotonic() - killed_at < 240:
+            if not Job.objects.filter(job_id__in=committed, status='running').exists():
+                closed_after = round(time.monotonic() - killed_at, 1)
+                break
+            time.sleep(0.5)
+    finally:
+        survivor.stop()
+    return collect(committed, [], runs_file, extra={'killed': len(pids), 'closed_s_after_kill': closed_after})
+
+
+def scenario_concurrent_relays(ctx, mode, opts, runs_file):
+    """
+    ``opts.owed`` pushes owed (Redis was down at their commit), then 8 relay passes in 8 processes at once: each task
+    must reach Redis once (plugin only: stock NetBox has no stored push to send).
+    """
+    from django_rq import get_queue
+
+    from netbox_safejobs.models import RetryEvent
+
+    if mode == 'stock':
+        return {'skipped': 'no stored pushes in stock NetBox'}
+    (committed, _, errors, _), _ = _outage(ctx, 0, lambda: enqueue_many(opts.owed, threads=4))
+    procs = [subprocess.Popen(netbox_command('safejobs_recover'), env=ctx.env(mode), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(8)]
+    for p in procs:
+        p.wait(timeout=opts.timeout)
+    queued = Counter()
+    for name in QUEUES:
+        queued.update(get_queue(name).get_job_ids())
+    double = sum(1 for count in queued.values() if count > 1)
+    missing = len({str(u) for u in committed} - set(queued))
+    return {
+        'owed_pushes': len(committed), 'relays': len(procs), 'pushed': sum(queued.values()),
+        'double_sends': double, 'not_sent': missing,
+        'duplicate_skipped': RetryEvent.objects.filter(kind='duplicate_skipped').count(),
+        'caller_exceptions': sum(errors.values()), 'lost': missing, 'duplicate_runs': double,
+    }
 
 
 def scenario_cost(ctx, mode, opts, runs_file):
@@ -690,10 +843,8 @@ def scenario_cost(ctx, mode, opts, runs_file):
 def recovery_at_scale(ctx, opts):
     """Time of one recovery pass with ``filler`` rows in core_job and 1,000 owed pushes (plugin only)."""
     from django.db import connection
-    from django.utils import timezone
 
     from netbox_safejobs.compat import job_field_values
-    from netbox_safejobs.models import JobDispatch
     from netbox_safejobs.recovery import run_pass
 
     set_mode('plugin')
@@ -718,8 +869,7 @@ def recovery_at_scale(ctx, opts):
         committed, _, _, _ = enqueue_many(opts.owed, threads=4)
         from django_rq import get_connection
 
-        get_connection('default').flushdb()
-        JobDispatch.objects.filter(job__job_id__in=committed).update(created=timezone.now() - timedelta(hours=1))
+        get_connection('default').flushdb()  # Redis lost every task: the pass owes them all again, then sends them
         start = time.perf_counter()
         report = run_pass()
         elapsed = time.perf_counter() - start
@@ -734,11 +884,16 @@ def recovery_at_scale(ctx, opts):
 SCENARIO_FUNCS = {
     'race': scenario_race,
     'redis_outage': scenario_redis_outage,
+    'redis_outages': scenario_redis_outages,
+    'redis_flushed': scenario_redis_flushed,
     'crash_after_commit': scenario_crash_after_commit,
     'deleted_rows': scenario_deleted_rows,
+    'deleted_mid_run': scenario_deleted_mid_run,
     'worker_killed': scenario_worker_killed,
+    'worker_sigkill': scenario_worker_sigkill,
     'db_terminated': scenario_db_terminated,
     'duplicate_push': scenario_duplicate_push,
+    'concurrent_relays': scenario_concurrent_relays,
     'cost': scenario_cost,
 }
 
@@ -790,7 +945,15 @@ ROWS = (
     ('lost', 'lost (left pending/running)'), ('ghost_rows', 'ghost rows'), ('resurrected', 'resurrected rows'),
     ('runs', 'run() calls'), ('duplicate_runs', 'jobs run twice'), ('caller_exceptions', 'caller exceptions'),
     ('rq_failed', 'RQ failed registry'), ('all_ran_s_after_redis_back', 'all ran, s after Redis back'),
-    ('outage_s', 'Redis down, s'), ('killed', 'work horses killed'),
+    ('outage_s', 'Redis down, s'), ('outages', 'Redis outages, s each'),
+    ('ran_s_after_redis_back_p50', 'ran, s after Redis back: p50'),
+    ('ran_s_after_redis_back_max', 'ran, s after Redis back: max'),
+    ('all_ran_s_after_flush', 'all ran, s after the flush'), ('deleted', 'rows deleted'),
+    ('next_runs_of_deleted', 'next runs of deleted periodic jobs'), ('killed', 'work horses killed'),
+    ('closed_s_after_kill', 'closed, s after the kill'), ('owed_pushes', 'owed pushes'),
+    ('relays', 'concurrent relays'),
+    ('pushed', 'pushes reaching Redis'), ('double_sends', 'sent twice'), ('not_sent', 'not sent'),
+    ('duplicate_skipped', 'duplicate skipped events'),
     ('connections_terminated', 'connections terminated'), ('worker_restarts', 'workers restarted'),
     ('seconds', 'scenario time, s'),
 )
@@ -872,6 +1035,8 @@ def parse_args(argv=None):
     parser.add_argument('--crashes', type=int, default=4, help='processes killed between commit and push')
     parser.add_argument('--outage-seconds', type=int, default=5,
                         help='Redis outage: seconds up, then down, then up again while enqueuing')
+    parser.add_argument('--outage-jobs', type=int, default=100,
+                        help='jobs enqueued across the five outages of redis_outages (default 100)')
     parser.add_argument('--timeout', type=int, default=900, help='seconds to wait for a scenario to settle')
     parser.add_argument('--no-recovery-scale', dest='recovery_scale', action='store_false',
                         help='skip the recovery pass timing with 1,000,000 core_job rows')
@@ -901,8 +1066,6 @@ def main(argv=None):
     # The harness process itself must use the private Redis too: set before Django reads its settings.
     os.environ['SAFEJOBS_REDIS_PORT'] = str(redis.port)
     os.environ['SAFEJOBS_REDIS_TASKS_DB'] = '0'
-    # In-process recovery passes may take pushes as soon as they are one second old.
-    os.environ['SAFEJOBS_PLUGINS_CONFIG'] = repr({'recovery_min_age': 1})
     import django
 
     django.setup()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
-from django.test import override_settings
 
 from benchmarks import harness
 from netbox_safejobs import compat
@@ -72,8 +71,7 @@ class ShortHarnessTest(SafeJobsTransactionTestCase):
         redis = harness.RedisServer(workdir)
         redis.start()
         try:
-            with compat.override_rq_queues(private_queues(redis)), \
-                    override_settings(PLUGINS_CONFIG={'netbox_safejobs': {'recovery_min_age': 1}}):
+            with compat.override_rq_queues(private_queues(redis)):
                 ctx = harness.Context(redis=redis, workdir=workdir, workers=2,
                                       db_name=connection.settings_dict['NAME'], redis_db=0)
                 results = harness.run(opts, ctx)
