@@ -41,6 +41,8 @@ __all__ = (
     'register_filterset',
     'rq_task_deleters',
     'rq_worker_class',
+    'rq_worker_names',
+    'rq_workers',
     'stock_push_on_commit',
     'system_job',
     'view_actions',
@@ -149,6 +151,56 @@ def rq_worker_class():
     if not callable(getattr(Worker, 'work', None)):
         return None, 'rq.worker.Worker has no work() method'
     return Worker, None
+
+
+def rq_workers(connection):
+    """
+    The workers RQ lists as live on one Redis (``Worker.all()``, which skips the registrations whose key expired), as
+    ``{'name', 'host', 'pid', 'queues', 'birth'}``; ``birth`` is the worker's start by its own host's clock, as an
+    aware UTC datetime, or ``None``.
+
+    RQ 2.x parses ``birth`` as an aware UTC datetime; RQ 1.x (and early 2.x releases) as a naive one in UTC. Detected
+    from the value, not the version.
+    """
+    from datetime import timezone
+
+    from rq.worker import Worker
+
+    workers = []
+    for worker in Worker.all(connection=connection):
+        birth = getattr(worker, 'birth_date', None)
+        if birth is not None and birth.tzinfo is None:
+            birth = birth.replace(tzinfo=timezone.utc)
+        queues = worker.queue_names() if callable(getattr(worker, 'queue_names', None)) else []
+        workers.append({
+            'name': worker.name,
+            'host': getattr(worker, 'hostname', '') or '',
+            'pid': getattr(worker, 'pid', None),
+            'queues': sorted(queues),
+            'birth': birth,
+        })
+    return workers
+
+
+def rq_worker_names(connection):
+    """
+    The names of the workers RQ lists as live on one Redis, in two round trips (the registry's members, then one
+    pipelined ``EXISTS`` per worker key, skipping registrations whose key expired): for the Prometheus gauges, which
+    must stay cheap. Every RQ release the plugin supports (1.x, 2.x) keeps the registry in
+    ``rq.worker_registration.get_keys()`` and names keys ``Worker.redis_worker_namespace_prefix + name``.
+    """
+    from rq import worker_registration
+    from rq.worker import Worker
+
+    keys = sorted(worker_registration.get_keys(connection=connection))
+    if not keys:
+        return set()
+    pipe = connection.pipeline(transaction=False)
+    for key in keys:
+        pipe.exists(key)
+    prefix = Worker.redis_worker_namespace_prefix
+    return {key[len(prefix):] for key, present in zip(keys, pipe.execute(), strict=True)
+            if present and key.startswith(prefix)}
 
 
 _queue_kwargs = None
