@@ -1,18 +1,26 @@
 """
-Prometheus counters of the plugin, exposed on NetBox's ``/metrics`` (``METRICS_ENABLED = True``).
+Prometheus metrics of the plugin, exposed on NetBox's ``/metrics`` (``METRICS_ENABLED = True``).
 
-Counted by ``events.record()`` and nowhere else. Each process counts its own events: most are recorded by RQ workers,
-so the counts of every process reach ``/metrics`` only with prometheus_client's multiprocess mode (the same
-``PROMETHEUS_MULTIPROC_DIR`` set for the web server and every ``rqworker``); see docs/ui.md.
+- A counter of retry events, counted by ``events.record()`` and nowhere else. Each process counts its own events: most
+  are recorded by RQ workers, so the counts of every process reach ``/metrics`` only with prometheus_client's
+  multiprocess mode (the same ``PROMETHEUS_MULTIPROC_DIR`` set for the web server and every ``rqworker``); see
+  docs/ui.md.
+- Gauges computed from the database when ``/metrics`` is scraped (``BacklogCollector``), so that they are right
+  whatever process serves the scrape: owed pushes, the oldest one's age, claimed leases, stuck candidates, events of
+  the last hour by kind, and workers RQ lists without a heartbeat of the plugin. Three indexed queries per scrape.
 """
 
 import logging
 
-from prometheus_client import Counter
+from django.db import DatabaseError, connections
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import GaugeMetricFamily
 
 __all__ = (
     'RETRY_EVENTS',
+    'BacklogCollector',
     'count_event',
+    'register_collector',
 )
 
 logger = logging.getLogger('netbox_safejobs.metrics')
@@ -30,3 +38,118 @@ def count_event(kind):
         RETRY_EVENTS.labels(kind=kind).inc()
     except Exception:
         logger.exception('Could not count a %s event', kind)
+
+
+def _families():
+    return {
+        'owed': GaugeMetricFamily(
+            'netbox_safejobs_owed_pushes', 'Pushes to Redis the relay is to send (failed, or never made), now'),
+        'oldest_owed_age': GaugeMetricFamily(
+            'netbox_safejobs_oldest_owed_age_seconds', 'Seconds since the oldest owed push was written (0 when none)'),
+        'claimed': GaugeMetricFamily(
+            'netbox_safejobs_claimed_leases', 'Jobs claimed by a worker and running (leases), now'),
+        'leases_without_heartbeat': GaugeMetricFamily(
+            'netbox_safejobs_leases_without_heartbeat',
+            'Leases whose worker and work horse have not heartbeated for two heartbeat intervals'),
+        'stuck': GaugeMetricFamily(
+            'netbox_safejobs_stuck_candidates',
+            'Leases whose worker and work horse have not heartbeated for stuck_after seconds (to be closed)'),
+        'events': GaugeMetricFamily(
+            'netbox_safejobs_events_last_hour', 'Retry events recorded in the last hour, by kind', labels=['kind']),
+        'workers': GaugeMetricFamily(
+            'netbox_safejobs_workers', 'Workers with a fresh heartbeat of the plugin'),
+        'unguarded': GaugeMetricFamily(
+            'netbox_safejobs_workers_without_plugin',
+            'Workers RQ lists that have no fresh heartbeat of the plugin (no guard, relay or liveness check)'),
+    }
+
+
+class BacklogCollector:
+    """
+    The gauges, read from PostgreSQL (and RQ's worker registry) at every scrape. Never raises: a part that fails
+    (database or Redis down) is left out of the scrape and logged, and the rest of ``/metrics`` is served.
+
+    Per scrape: ``health.backlog()`` (one statement on the partial indexes of JobDispatch), one count of the last hour's
+    events by kind (the time index of RetryEvent), one read of the fresh heartbeats (their ``seen`` index); and, per
+    Redis, RQ's worker registry and one pipelined ``EXISTS``.
+    """
+
+    def __init__(self, using='default'):
+        self.using = using
+
+    def describe(self):
+        # Without describe(), prometheus_client would call collect() (and query the database) on registration.
+        return list(_families().values())
+
+    def collect(self):
+        from .choices import RetryEventKindChoices
+        from .health import backlog
+        from .models import RetryEvent, WorkerHeartbeat
+        from .settings import get_settings
+
+        families = _families()
+        settings = get_settings()
+        try:
+            values = backlog(self.using, settings)
+            with connections[self.using].cursor() as cursor:
+                cursor.execute(
+                    f'SELECT kind, count(*) FROM {RetryEvent._meta.db_table} '
+                    f"WHERE time > clock_timestamp() - interval '1 hour' GROUP BY kind"
+                )
+                events = dict(cursor.fetchall())
+                cursor.execute(
+                    f'SELECT name FROM {WorkerHeartbeat._meta.db_table} '
+                    f"WHERE seen > clock_timestamp() - %s * interval '1 second'", [3 * settings.heartbeat_interval],
+                )
+                live = {row[0] for row in cursor.fetchall()}
+        except DatabaseError:
+            logger.warning('netbox-safejobs gauges left out of this scrape: the database failed', exc_info=True)
+            try:
+                connections[self.using].close()
+            except Exception:
+                pass
+            return
+        except Exception:
+            logger.exception('netbox-safejobs gauges left out of this scrape')
+            return
+        for key in ('owed', 'oldest_owed_age', 'claimed', 'leases_without_heartbeat', 'stuck'):
+            families[key].add_metric([], float(values[key]))
+        for kind, *_rest in RetryEventKindChoices.CHOICES:
+            families['events'].add_metric([kind], float(events.get(kind, 0)))
+        families['workers'].add_metric([], float(len(live)))
+        unguarded = self._unguarded(live)
+        for key, family in families.items():
+            if key != 'unguarded':
+                yield family
+        if unguarded is not None:
+            families['unguarded'].add_metric([], float(unguarded))
+            yield families['unguarded']
+
+    def _unguarded(self, live):
+        """How many workers RQ lists have no fresh heartbeat; None when a Redis does not answer."""
+        from . import compat
+        from .relay import _redis_groups
+
+        try:
+            names = set()
+            for connection, _queues in _redis_groups().values():
+                names |= compat.rq_worker_names(connection)
+        except Exception as e:
+            logger.warning('netbox_safejobs_workers_without_plugin left out of this scrape: %s', e)
+            return None
+        return len(names - live)
+
+
+_collector = None
+
+
+def register_collector(registry=REGISTRY):
+    """Register the gauges on prometheus_client's default registry (NetBox's ``/metrics``), once per process."""
+    global _collector
+    if _collector is None:
+        _collector = BacklogCollector()
+        registry.register(_collector)
+    return _collector
+
+
+register_collector()
