@@ -38,6 +38,7 @@ __all__ = (
     'OWED_AGE_WARNING',
     'backlog',
     'check',
+    'may_view_health',
 )
 
 logger = logging.getLogger('netbox_safejobs.health')
@@ -226,7 +227,10 @@ def _heartbeats(using):
             f'FROM {WorkerHeartbeat._meta.db_table} ORDER BY host, pid'
         )
         columns = ('id', 'name', 'host', 'pid', 'version', 'started', 'age')
-        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+        rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    for row in rows:
+        row['age'] = float(row['age'])
+    return rows
 
 
 def _redis_groups():
@@ -470,6 +474,18 @@ def _check_backlog(report, settings, using):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+
+def may_view_health(request):
+    """
+    Who sees the report in the UI and the REST API: those NetBox shows its Background Tasks pages (staff users on
+    NetBox 4.2 - 4.4, superusers from 4.5; the report names worker hosts and pids as those pages do), and users granted
+    "view" on worker heartbeats (``netbox_safejobs | worker heartbeat``), e.g. a monitoring account.
+    """
+    user = getattr(request, 'user', None)
+    if user is None or not user.is_authenticated:
+        return False
+    return compat.may_view_background_tasks(request) or user.has_perm('netbox_safejobs.view_workerheartbeat')
+
 
 def check(using='default'):
     """Run every check. Never raises: a failure of a check is a finding of level error."""

@@ -1,8 +1,10 @@
 """REST API URLs, under /api/plugins/safejobs/."""
 
+from django.urls import path
 from netbox.api.routers import NetBoxRouter
 
 from . import views
+from .health import HealthView
 
 __all__ = (
     'urlpatterns',
@@ -14,4 +16,7 @@ router = NetBoxRouter()
 router.APIRootView = views.SafeJobsRootView
 router.register('retry-events', views.RetryEventViewSet)
 
-urlpatterns = router.urls
+urlpatterns = [
+    *router.urls,
+    path('health/', HealthView.as_view(), name='health'),
+]

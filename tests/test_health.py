@@ -1,0 +1,343 @@
+"""
+The health check (``netbox safejobs_check``, ``/api/plugins/safejobs/health/``, the Health panel) and the gauges on
+``/metrics``, against real services: a private Redis with a bad configuration, real ``netbox rqworker`` processes with
+and without the plugin's loop and guard, real owed pushes, leases and stuck candidates.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.db import connection
+from django.template import Context, Template
+from django.test import RequestFactory, override_settings
+from django.test.utils import CaptureQueriesContext
+from django.urls import include, path
+from netbox.urls import urlpatterns as netbox_urlpatterns
+
+from benchmarks.harness import free_port, redis_server_binary
+from netbox_safejobs import compat, health, liveness, metrics
+from netbox_safejobs.models import JobDispatch, WorkerHeartbeat
+from netbox_safejobs.version import __version__
+
+from .base import SafeJobsTransactionTestCase, Worker, netbox_command, worker_env
+from .jobs import CountingJob, run_count
+
+# NetBox's URLs plus /metrics, included as NetBox includes it when METRICS_ENABLED is set (the test configuration
+# leaves it off).
+urlpatterns = [
+    path('', include('django_prometheus.urls')),
+    *netbox_urlpatterns,
+]
+
+LIVELY = {'heartbeat_interval': 1, 'stuck_after': 10, 'relay_interval': 0.5}
+UNGUARDED = {'worker_loop': False, 'worker_guard': False}
+
+
+def lively_settings():
+    return override_settings(PLUGINS_CONFIG={**settings.PLUGINS_CONFIG, 'netbox_safejobs': dict(LIVELY)})
+
+
+def queues_on(port, db=0):
+    return {name: dict(config, PORT=port, DB=db) for name, config in settings.RQ_QUEUES.items()}
+
+
+class PrivateRedis:
+    """A redis-server of its own on a free port, with extra configuration arguments."""
+
+    def __init__(self, *args):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix='safejobs-health-redis-')
+        self.process = subprocess.Popen(
+            [redis_server_binary(), '--bind', '127.0.0.1', '--port', str(self.port), '--dir', self.dir, *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        from redis import Redis
+
+        client = Redis(port=self.port, socket_connect_timeout=1)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except Exception:
+                self.process.poll()
+                if self.process.returncode is not None:
+                    raise RuntimeError('private redis-server exited')
+                time.sleep(0.05)
+        raise RuntimeError('private redis-server did not start')
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def findings(report, check=None, level=None):
+    return [f for f in report.findings if (check is None or f.check == check) and (level is None or f.level == level)]
+
+
+def run_check_command(*args, **env):
+    """``netbox safejobs_check`` in its own process: (exit status, stdout, stderr)."""
+    process = subprocess.run(netbox_command('safejobs_check', *args), env=worker_env(**env), capture_output=True,
+                             text=True, timeout=180)
+    return process.returncode, process.stdout, process.stderr
+
+
+class RedisSettingsTest(SafeJobsTransactionTestCase):
+
+    def test_allkeys_lru_without_persistence_warns_with_why_and_fix(self):
+        redis = PrivateRedis('--maxmemory-policy', 'allkeys-lru', '--save', '', '--appendonly', 'no')
+        self.addCleanup(redis.stop)
+        with compat.override_rq_queues(queues_on(redis.port)):
+            report = health.check()
+        warnings = findings(report, 'redis', 'warning')
+        self.assertEqual(len(warnings), 2, report.as_text())
+        policy, persistence = warnings
+        self.assertIn('maxmemory-policy is allkeys-lru', policy.message)
+        self.assertIn('noeviction', policy.fix)
+        self.assertIn('evict', policy.why)
+        self.assertIn('persistence is off', persistence.message)
+        self.assertIn('appendonly yes', persistence.fix)
+        self.assertIn('restart', persistence.why)
+        self.assertEqual(report.status, 'warning')
+        self.assertEqual(report.exit_code, 1)
+
+    def test_noeviction_with_append_only_file_is_ok(self):
+        redis = PrivateRedis('--maxmemory-policy', 'noeviction', '--appendonly', 'yes', '--save', '')
+        self.addCleanup(redis.stop)
+        with compat.override_rq_queues(queues_on(redis.port)):
+            report = health.check()
+        self.assertEqual(findings(report, 'redis', 'warning') + findings(report, 'redis', 'error'), [],
+                         report.as_text())
+        self.assertIn('append-only file', report.as_text())
+
+    def test_config_disabled_is_reported_not_raised(self):
+        redis = PrivateRedis('--rename-command', 'CONFIG', '', '--maxmemory-policy', 'volatile-lru', '--save', '',
+                             '--appendonly', 'no')
+        self.addCleanup(redis.stop)
+        with compat.override_rq_queues(queues_on(redis.port)):
+            report = health.check()
+        redis_findings = findings(report, 'redis')
+        # The policy is read from INFO; persistence cannot be told apart from "off" without CONFIG.
+        self.assertIn('maxmemory-policy volatile-lru', redis_findings[0].message)
+        self.assertIn('cannot be read', redis_findings[1].message)
+        self.assertEqual(redis_findings[1].level, 'warning')
+
+
+class WorkerTest(SafeJobsTransactionTestCase):
+
+    def start_worker(self, config):
+        worker = Worker('default', burst=False, env=worker_env(config))
+        self.addCleanup(worker.kill)
+        return worker
+
+    def registered(self):
+        return {w['pid']: w for w in compat.rq_workers(self.redis)}
+
+    def test_worker_without_the_guard_is_an_error_naming_it(self):
+        guarded = self.start_worker(LIVELY)
+        unguarded = self.start_worker(UNGUARDED)
+        self.wait_for(lambda: {guarded.pid, unguarded.pid} <= set(self.registered()), timeout=120,
+                      message='both workers registered in RQ')
+        self.wait_for(lambda: WorkerHeartbeat.objects.filter(pid=guarded.pid).exists(), timeout=30,
+                      message='heartbeat of the guarded worker')
+        name = self.registered()[unguarded.pid]['name']
+        good_name = self.registered()[guarded.pid]['name']
+        with lively_settings():
+            report = health.check()
+            gauges = {s.name: s.value for family in metrics.BacklogCollector().collect() for s in family.samples}
+        errors = findings(report, 'workers', 'error')
+        self.assertEqual(len(errors), 1, report.as_text())
+        self.assertIn(name, errors[0].message)
+        self.assertIn('without the worker guard', errors[0].message)
+        self.assertIn('Restart it', errors[0].fix)
+        self.assertNotIn(good_name, report.as_text().split('[OK]')[0])
+        self.assertEqual(report.exit_code, 2)
+        # The clock of the worker's host is compared with PostgreSQL's through its heartbeat.
+        clocks = [f for f in findings(report, 'clock') if good_name in f.message]
+        self.assertEqual(len(clocks), 1, report.as_text())
+        self.assertEqual(clocks[0].level, 'ok')
+        self.assertLess(abs(clocks[0].data['skew_seconds']), 5)
+        self.assertEqual(gauges['netbox_safejobs_workers_without_plugin'], 1)
+        self.assertEqual(gauges['netbox_safejobs_workers'], 1)
+
+        # The command says the same, names the worker and exits 2.
+        code, out, err = run_check_command('--format', 'json')
+        self.assertEqual(code, 2, out + err)
+        data = json.loads(out)
+        self.assertEqual(data['status'], 'error')
+        self.assertIn(name, ' '.join(f['message'] for f in data['findings'] if f['level'] == 'error'))
+        self.assertNotIn('Traceback', err)
+
+        unguarded.kill(signal.SIGTERM)
+        self.wait_for(lambda: unguarded.pid not in self.registered(), timeout=30, message='unguarded worker gone')
+        with lively_settings():
+            report = health.check()
+        self.assertEqual(findings(report, 'workers', 'error'), [], report.as_text())
+        self.assertIn('All 1 RQ worker(s) run netbox-safejobs', report.as_text())
+
+    def test_workers_of_two_versions(self):
+        table = WorkerHeartbeat._meta.db_table
+        with connection.cursor() as cursor:
+            for name, version in (('current-worker', __version__), ('old-worker', '0.0.9')):
+                cursor.execute(
+                    f'INSERT INTO {table} (id, name, host, pid, version, started, seen) '
+                    f"VALUES (%s, %s, 'worker-host', 4242, %s, clock_timestamp(), clock_timestamp())",
+                    [uuid.uuid4(), name, version],
+                )
+        report = health.check()
+        errors = findings(report, 'versions', 'error')
+        self.assertEqual(len(errors), 1, report.as_text())
+        self.assertIn('old-worker', errors[0].message)
+        self.assertIn('0.0.9', errors[0].message)
+        self.assertIn(__version__, errors[0].message)
+        self.assertIn('Finish the upgrade', errors[0].fix)
+        self.assertEqual(report.exit_code, 2)
+
+
+class BacklogGaugesTest(SafeJobsTransactionTestCase):
+
+    def scrape(self):
+        with override_settings(ROOT_URLCONF=__name__):
+            response = self.client.get('/metrics')
+        self.assertEqual(response.status_code, 200)
+        values = {}
+        for line in response.content.decode().splitlines():
+            if line.startswith('netbox_safejobs_') and not line.startswith('#'):
+                key, value = line.rsplit(' ', 1)
+                values[key] = float(value)
+        return values
+
+    def test_every_gauge_after_owed_pushes_leases_and_stuck_candidates(self):
+        # A lease: a worker runs a long job.
+        running = CountingJob.enqueue(sleep=120)
+        worker = Worker('default', burst=False, env=worker_env(LIVELY))
+        self.addCleanup(worker.kill)
+        self.wait_for(lambda: run_count(running.job_id) == 1, timeout=120, message='run() entered')
+        self.wait_for(lambda: worker.children(), timeout=30, message='work horse')
+        with lively_settings():
+            values = self.scrape()
+        self.assertEqual(values['netbox_safejobs_claimed_leases'], 1)
+        self.assertEqual(values['netbox_safejobs_stuck_candidates'], 0)
+        self.assertEqual(values['netbox_safejobs_leases_without_heartbeat'], 0)
+        self.assertEqual(values['netbox_safejobs_owed_pushes'], 0)
+        self.assertEqual(values['netbox_safejobs_oldest_owed_age_seconds'], 0)
+        self.assertEqual(values['netbox_safejobs_workers'], 1)
+        self.assertEqual(values['netbox_safejobs_workers_without_plugin'], 0)
+
+        # A stuck candidate: the worker and its work horse are killed (a host lost).
+        horses = worker.children()
+        os.kill(worker.pid, signal.SIGKILL)
+        for pid in horses:
+            os.kill(pid, signal.SIGKILL)
+        worker.kill()
+        # Owed: Redis refuses the push after the commit; the dispatch stores it as owed (one event each). No worker
+        # is left to relay them.
+        with compat.override_rq_queues(queues_on(free_port())):
+            owed = [CountingJob.enqueue() for _ in range(2)]
+        self.assertEqual(JobDispatch.objects.filter(owed__isnull=False).count(), 2)
+        with lively_settings():
+            self.wait_for(lambda: liveness.stale_leases() != [], timeout=60, interval=0.5, message='stale lease')
+            values = self.scrape()
+            report = health.check()
+            with CaptureQueriesContext(connection) as queries:
+                list(metrics.BacklogCollector().collect())
+        self.assertEqual(values['netbox_safejobs_stuck_candidates'], 1)
+        self.assertEqual(values['netbox_safejobs_leases_without_heartbeat'], 1)
+        self.assertEqual(values['netbox_safejobs_claimed_leases'], 1)
+        self.assertEqual(values['netbox_safejobs_owed_pushes'], 2)
+        self.assertGreater(values['netbox_safejobs_oldest_owed_age_seconds'], 0)
+        self.assertLess(values['netbox_safejobs_oldest_owed_age_seconds'], 120)
+        self.assertEqual(values['netbox_safejobs_events_last_hour{kind="dispatch_failed"}'], 2)
+        self.assertEqual(values['netbox_safejobs_events_last_hour{kind="gave_up"}'], 0)
+        self.assertEqual(values['netbox_safejobs_workers'], 0)
+        self.assertLessEqual(len(queries), 3, [q['sql'] for q in queries])
+        # The check reports the same backlog, with the fix.
+        stuck = [f for f in findings(report, 'backlog', 'warning') if 'stuck' in f.message]
+        self.assertEqual(len(stuck), 1, report.as_text())
+        self.assertIn('safejobs_recover', stuck[0].fix)
+        self.assertEqual(health.backlog()['owed'], len(owed))
+
+    def test_old_owed_push_warns(self):
+        with compat.override_rq_queues(queues_on(free_port())):
+            job = CountingJob.enqueue()
+        JobDispatch.objects.filter(job=job).update(created=JobDispatch.objects.get(job=job).created.replace(
+            year=2000))
+        report = health.check()
+        owed = findings(report, 'backlog', 'warning')
+        self.assertEqual(len(owed), 1, report.as_text())
+        self.assertIn('1 owed push(es)', owed[0].message)
+        self.assertIn('netbox safejobs_recover', owed[0].fix)
+        self.assertGreater(self.scrape()['netbox_safejobs_oldest_owed_age_seconds'], 60)
+
+
+class SurfacesTest(SafeJobsTransactionTestCase):
+    """The same findings, in the same words, in the REST API and the UI panel; only for those allowed."""
+
+    def setUp(self):
+        super().setUp()
+        user_model = get_user_model()
+        self.admin = user_model.objects.create_user('health-admin', is_superuser=True)
+        self.nobody = user_model.objects.create_user('health-nobody')
+
+    def test_api_and_panel_say_what_the_command_says(self):
+        expected = [f.message for f in health.check().findings]
+        self.client.force_login(self.admin)
+        response = self.client.get('/api/plugins/safejobs/health/', HTTP_ACCEPT='application/json')
+        self.assertEqual(response.status_code, 200, response.content)
+        data = response.json()
+        self.assertEqual([f['message'] for f in data['findings']], expected)
+        self.assertEqual(data['status'], health.check().status)
+
+        request = RequestFactory().get('/')
+        request.user = self.admin
+        html = Template('{% load safejobs_health %}{% safejobs_health_panel %}').render(Context({'request': request}))
+        self.assertIn('id="safejobs-health"', html)
+        for message in expected:
+            self.assertIn(message.replace("'", '&#x27;').replace('"', '&quot;').replace('<', '&lt;'), html)
+
+        request.user = self.nobody
+        html = Template('{% load safejobs_health %}{% safejobs_health_panel %}').render(Context({'request': request}))
+        self.assertNotIn('safejobs-health', html)
+
+    def test_api_refuses_users_without_permission(self):
+        self.client.force_login(self.nobody)
+        response = self.client.get('/api/plugins/safejobs/health/', HTTP_ACCEPT='application/json')
+        self.assertEqual(response.status_code, 403)
+        self.client.logout()
+        response = self.client.get('/api/plugins/safejobs/health/', HTTP_ACCEPT='application/json')
+        self.assertIn(response.status_code, (401, 403))
+
+
+class BadInputTest(SafeJobsTransactionTestCase):
+
+    def test_redis_unreachable(self):
+        code, out, err = run_check_command(SAFEJOBS_REDIS_PORT=free_port())
+        self.assertEqual(code, 2, out + err)
+        self.assertIn('[ERROR] redis:', out)
+        self.assertIn('does not answer', out)
+        self.assertIn('fix: Start Redis', out)
+        self.assertNotIn('Traceback', out + err)
+
+    def test_database_unreachable(self):
+        code, out, err = run_check_command('--format', 'json', SAFEJOBS_DB_NAME='no_such_database_safejobs')
+        self.assertEqual(code, 2, out + err)
+        data = json.loads(out)
+        errors = [f for f in data['findings'] if f['level'] == 'error']
+        self.assertEqual([f['check'] for f in errors], ['database'])
+        self.assertIn('PostgreSQL does not answer', errors[0]['message'])
+        self.assertNotIn('Traceback', out + err)
+
+    def test_command_in_process_exits_with_the_status(self):
+        with self.assertRaises(SystemExit) as raised, open(os.devnull, 'w') as sink:
+            call_command('safejobs_check', stdout=sink)
+        self.assertEqual(raised.exception.code, health.check().exit_code)
