@@ -4,7 +4,10 @@ from django.utils.translation import gettext_lazy as _
 from utilities.choices import ChoiceSet
 
 __all__ = (
+    'JobDispatchStateChoices',
+    'KIND_HELP',
     'RetryEventKindChoices',
+    'kind_help',
 )
 
 
@@ -46,4 +49,123 @@ class RetryEventKindChoices(ChoiceSet):
         (KIND_ROW_DELETED, _('Row deleted mid-run'), 'gray'),
         (KIND_PAYLOAD_REJECTED, _('Stored push rejected'), 'red'),
         (KIND_OPERATOR_STOPPED, _('Stopped by operator'), 'gray'),
+    ]
+
+
+# What each kind of event means and what to do about it, shown on the event list (tooltip) and the event's page.
+# docs/troubleshooting.md's table of event kinds mirrors this text word for word (tests.test_event_kinds checks it):
+# change both together. ``value: (written by, what it means, what to do)``; `backticks` mark names.
+KIND_HELP = {
+    'retry': (
+        'worker guard',
+        'The worker did not find the Job row of a task it did not know to be pushed after commit (pushed by stock '
+        'code, by a process without the plugin, or on NetBox ≤ 4.2.5), and will look again after `delay` seconds.',
+        'Nothing, if a `found after retry` follows. Many of them: a process enqueues without the plugin (a worker or '
+        'web server not restarted since it was installed), or transactions stay open long around enqueues.',
+    ),
+    'found_after_retry': (
+        'worker guard',
+        'The row appeared after `attempt` retries; `delay` is the total wait. The job ran normally.',
+        'Nothing. Frequent ones with long waits point at transactions held open after an enqueue: shorten them.',
+    ),
+    'gave_up': (
+        'worker guard',
+        'The row is not there. For a task the plugin pushed after commit (`attempt` 0), the row was deleted '
+        '(housekeeping, a user) before a worker took it: dropped at once. For any other task, the row never appeared '
+        'within `lookup_retries` / `lookup_max_wait` (rolled back or deleted). Either way the task was dropped and '
+        'the row was **not** re-created.',
+        'Usually nothing: the job does not exist. If a job you expect to exist gave up after retries, its '
+        'transaction is held open longer than `lookup_max_wait`: raise it.',
+    ),
+    'database_error': (
+        'worker guard',
+        'The database failed while the worker claimed the job (connection refused, server restarting, connection '
+        'terminated, a claim whose reply was lost). The worker reconnected and tried again (a claim that had '
+        'committed is recognised by its token and runs); after `database_retries` it let the task fail in RQ.',
+        "Check PostgreSQL. A task failed this way is in RQ's failed registry; the Job stays pending: requeue it "
+        "from NetBox's Background Tasks page once the database is back.",
+    ),
+    'duplicate_skipped': (
+        'worker guard',
+        'A second copy of a task found its job already `running` or finished and did not run it again. Happens when '
+        'a task is requeued by hand, or a push whose process was slow to commit was also sent by the relay (see '
+        '`unknown_push_age`).',
+        'Nothing: this is the guard preventing a double run.',
+    ),
+    'dispatch_failed': (
+        'dispatch',
+        'The push to Redis failed after the transaction committed (Redis down or unreachable). The caller saw no '
+        'error; the job is committed and its push is stored as owed.',
+        'Bring Redis back. The relay of every worker sends it within a second of Redis answering; a `recovered` '
+        'event follows. With no worker running, `netbox safejobs_recover` sends it.',
+    ),
+    'recovered': (
+        'relay',
+        'An owed push was sent from the stored push: after a `dispatch failed`, after a process died between commit '
+        'and push (its row stayed unstamped for `unknown_push_age`), or after Redis lost its data (its marker key '
+        'was gone and the task with it).',
+        'Nothing. Many at once without `dispatch failed` before them: Redis is losing data (restarts without '
+        'persistence, evictions, failovers); the log says `Redis of queues … lost its data`.',
+    ),
+    'stuck_errored': (
+        'liveness',
+        "A job's work horse died (closed at once), or its worker stopped heartbeating for `stuck_after` seconds "
+        "(SIGKILL, OOM killer, host lost). It was marked errored through NetBox's `handle()` with an explanatory "
+        'error text and, if periodic, scheduled again with its arguments.',
+        'Look at why the process died (memory limits, `dmesg`, the process supervisor). The job itself may have '
+        'done part of its work.',
+    ),
+    'row_deleted': (
+        'worker guard',
+        "The job's row was deleted while the job ran. The run ended without re-creating the row; a periodic job got "
+        'no next run.',
+        'Nothing, if the deletion was meant.',
+    ),
+    'payload_rejected': (
+        'relay',
+        'An owed push could not be trusted or read: bad signature (written by another installation, altered, or '
+        '`SECRET_KEY` changed), truncated, or its runner class no longer exists. It was not unpickled; the job was '
+        'marked errored.',
+        "Enqueue the job again if it should run. Many at once after a deploy: `SECRET_KEY` changed, or a plugin's "
+        'job class was renamed.',
+    ),
+    'operator_stopped': (
+        'dispatch, liveness',
+        "The job's task was deleted (the job closed as failed) or stopped (closed as errored) from NetBox's "
+        'Background Tasks. It is not sent again.',
+        'Nothing: that was a decision. Enqueue the job anew to run it.',
+    ),
+}
+
+
+def kind_help(kind, plain=False):
+    """
+    ``{'written_by', 'meaning', 'action'}`` of an event kind (empty strings for an unknown one). ``plain``: without
+    the Markdown marks (`` ` `` and ``**``), for a tooltip.
+    """
+    written_by, meaning, action = KIND_HELP.get(kind, ('', '', ''))
+    if plain:
+        meaning, action = (text.replace('`', '').replace('**', '') for text in (meaning, action))
+    return {'written_by': written_by, 'meaning': meaning, 'action': action}
+
+
+class JobDispatchStateChoices(ChoiceSet):
+    """
+    Where a job in flight is (``in_flight.state_q`` decides each, by the database's clock): its push written with
+    the Job row, sent to RQ, owed (failed, lost by Redis, or left unsent by a process that died), claimed by a worker
+    (the lease), or a stuck candidate (a lease whose worker and work horse stopped heartbeating).
+    """
+
+    STATE_WRITTEN = 'written'
+    STATE_SENT = 'sent'
+    STATE_OWED = 'owed'
+    STATE_CLAIMED = 'claimed'
+    STATE_STUCK = 'stuck'
+
+    CHOICES = [
+        (STATE_WRITTEN, _('Written'), 'cyan'),
+        (STATE_SENT, _('Sent'), 'blue'),
+        (STATE_OWED, _('Owed'), 'orange'),
+        (STATE_CLAIMED, _('Claimed'), 'green'),
+        (STATE_STUCK, _('Stuck candidate'), 'red'),
     ]

@@ -39,6 +39,7 @@ __all__ = (
     'process_event_rules',
     'refresh_event_type_choices',
     'register_filterset',
+    'register_job_table_column',
     'rq_task_deleters',
     'rq_worker_class',
     'rq_worker_names',
@@ -399,6 +400,25 @@ def register_filterset(filterset_class):
     except ImportError:
         return filterset_class
     return register(filterset_class)
+
+
+def register_job_table_column(column, name):
+    """
+    Add ``column`` to NetBox's Jobs table (``core.tables.JobTable``) through NetBox's registration of plugin table
+    columns, ``utilities.tables.register_table_column`` (NetBox 4.2-4.7; the table shows it under *Configure Table*).
+    Returns ``None``, or why it was not added (no such registration or table in this NetBox, or a column of that name
+    already registered).
+    """
+    try:
+        from core.tables import JobTable
+        from utilities.tables import register_table_column
+    except ImportError as e:
+        return f'this NetBox has no registration of plugin table columns ({e})'
+    try:
+        register_table_column(column, name, JobTable)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def graphql_legacy_filters():

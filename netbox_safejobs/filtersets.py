@@ -11,10 +11,13 @@ from netbox.filtersets import BaseFilterSet
 from utilities.filters import MultiValueCharFilter, MultiValueDecimalFilter, multivalue_field_factory
 
 from . import compat
-from .choices import RetryEventKindChoices
-from .models import RetryEvent
+from .choices import JobDispatchStateChoices, RetryEventKindChoices
+from .in_flight import state_q
+from .models import JobDispatch, RetryEvent
+from .settings import get_settings
 
 __all__ = (
+    'JobDispatchFilterSet',
     'RetryEventFilterSet',
 )
 
@@ -111,4 +114,105 @@ class RetryEventFilterSet(BaseFilterSet):
             Q(queue__iexact=value) |
             Q(worker_host__icontains=value) |
             Q(detail__icontains=value)
+        )
+
+
+@compat.register_filterset
+class JobDispatchFilterSet(BaseFilterSet):
+    """
+    Jobs in flight (``JobDispatch``, a plain model like core's Job: a ``BaseFilterSet``). ``state`` is decided by the
+    database's clock (``in_flight.state_q``); the stored push is not a field of any filter.
+    """
+    q = django_filters.CharFilter(
+        method='search',
+        label=_('Search'),
+    )
+    state = django_filters.MultipleChoiceFilter(
+        choices=JobDispatchStateChoices,
+        method='filter_state',
+        label=_('State'),
+    )
+    job_id = django_filters.ModelMultipleChoiceFilter(
+        queryset=Job.objects.all(),
+        distinct=False,
+        label=_('Job (ID)'),
+    )
+    job_uuid = MultiValueUUIDFilter(
+        distinct=False,
+        label=_('Job UUID'),
+    )
+    queue = MultiValueCharFilter(
+        field_name='queue_name',
+        distinct=False,
+        label=_('Queue'),
+    )
+    worker = MultiValueUUIDFilter(
+        distinct=False,
+        label=_('Worker (ID)'),
+    )
+    recovered = django_filters.BooleanFilter(
+        method='filter_recovered',
+        label=_('Recovered'),
+    )
+    created__after = django_filters.DateTimeFilter(
+        field_name='created',
+        lookup_expr='gte',
+        label=_('Created (from)'),
+    )
+    created__before = django_filters.DateTimeFilter(
+        field_name='created',
+        lookup_expr='lte',
+        label=_('Created (until)'),
+    )
+
+    class Meta:
+        model = JobDispatch
+        fields = (
+            'id', 'runner', 'queue_name', 'method', 'created', 'sent', 'owed', 'claimed', 'recoveries', 'worker_host',
+            'worker_pid',
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # No filter here follows a to-many relation, so none needs DISTINCT: on the annotated queryset it would sort
+        # every matching row by every column before the first page.
+        for filter_ in self.filters.values():
+            filter_.distinct = False
+
+    @classmethod
+    def get_additional_lookups(cls, existing_filter_name, existing_filter):
+        """As for retry events: UUIDs are whole values, only negated (``job_uuid__n``, ``worker__n``)."""
+        lookups = super().get_additional_lookups(existing_filter_name, existing_filter)
+        if existing_filter_name in ('job_uuid', 'worker'):
+            return {name: lookup for name, lookup in lookups.items() if name == f'{existing_filter_name}__n'}
+        return lookups
+
+    def filter_state(self, queryset, name, value):
+        if not value:
+            return queryset
+        settings = get_settings()
+        condition = Q()
+        for state in value:
+            condition |= state_q(state, settings)
+        return queryset.filter(condition)
+
+    def filter_recovered(self, queryset, name, value):
+        if value is None:
+            return queryset
+        return queryset.filter(recoveries__gt=0) if value else queryset.filter(recoveries=0)
+
+    def search(self, queryset, name, value):
+        value = value.strip()
+        if not value:
+            return queryset
+        try:
+            # A pasted job UUID: the job's row, from the one-to-one index.
+            return queryset.filter(job_uuid=uuid.UUID(value))
+        except ValueError:
+            pass
+        return queryset.filter(
+            Q(job__name__icontains=value) |
+            Q(runner__icontains=value) |
+            Q(queue_name__iexact=value) |
+            Q(worker_host__icontains=value)
         )

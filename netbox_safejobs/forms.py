@@ -7,10 +7,11 @@ from utilities.forms import BOOLEAN_WITH_BLANK_CHOICES, FilterForm
 from utilities.forms.rendering import FieldSet
 from utilities.forms.widgets import DateTimePicker
 
-from .choices import RetryEventKindChoices
-from .models import RetryEvent
+from .choices import JobDispatchStateChoices, RetryEventKindChoices
+from .models import JobDispatch, RetryEvent
 
 __all__ = (
+    'JobDispatchFilterForm',
     'RetryEventFilterForm',
 )
 
@@ -60,6 +61,57 @@ class RetryEventFilterForm(SavedFiltersMixin, FilterForm):
         required=False,
     )
     worker = forms.CharField(
+        label=_('Worker host'),
+        required=False,
+    )
+    worker_pid = forms.IntegerField(
+        label=_('Worker PID'),
+        required=False,
+        min_value=0,
+    )
+
+
+class JobDispatchFilterForm(SavedFiltersMixin, FilterForm):
+    model = JobDispatch
+    fieldsets = (
+        FieldSet('q', 'filter_id'),
+        FieldSet('state', 'recovered', 'created__after', 'created__before', name=_('Dispatch')),
+        FieldSet('job_uuid', 'runner', 'queue', name=_('Job')),
+        FieldSet('worker_host', 'worker_pid', name=_('Worker')),
+    )
+    state = forms.MultipleChoiceField(
+        label=_('State'),
+        choices=JobDispatchStateChoices,
+        required=False,
+    )
+    recovered = forms.NullBooleanField(
+        label=_('Recovered'),
+        required=False,
+        widget=forms.Select(choices=BOOLEAN_WITH_BLANK_CHOICES),
+    )
+    created__after = forms.DateTimeField(
+        label=_('Created from'),
+        required=False,
+        widget=DateTimePicker(),
+    )
+    created__before = forms.DateTimeField(
+        label=_('Created until'),
+        required=False,
+        widget=DateTimePicker(),
+    )
+    job_uuid = forms.UUIDField(
+        label=_('Job UUID'),
+        required=False,
+    )
+    runner = forms.CharField(
+        label=_('Runner'),
+        required=False,
+    )
+    queue = forms.CharField(
+        label=_('Queue'),
+        required=False,
+    )
+    worker_host = forms.CharField(
         label=_('Worker host'),
         required=False,
     )

@@ -1,4 +1,4 @@
-"""The plugin's entry in NetBox's Plugins menu, shown only to users who may view retry events."""
+"""The plugin's entries in NetBox's Plugins menu, each shown only to users who may view what it lists."""
 
 from django.utils.translation import gettext_lazy as _
 from netbox.plugins import PluginMenuItem
@@ -12,5 +12,10 @@ menu_items = (
         link='plugins:netbox_safejobs:retryevent_list',
         link_text=_('Retry events'),
         permissions=['netbox_safejobs.view_retryevent'],
+    ),
+    PluginMenuItem(
+        link='plugins:netbox_safejobs:jobdispatch_list',
+        link_text=_('Jobs in flight'),
+        permissions=['netbox_safejobs.view_jobdispatch'],
     ),
 )

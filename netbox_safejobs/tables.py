@@ -1,21 +1,29 @@
-"""Tables of retry events: the list page (NetBoxTable) and the compact table of the Job page panel."""
+"""
+Tables of retry events (the list page, and the compact table of the Job page panel), of jobs in flight, and the
+"Retry events" column the plugin adds to NetBox's own Jobs table.
+"""
 
 import django_tables2 as tables
+from django.db.models import Count
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 from netbox.tables import BaseTable, NetBoxTable, columns
 
-from .models import RetryEvent
+from .choices import JobDispatchStateChoices, kind_help
+from .models import JobDispatch, RetryEvent
 from .permissions import viewable_job_ids
 
 __all__ = (
+    'JobDispatchTable',
     'JobRetryEventTable',
+    'JobRetryEventsColumn',
     'RetryEventTable',
 )
 
 EVENT_VIEW = 'plugins:netbox_safejobs:retryevent'
+DISPATCH_VIEW = 'plugins:netbox_safejobs:jobdispatch'
 DETAIL_LENGTH = 120
 
 
@@ -49,6 +57,18 @@ class JobColumn(tables.Column):
 
     def value(self, record, value):
         return record.job_name or str(record.job_uuid)
+
+
+class KindColumn(columns.ChoiceFieldColumn):
+    """The kind's badge, with what it means and what to do as its tooltip (``choices.KIND_HELP``)."""
+
+    def render(self, record, bound_column, value):
+        badge = super().render(record, bound_column, value)
+        help_text = kind_help(record.kind, plain=True)
+        if not help_text['meaning']:
+            return badge
+        return format_html('<span title="{}" data-bs-toggle="tooltip">{}</span>',
+                           f'{help_text["meaning"]}\n{_("What to do")}: {help_text["action"]}', badge)
 
 
 class DetailColumn(tables.Column):
@@ -99,7 +119,7 @@ class RetryEventTable(ViewableJobsMixin, NetBoxTable):
         timespec='seconds',
         linkify=event_link(),
     )
-    kind = columns.ChoiceFieldColumn(
+    kind = KindColumn(
         verbose_name=_('Kind'),
     )
     job = JobColumn(
@@ -190,3 +210,190 @@ class JobRetryEventTable(BaseTable):
 
     def render_delay(self, value):
         return f'{value:.3f}'
+
+
+def format_age(value):
+    """A duration as an operator reads it: ``42s``, ``3m 05s``, ``2h 07m``, ``3d 04h``."""
+    if value is None:
+        return None
+    seconds = max(0, int(value.total_seconds()))
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f'{days}d {hours:02d}h'
+    if hours:
+        return f'{hours}h {minutes:02d}m'
+    if minutes:
+        return f'{minutes}m {seconds:02d}s'
+    return f'{seconds}s'
+
+
+class StateColumn(tables.Column):
+    """The state of a job in flight (``dispatch_state``, annotated by ``in_flight.dispatch_queryset``) as a badge."""
+
+    def render(self, value):
+        labels = dict(JobDispatchStateChoices)
+        return format_html('<span class="badge text-bg-{}">{}</span>',
+                           JobDispatchStateChoices.colors.get(value, 'secondary'), labels.get(value, value))
+
+    def value(self, value):
+        return value
+
+
+class AgeColumn(tables.Column):
+    """Time since the job's push was written (database clock); sorting by it sorts by ``created``, oldest first."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('order_by', ('-created', '-pk'))
+        super().__init__(*args, **kwargs)
+
+    def render(self, value):
+        return format_age(value)
+
+    def value(self, value):
+        return int(value.total_seconds()) if value is not None else None
+
+
+class JobDispatchTable(ViewableJobsMixin, NetBoxTable):
+    """
+    Jobs in flight. Every column reads the row or its annotations (``in_flight.dispatch_queryset``); none reads the
+    stored push. The job is linked only for a user who may view it, as on the retry event list. The columns read
+    from the worker's heartbeat row are not sortable: sorting by them would look up every row's worker first.
+    """
+    id = tables.Column(
+        verbose_name=_('ID'),
+        linkify=(DISPATCH_VIEW, {'pk': tables.A('pk')}),
+    )
+    job = JobColumn(
+        verbose_name=_('Job'),
+        # Sorted through a join on the Job row: sorting by the per-row job_name subquery would run it for every row.
+        order_by=('job__name', 'job_uuid'),
+    )
+    job_uuid = tables.Column(
+        verbose_name=_('Job UUID'),
+        linkify=(DISPATCH_VIEW, {'pk': tables.A('pk')}),
+    )
+    runner = tables.Column(
+        verbose_name=_('Runner'),
+    )
+    queue_name = tables.Column(
+        verbose_name=_('Queue'),
+    )
+    method = tables.Column(
+        verbose_name=_('Method'),
+    )
+    state = StateColumn(
+        verbose_name=_('State'),
+        accessor=tables.A('dispatch_state'),
+        order_by=('dispatch_state',),
+    )
+    age = AgeColumn(
+        verbose_name=_('Age'),
+    )
+    created = columns.DateTimeColumn(
+        verbose_name=_('Written'),
+        timespec='seconds',
+    )
+    sent = columns.DateTimeColumn(
+        verbose_name=_('Sent'),
+        timespec='seconds',
+    )
+    owed = columns.DateTimeColumn(
+        verbose_name=_('Owed'),
+        timespec='seconds',
+    )
+    claimed = columns.DateTimeColumn(
+        verbose_name=_('Claimed'),
+        timespec='seconds',
+    )
+    last_heartbeat = columns.DateTimeColumn(
+        verbose_name=_('Last heartbeat'),
+        timespec='seconds',
+        orderable=False,
+    )
+    heartbeat = columns.DateTimeColumn(
+        verbose_name=_('Lease heartbeat'),
+        timespec='seconds',
+    )
+    worker_seen = columns.DateTimeColumn(
+        verbose_name=_('Worker heartbeat'),
+        timespec='seconds',
+        orderable=False,
+    )
+    worker_name = tables.Column(
+        verbose_name=_('Worker name'),
+        orderable=False,
+    )
+    worker_host = tables.Column(
+        verbose_name=_('Worker host'),
+    )
+    worker_pid = tables.Column(
+        verbose_name=_('Work horse PID'),
+    )
+    recoveries = tables.Column(
+        verbose_name=_('Recoveries'),
+    )
+    actions = columns.ActionsColumn(
+        actions=(),
+    )
+
+    class Meta(NetBoxTable.Meta):
+        model = JobDispatch
+        fields = (
+            'pk', 'id', 'job', 'job_uuid', 'runner', 'queue_name', 'method', 'state', 'age', 'created', 'sent', 'owed',
+            'claimed', 'last_heartbeat', 'heartbeat', 'worker_seen', 'worker_name', 'worker_host', 'worker_pid',
+            'recoveries', 'actions',
+        )
+        default_columns = (
+            'job', 'job_uuid', 'runner', 'queue_name', 'state', 'age', 'last_heartbeat', 'worker_host', 'worker_pid',
+            'recoveries',
+        )
+        empty_text = _('No jobs in flight')
+
+
+class JobRetryEventsColumn(tables.Column):
+    """
+    NetBox's Jobs table: how many retry events each job has, linked to them. Counted once per page (one ``GROUP BY``
+    on the ``job_uuid`` index for the jobs shown), from the events the current user may view; empty for a user who
+    may view none. Registered through NetBox's plugin table columns (``compat.register_job_table_column``).
+    """
+
+    empty_values = ()
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('verbose_name', _('Retry events'))
+        kwargs.setdefault('accessor', tables.A('job_id'))
+        kwargs.setdefault('orderable', False)
+        super().__init__(*args, **kwargs)
+
+    def counts(self, table):
+        """``{job UUID: events}`` of the rows of ``table``'s current page, cached on the table."""
+        cached = getattr(table, '_safejobs_event_counts', None)
+        if cached is not None:
+            return cached
+        from netbox.context import current_request
+
+        request = current_request.get()
+        user = getattr(request, 'user', None)
+        counts = {}
+        if user is not None and user.has_perm('netbox_safejobs.view_retryevent'):
+            rows = table.page.object_list if getattr(table, 'page', None) is not None else table.data
+            uuids = {getattr(row, 'record', row).job_id for row in rows} - {None}
+            if uuids:
+                counts = dict(
+                    RetryEvent.objects.restrict(user, 'view').filter(job_uuid__in=uuids).order_by()
+                    .values_list('job_uuid').annotate(count=Count('pk'))
+                )
+        table._safejobs_event_counts = counts
+        return counts
+
+    def render(self, record, table):
+        count = self.counts(table).get(record.job_id)
+        if not count:
+            return '—'
+        url = reverse('plugins:netbox_safejobs:retryevent_list')
+        return format_html('<a href="{}?job_uuid={}">{}</a>', url, record.job_id, count)
+
+    def value(self, record, table):
+        return self.counts(table).get(record.job_id, 0)

@@ -12,4 +12,6 @@ __all__ = (
 urlpatterns = (
     path('retry-events/', include(get_model_urls('netbox_safejobs', 'retryevent', detail=False))),
     path('retry-events/<int:pk>/', include(get_model_urls('netbox_safejobs', 'retryevent'))),
+    path('jobs-in-flight/', include(get_model_urls('netbox_safejobs', 'jobdispatch', detail=False))),
+    path('jobs-in-flight/<int:pk>/', include(get_model_urls('netbox_safejobs', 'jobdispatch'))),
 )

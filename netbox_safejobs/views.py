@@ -1,20 +1,31 @@
 """
-The retry event pages: list (with filters, export and bulk delete), detail and delete. NetBox generic views, so the
-pages look and behave like core pages; every queryset is restricted to the user's object permissions.
+The retry event pages (list with filters, export and bulk delete; detail; delete) and the read-only pages of jobs in
+flight (list and detail). NetBox generic views, so the pages look and behave like core pages; every queryset is
+restricted to the user's object permissions.
 """
 
+import re
+
 import yaml
-from django.http import StreamingHttpResponse
+from django.http import Http404, StreamingHttpResponse
 from django.urls import reverse
+from django.utils.html import escape
 from django.utils.http import content_disposition_header
+from django.utils.safestring import mark_safe
 from netbox.views import generic
+from utilities.querysets import RestrictedQuerySet
 from utilities.views import register_model_view
 
 from . import compat, filtersets, forms, tables
-from .models import RetryEvent
+from .choices import JobDispatchStateChoices, kind_help
+from .in_flight import dispatch_queryset
+from .models import JobDispatch, RetryEvent
 from .permissions import viewable_jobs
+from .settings import get_settings
 
 __all__ = (
+    'JobDispatchListView',
+    'JobDispatchView',
     'RetryEventBulkDeleteView',
     'RetryEventDeleteView',
     'RetryEventListView',
@@ -30,6 +41,12 @@ EXPORT_FIELDS = (
 RELATED_EVENTS_SHOWN = 10
 # What the event page shows of its Job.
 JOB_FIELDS_SHOWN = ('pk', 'name', 'status', 'created', 'started', 'completed')
+
+
+def help_html(text):
+    """A text of ``choices.KIND_HELP`` as HTML: escaped, `names` as code, **words** in bold."""
+    html = re.sub(r'`([^`]+)`', r'<code>\1</code>', escape(text))
+    return mark_safe(re.sub(r'\*\*([^*]+)\*\*', r'<strong>\1</strong>', html))  # noqa: S308 (escaped above)
 
 
 def event_as_dict(values):
@@ -97,6 +114,7 @@ class RetryEventView(generic.ObjectView):
         if instance.job_id:
             job = viewable_jobs(request.user).filter(pk=instance.job_id).only(*JOB_FIELDS_SHOWN).first()
         return {
+            'kind_help': {key: help_html(text) for key, text in kind_help(instance.kind).items()},
             'job': job,
             'job_url': reverse('core:job', kwargs={'pk': job.pk}) if job else None,
             # RQ's task of the job (its ID is the job's UUID) in NetBox's Background Tasks, for whom NetBox shows them.
@@ -127,3 +145,70 @@ class RetryEventBulkDeleteView(generic.BulkDeleteView):
     queryset = RetryEvent.objects.all()
     filterset = filtersets.RetryEventFilterSet
     table = tables.RetryEventTable
+
+
+#
+# Jobs in flight
+#
+
+@register_model_view(JobDispatch, 'list', path='', detail=False)
+class JobDispatchListView(generic.ObjectListView):
+    """
+    The outbox and leases, oldest first: read-only (no bulk actions), CSV export of the table only. NetBox's export
+    templates are refused here: they would render the queryset, stored push included.
+    """
+    queryset = RestrictedQuerySet(model=JobDispatch).defer('payload')
+    filterset = filtersets.JobDispatchFilterSet
+    filterset_form = forms.JobDispatchFilterForm
+    table = tables.JobDispatchTable
+    template_name = 'netbox_safejobs/jobdispatch_list.html'
+    actions = compat.view_actions('export')
+
+    def get_queryset(self, request):
+        # Annotated per request: the state's thresholds are settings, compared with the database's clock.
+        return dispatch_queryset(super().get_queryset(request))
+
+    def get(self, request):
+        if request.GET.get('export') not in (None, '', 'table'):
+            raise Http404('Export templates are not available for jobs in flight')
+        return super().get(request)
+
+    def get_extra_context(self, request):
+        settings = get_settings()
+        return {
+            'stuck_after': settings.stuck_after,
+            'unknown_push_age': settings.unknown_push_age,
+        }
+
+
+@register_model_view(JobDispatch)
+class JobDispatchView(generic.ObjectView):
+    """One job in flight: state, timestamps, its worker's heartbeat, its job (for who may view it), its events."""
+    queryset = RestrictedQuerySet(model=JobDispatch).defer('payload')
+    template_name = 'netbox_safejobs/jobdispatch.html'
+    actions = compat.view_actions()
+
+    def get_queryset(self, request):
+        return dispatch_queryset(super().get_queryset(request))
+
+    def get_extra_context(self, request, instance):
+        job = viewable_jobs(request.user).filter(pk=instance.job_id).only(*JOB_FIELDS_SHOWN).first()
+        events = None
+        if request.user.has_perm('netbox_safejobs.view_retryevent'):
+            events = RetryEvent.objects.restrict(request.user, 'view').filter(job_uuid=instance.job_uuid)
+        list_url = reverse('plugins:netbox_safejobs:jobdispatch_list')
+        events_url = reverse('plugins:netbox_safejobs:retryevent_list')
+        settings = get_settings()
+        return {
+            'list_url': list_url,
+            'state_label': dict(JobDispatchStateChoices).get(instance.dispatch_state, instance.dispatch_state),
+            'state_color': JobDispatchStateChoices.colors.get(instance.dispatch_state, 'secondary'),
+            'age': tables.format_age(instance.age),
+            'job': job,
+            'job_url': reverse('core:job', kwargs={'pk': job.pk}) if job else None,
+            'rq_task_url': (reverse('core:background_task', kwargs={'job_id': str(instance.job_uuid)})
+                            if compat.may_view_background_tasks(request) else None),
+            'event_count': events.count() if events is not None else None,
+            'events_url': f'{events_url}?job_uuid={instance.job_uuid}',
+            'stuck_after': settings.stuck_after,
+        }

@@ -1,5 +1,6 @@
 """
-Dashboard widget: retry events of the last hours by kind, each linking to the filtered list.
+Dashboard widget: retry events of the last hours by kind, each linking to the filtered list, and the jobs in flight
+that need an operator's eye (owed pushes, stuck candidates), linking to the jobs in flight page.
 
 Its texts are translated with plain ``gettext`` when the module is imported (from the plugin's ``ready()``), as
 NetBox's own widgets do: NetBox's dialogs ``str()`` a widget, whose title falls back to ``default_title``, and store
@@ -17,9 +18,11 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from extras.dashboard.utils import register_widget
 from extras.dashboard.widgets import DashboardWidget, WidgetConfigForm
+from utilities.querysets import RestrictedQuerySet
 
-from .choices import RetryEventKindChoices
-from .models import RetryEvent
+from .choices import JobDispatchStateChoices, RetryEventKindChoices
+from .in_flight import state_counts
+from .models import JobDispatch, RetryEvent
 
 __all__ = (
     'RetryEventsWidget',
@@ -45,8 +48,9 @@ class RetryEventsWidget(DashboardWidget):
         )
 
     def render(self, request):
+        in_flight = self.in_flight(request)
         if not request.user.has_perm('netbox_safejobs.view_retryevent'):
-            return render_to_string(self.template_name, {'permitted': False})
+            return render_to_string(self.template_name, {'permitted': False, 'in_flight': in_flight})
         hours = int(self.config.get('hours') or 24)
         since = timezone.now() - timedelta(hours=hours)
         counts = dict(
@@ -74,4 +78,24 @@ class RetryEventsWidget(DashboardWidget):
             'total': sum(counts.values()),
             'all_url': f'{list_url}?{urlencode({"time__after": since_param})}',
             'hours': hours,
+            'in_flight': in_flight,
         })
+
+    @staticmethod
+    def in_flight(request):
+        """Owed and stuck-candidate counts of the jobs in flight, for a user who may view them; else None."""
+        if not request.user.has_perm('netbox_safejobs.view_jobdispatch'):
+            return None
+        S = JobDispatchStateChoices
+        queryset = RestrictedQuerySet(model=JobDispatch).restrict(request.user, 'view')
+        counts = state_counts(queryset, states=(S.STATE_OWED, S.STATE_STUCK))
+        list_url = reverse('plugins:netbox_safejobs:jobdispatch_list')
+        labels = dict(S)
+        return {
+            'url': list_url,
+            'rows': [
+                {'state': state, 'label': labels[state], 'color': S.colors[state], 'count': counts[state],
+                 'url': f'{list_url}?{urlencode({"state": state})}'}
+                for state in (S.STATE_OWED, S.STATE_STUCK)
+            ],
+        }

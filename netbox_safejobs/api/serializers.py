@@ -1,13 +1,15 @@
-"""REST API serializer of retry events (read-only: events are written by the plugin only)."""
+"""REST API serializers of retry events and jobs in flight (read-only: both are written by the plugin only)."""
 
 from core.api.serializers import JobSerializer
 from netbox.api.fields import ChoiceField
 from netbox.api.serializers import BaseModelSerializer
+from rest_framework import serializers
 
-from ..choices import RetryEventKindChoices
-from ..models import RetryEvent
+from ..choices import JobDispatchStateChoices, RetryEventKindChoices
+from ..models import JobDispatch, RetryEvent
 
 __all__ = (
+    'JobDispatchSerializer',
     'RetryEventSerializer',
 )
 
@@ -29,3 +31,36 @@ class RetryEventSerializer(BaseModelSerializer):
         )
         read_only_fields = fields
         brief_fields = ('id', 'url', 'display', 'time', 'kind', 'job_uuid')
+
+
+class JobDispatchSerializer(BaseModelSerializer):
+    """
+    A job in flight, from ``in_flight.dispatch_queryset`` (its annotations: ``dispatch_state``, ``age``,
+    ``job_name``, the worker's heartbeat). Never the stored push, nor the lease's attempt token.
+    """
+    state = ChoiceField(choices=JobDispatchStateChoices, source='dispatch_state', read_only=True)
+    # As for retry events: the nested Job only for a user who may view it (the viewset prefetches it from those).
+    job = JobSerializer(
+        nested=True, read_only=True, allow_null=True,
+        fields=('id', 'url', 'display_url', 'display', 'name', 'status', 'created', 'completed'),
+    )
+    job_name = serializers.CharField(read_only=True)
+    queue = serializers.CharField(source='queue_name', read_only=True)
+    age = serializers.SerializerMethodField(help_text='Seconds since the push was written (database clock)')
+    worker_name = serializers.CharField(read_only=True, allow_null=True)
+    worker_seen = serializers.DateTimeField(read_only=True, allow_null=True)
+    last_heartbeat = serializers.DateTimeField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = JobDispatch
+        fields = (
+            'id', 'url', 'display_url', 'display', 'job', 'job_uuid', 'job_name', 'runner', 'queue', 'method', 'state',
+            'age', 'created', 'sent', 'owed', 'claimed', 'recoveries', 'worker', 'worker_name', 'worker_host',
+            'worker_pid', 'heartbeat', 'worker_seen', 'last_heartbeat',
+        )
+        read_only_fields = fields
+        brief_fields = ('id', 'url', 'display', 'job_uuid', 'state')
+
+    def get_age(self, obj) -> float | None:
+        age = getattr(obj, 'age', None)
+        return round(age.total_seconds(), 3) if age is not None else None

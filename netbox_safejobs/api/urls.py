@@ -15,6 +15,7 @@ app_name = 'netbox_safejobs-api'
 router = NetBoxRouter()
 router.APIRootView = views.SafeJobsRootView
 router.register('retry-events', views.RetryEventViewSet)
+router.register('jobs-in-flight', views.JobDispatchViewSet)
 
 urlpatterns = [
     *router.urls,

@@ -1,17 +1,23 @@
-"""REST API of retry events: list and detail (read-only) plus delete, filtered by the same filter set as the UI."""
+"""
+REST API of retry events (list and detail, read-only, plus delete) and of jobs in flight (read-only), each filtered by
+the same filter set as its UI page.
+"""
 
 from django.db.models import Prefetch
 from netbox.api.viewsets import NetBoxReadOnlyModelViewSet
 from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.mixins import DestroyModelMixin
 from rest_framework.routers import APIRootView
+from utilities.querysets import RestrictedQuerySet
 
 from .. import filtersets
-from ..models import RetryEvent
+from ..in_flight import dispatch_queryset
+from ..models import JobDispatch, RetryEvent
 from ..permissions import viewable_jobs
-from .serializers import RetryEventSerializer
+from .serializers import JobDispatchSerializer, RetryEventSerializer
 
 __all__ = (
+    'JobDispatchViewSet',
     'RetryEventViewSet',
     'SafeJobsRootView',
 )
@@ -51,6 +57,25 @@ class RetryEventViewSet(DestroyModelMixin, NetBoxReadOnlyModelViewSet):
             return queryset
         jobs = Prefetch('job', queryset=viewable_jobs(self.request.user))
         # NetBox's own lookup of the same path would clash with this one; those below it (job__...) go through it.
+        others = [lookup for lookup in queryset._prefetch_related_lookups if _lookup_path(lookup) != 'job']
+        return queryset.prefetch_related(None).prefetch_related(jobs, *others)
+
+
+class JobDispatchViewSet(NetBoxReadOnlyModelViewSet):
+    """
+    Jobs in flight: the outbox and leases of netbox-safejobs, oldest first, with their state by the database's clock.
+    Read-only; the stored push is never part of a response.
+    """
+    queryset = RestrictedQuerySet(model=JobDispatch).defer('payload')
+    serializer_class = JobDispatchSerializer
+    filterset_class = filtersets.JobDispatchFilterSet
+
+    def get_queryset(self):
+        """Annotated per request (the state's thresholds are settings); the nested job as for retry events."""
+        queryset = dispatch_queryset(super().get_queryset())
+        if self.brief:
+            return queryset
+        jobs = Prefetch('job', queryset=viewable_jobs(self.request.user))
         others = [lookup for lookup in queryset._prefetch_related_lookups if _lookup_path(lookup) != 'job']
         return queryset.prefetch_related(None).prefetch_related(jobs, *others)
 
