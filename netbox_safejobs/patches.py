@@ -104,28 +104,29 @@ def _wrap_monitor(original):
     @wraps(original)
     def monitor_work_horse(self, job, *args, **kwargs):
         horse_pid = getattr(self, '_horse_pid', 0)
-        self._safejobs_horse_killed = False
+        self._safejobs_horse_end = None
         worker_loop.monitored.add(horse_pid)
         try:
             return original(self, job, *args, **kwargs)
         finally:
             try:
-                stopped = getattr(self, '_stopped_job_id', None) == job.id
-                if stopped or self._safejobs_horse_killed:
-                    worker_loop.horse_ended(self, horse_pid, stopped)
+                if self._safejobs_horse_end:
+                    worker_loop.horse_ended(self, horse_pid, self._safejobs_horse_end == 'stopped')
             finally:
                 worker_loop.monitored.discard(horse_pid)
 
     return monitor_work_horse
 
 
-def _wrap_horse_killed(original):
+def _wrap_job_failure(original):
     @wraps(original)
-    def handle_work_horse_killed(self, *args, **kwargs):
-        self._safejobs_horse_killed = True
-        return original(self, *args, **kwargs)
+    def handle_job_failure(self, job, *args, **kwargs):
+        # In the worker, RQ calls this when its work horse ended without finishing the job: stopped from Background
+        # Tasks (RQ then forgets _stopped_job_id), or killed. Noted here, acted on once monitor_work_horse returns.
+        self._safejobs_horse_end = 'stopped' if getattr(self, '_stopped_job_id', None) == job.id else 'died'
+        return original(self, job, *args, **kwargs)
 
-    return handle_work_horse_killed
+    return handle_job_failure
 
 
 def _install_worker():
@@ -136,11 +137,9 @@ def _install_worker():
         return
     undo = []
     _replace(worker_class, 'work', _wrap_work(worker_class.work), undo)
-    if hasattr(worker_class, 'monitor_work_horse') and hasattr(worker_class, 'handle_work_horse_killed'):
-        _replace(worker_class, 'monitor_work_horse', _wrap_monitor(worker_class.monitor_work_horse),
-                 undo)
-        _replace(worker_class, 'handle_work_horse_killed',
-                 _wrap_horse_killed(worker_class.handle_work_horse_killed), undo)
+    if hasattr(worker_class, 'monitor_work_horse') and hasattr(worker_class, 'handle_job_failure'):
+        _replace(worker_class, 'monitor_work_horse', _wrap_monitor(worker_class.monitor_work_horse), undo)
+        _replace(worker_class, 'handle_job_failure', _wrap_job_failure(worker_class.handle_job_failure), undo)
     # Without those two, the loop's own check of its work horses (liveness.close_dead_horses) closes their jobs.
     _installed['worker'] = undo
 
