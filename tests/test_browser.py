@@ -27,10 +27,10 @@ from core.models import Job, ObjectType
 from django.test import TransactionTestCase
 from django.utils import timezone
 from extras.models import Dashboard, EventRule, Webhook
-from users.models import User
+from users.models import User, UserConfig
 
 from netbox_safejobs import event_types
-from netbox_safejobs.models import RetryEvent
+from netbox_safejobs.models import JobDispatch, RetryEvent, WorkerHeartbeat
 
 from .base import netbox_command, worker_env
 
@@ -251,3 +251,47 @@ class BrowserTest(TransactionTestCase):
             self.assertIn('Job gave up (safe jobs)', page.inner_text('body'))
         rule.refresh_from_db()
         self.assertEqual(rule.event_types, [event_types.JOB_GAVE_UP])
+
+    def test_jobs_in_flight_and_the_jobs_list_column(self):
+        now = timezone.now()
+        old = now - timedelta(minutes=10)
+        dead = WorkerHeartbeat.objects.create(id=uuid.uuid4(), name='w-dead', host='host-dead', pid=7, version='t',
+                                              started=old, seen=old)
+        owed = JobDispatch.objects.create(job=self.job, job_uuid=self.job.job_id, queue_name='low',
+                                          runner='core.jobs.SyncDataSourceJob', created=old, owed=old, recoveries=1)
+        stuck_job = Job.objects.create(name='stuck report', job_id=uuid.uuid4())
+        stuck = JobDispatch.objects.create(job=stuck_job, job_uuid=stuck_job.job_id, queue_name='default',
+                                           created=old, sent=old, claimed=old, worker=dead.id,
+                                           worker_host='host-dead', worker_pid=4343)
+        config, _ = UserConfig.objects.get_or_create(user=self.user)
+        config.set('tables.JobTable.columns', ['name', 'status', 'safejobs_retry_events'], commit=True)
+        with self.browser_page() as page:
+            self.log_in(page, '/plugins/safejobs/jobs-in-flight/')
+            table = page.inner_text('table.object-list')
+            self.assertIn('Owed', table)
+            self.assertIn('Stuck candidate', table)
+            self.assertEqual(page.locator('table.object-list tbody tr').count(), 2)
+
+            # Filter by state with the filter form
+            page.click('#filters-form-tab')
+            self.choose(page, 'state', ['stuck'], scope='#filters-form')
+            page.locator('#filters-form button[type="submit"]').first.click()
+            page.wait_for_url('**state=stuck**')
+            rows = page.locator('table.object-list tbody tr')
+            self.assertEqual(rows.count(), 1)
+            self.assertIn('host-dead', rows.first.inner_text())
+
+            # Its page: the stuck note and the worker gone quiet
+            page.click(f'table.object-list a[href="/plugins/safejobs/jobs-in-flight/{stuck.pk}/"] >> nth=0')
+            page.wait_for_url(f'**/plugins/safejobs/jobs-in-flight/{stuck.pk}/')
+            page.locator('#safejobs-stuck-note').wait_for()
+            self.assertIn('w-dead', page.content())
+
+            # NetBox's Jobs list with the plugin's column chosen (set above, as Configure Table saves it)
+            page.goto(f'{self.base}/core/jobs/')
+            header = page.inner_text('table.object-list thead')
+            self.assertIn('retry events', header.lower())
+            events_url = f'/plugins/safejobs/retry-events/?job_uuid={self.job.job_id}'
+            link = page.locator(f'table.object-list a[href="{events_url}"]')
+            self.assertEqual(link.inner_text(), '2')
+        self.assertTrue(JobDispatch.objects.filter(pk=owed.pk).exists())
