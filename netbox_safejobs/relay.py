@@ -61,9 +61,13 @@ class RelayReport:
 
 
 def _is_connection_error(e):
-    from redis.exceptions import ConnectionError, TimeoutError
+    """
+    Redis cannot take pushes now: unreachable, or refusing writes (out of memory, a read-only replica, loading). The
+    row stays owed; only an error of the push itself (it cannot be serialized) is a reason to reject it.
+    """
+    from redis.exceptions import RedisError
 
-    return isinstance(e, (ConnectionError, TimeoutError, OSError))
+    return isinstance(e, (RedisError, OSError))
 
 
 def _redis_groups():
@@ -209,7 +213,7 @@ def _send_batch(report, using, age, limit, dry_run):
                 CapturedPush(row['queue_name'], push.method, push.args, push.kwargs).send()
             except Exception as e:
                 if _is_connection_error(e):
-                    # Redis went away mid-batch: what was sent is stamped, the rest stays owed.
+                    # Redis went away (or refuses writes) mid-batch: what was sent is stamped, the rest stays owed.
                     report.redis_down = True
                     break
                 rejected.append(_reject(using, row, f'stored push could not be sent: {events.describe(e)}'))
@@ -248,6 +252,6 @@ def send_owed(report=None, using='default', limit=BATCH, dry_run=False):
         while _send_batch(report, using, age, limit, dry_run) >= limit and not report.redis_down and not dry_run:
             pass
     except Exception as e:
+        # Reported, not logged here: the worker loop says it once while it lasts, the command prints it.
         report.errors.append(events.redact(events.describe(e)))
-        logger.exception('relay pass failed')
     return report

@@ -54,12 +54,16 @@ class WorkerLoop(threading.Thread):
         if beat:
             workers.beat(self.identity)
         report = relay.send_owed()
+        if report.errors:
+            raise RuntimeError(f'relay: {"; ".join(report.errors)}')
         if report.pushed or report.reowed or report.rejected:
             logger.warning('relay: sent %d owed push(es)%s%s', len(report.pushed),
                            f', {report.reowed} owed again after Redis lost its data' if report.reowed else '',
                            f', {len(report.rejected)} rejected' if report.rejected else '')
         if beat and self.settings.stuck_job_detection:
             closed = liveness.close_stale()
+            if closed.errors:
+                raise RuntimeError(f'liveness: {"; ".join(closed.errors)}')
             if closed.closed:
                 logger.warning('closed %d job(s) whose worker stopped heartbeating', len(closed.closed))
             dead = liveness.close_dead_horses(self.identity, monitored=frozenset(monitored))
@@ -82,8 +86,8 @@ class WorkerLoop(threading.Thread):
                 except Exception:
                     # The database or Redis is away: say it once, keep trying every tick.
                     if not self._failing:
-                        logger.exception('worker loop tick failed; trying again every %ss',
-                                         self.settings.relay_interval)
+                        logger.exception('worker loop tick failed; trying again every %ss (said once while it '
+                                         'lasts)', self.settings.relay_interval)
                         self._failing = True
                     close_old_connections()
                     try:
