@@ -54,16 +54,19 @@ def main(argv=None):
 
     redis = get_connection('default')
     results = {mode: {'enqueue': [], 'handle': [], 'queries': []} for mode in ('stock', 'plugin')}
+    # p50 of each round, per mode and path: the spread of the plugin/stock ratio over the rounds.
+    rounds = {mode: {'enqueue': [], 'handle': []} for mode in ('stock', 'plugin')}
     created = []
 
     def set_mode(mode):
         if mode == 'stock':
             patches.uninstall()
         else:
-            patches.install(dispatch=True, guard=True)
+            patches.install(dispatch=True, guard=True, worker=False)
 
     def one_round(mode):
         set_mode(mode)
+        marks = {key: len(results[mode][key]) for key in ('enqueue', 'handle')}
         jobs = []
         for _ in range(args.jobs):
             start = time.perf_counter()
@@ -80,6 +83,8 @@ def main(argv=None):
                 elapsed = time.perf_counter() - start
             results[mode]['handle'].append(elapsed)
             results[mode]['queries'].append(len(ctx.captured_queries))
+        for key, mark in marks.items():
+            rounds[mode][key].append(percentile(results[mode][key][mark:], .5))
 
     try:
         # Warm-up: first queries, first Redis connection, imports.
@@ -117,6 +122,10 @@ def main(argv=None):
         s50, p50 = percentile(results['stock'][key], .5) * 1e3, percentile(results['plugin'][key], .5) * 1e3
         s99, p99 = percentile(results['stock'][key], .99) * 1e3, percentile(results['plugin'][key], .99) * 1e3
         print(f'{label:<28}{s50:>11.3f}{p50:>12.3f}{p50 / s50:>8.3f}{s99:>11.3f}{p99:>12.3f}')
+    for key, label in (('enqueue', 'enqueue + commit'), ('handle', 'worker handle()')):
+        ratios = sorted(p / s for p, s in zip(rounds['plugin'][key], rounds['stock'][key], strict=True))
+        print(f'{label + " ratio per round":<28} min {ratios[0]:.3f}  median {statistics.median(ratios):.3f}  '
+              f'max {ratios[-1]:.3f}  ({len(ratios)} interleaved pairs)')
     sq, pq = statistics.median(results['stock']['queries']), statistics.median(results['plugin']['queries'])
     print(f'{"queries per handle()":<28}{sq:>11.0f}{pq:>12.0f}{"":>8}  extra queries per job: {pq - sq:.0f}')
     return 0
