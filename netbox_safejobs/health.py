@@ -424,27 +424,31 @@ def backlog(using='default', settings=None):
     - ``leases_without_heartbeat``: leases whose worker and work horse have both not heartbeated for two
       ``heartbeat_interval`` (a worker may have died);
     - ``stuck``: leases the liveness check closes (``liveness.stale_leases``: neither heartbeated for ``stuck_after``).
+
+    ``now()`` rather than ``clock_timestamp()``: the same database clock (read at the start of the transaction), but
+    stable within the statement, so that PostgreSQL can use it in an index condition.
     """
     from .models import JobDispatch, WorkerHeartbeat
 
     settings = settings or get_settings()
     table, workers_table = JobDispatch._meta.db_table, WorkerHeartbeat._meta.db_table
-    owed = ("claimed IS NULL AND sent IS NULL AND (owed IS NOT NULL OR created < clock_timestamp() - %s * "
+    owed = ("claimed IS NULL AND sent IS NULL AND (owed IS NOT NULL OR created < now() - %s * "
             "interval '1 second')")
-    silent = (f'FROM {table} d LEFT JOIN {workers_table} w ON w.id = d.worker '
-              f'WHERE d.claimed IS NOT NULL AND d.worker IS NOT NULL '
-              f"AND greatest(d.claimed, d.heartbeat) < clock_timestamp() - %s * interval '1 second' "
-              f"AND (w.id IS NULL OR w.seen < clock_timestamp() - %s * interval '1 second')")
+    # One pass over the leases for both bounds (stuck_after >= 3 x heartbeat_interval, so stuck ones are silent too).
+    silent = ("greatest(d.claimed, d.heartbeat) < now() - %s * interval '1 second' "
+              "AND (w.id IS NULL OR w.seen < now() - %s * interval '1 second')")
     sql = (
         f'SELECT (SELECT count(*) FROM {table} WHERE {owed}), '
-        f'(SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created)), 0) FROM {table} WHERE {owed}), '
+        f'(SELECT coalesce(extract(epoch FROM now() - min(created)), 0) FROM {table} WHERE {owed}), '
         f'(SELECT count(*) FROM {table} WHERE claimed IS NOT NULL), '
-        f'(SELECT count(*) {silent}), '
-        f'(SELECT count(*) {silent})'
+        f'leases.silent, leases.stuck '
+        f'FROM (SELECT count(*) AS silent, count(*) FILTER (WHERE {silent}) AS stuck '
+        f'FROM {table} d LEFT JOIN {workers_table} w ON w.id = d.worker '
+        f'WHERE d.claimed IS NOT NULL AND d.worker IS NOT NULL AND {silent}) leases'
     )
     age, quiet, stuck = settings.unknown_push_age, 2 * settings.heartbeat_interval, settings.stuck_after
     with connections[using].cursor() as cursor:
-        cursor.execute(sql, [age, age, quiet, quiet, stuck, stuck])
+        cursor.execute(sql, [age, age, stuck, stuck, quiet, quiet])
         row = cursor.fetchone()
     values = dict(zip(BACKLOG_FIELDS, row, strict=True))
     values['oldest_owed_age'] = max(0.0, float(values['oldest_owed_age']))

@@ -94,12 +94,12 @@ class BacklogCollector:
             with connections[self.using].cursor() as cursor:
                 cursor.execute(
                     f'SELECT kind, count(*) FROM {RetryEvent._meta.db_table} '
-                    f"WHERE time > clock_timestamp() - interval '1 hour' GROUP BY kind"
+                    f"WHERE time > now() - interval '1 hour' GROUP BY kind"
                 )
                 events = dict(cursor.fetchall())
                 cursor.execute(
                     f'SELECT name FROM {WorkerHeartbeat._meta.db_table} '
-                    f"WHERE seen > clock_timestamp() - %s * interval '1 second'", [3 * settings.heartbeat_interval],
+                    f"WHERE seen > now() - %s * interval '1 second'", [3 * settings.heartbeat_interval],
                 )
                 live = {row[0] for row in cursor.fetchall()}
         except DatabaseError:
