@@ -223,13 +223,15 @@ def _heartbeats(using):
 
     with connections[using].cursor() as cursor:
         cursor.execute(
-            f'SELECT id, name, host, pid, version, started, extract(epoch FROM clock_timestamp() - seen) '
+            f'SELECT id, name, host, pid, version, started, extract(epoch FROM clock_timestamp() - seen), '
+            f'extract(epoch FROM host_clock - seen), guard '
             f'FROM {WorkerHeartbeat._meta.db_table} ORDER BY host, pid'
         )
-        columns = ('id', 'name', 'host', 'pid', 'version', 'started', 'age')
+        columns = ('id', 'name', 'host', 'pid', 'version', 'started', 'age', 'skew', 'guard')
         rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
     for row in rows:
         row['age'] = float(row['age'])
+        row['skew'] = float(row['skew']) if row['skew'] is not None else None
     return rows
 
 
@@ -270,6 +272,15 @@ def _check_workers(report, settings, heartbeats, registered):
                 f'expected): its worker loop is stuck, or the worker died and Redis has not forgotten it yet.',
                 fix=f'Look at its log on {worker["host"] or "its host"}; restart it.',
                 worker=worker['name'], host=worker['host'], pid=worker['pid'], age=round(hb['age'], 1),
+            )
+        elif not hb['guard']:
+            report.add(
+                'workers', 'error',
+                f'RQ worker {where} runs netbox-safejobs with the worker guard switched off: it runs jobs unguarded '
+                f'(deleted rows re-created, duplicate tasks run twice).',
+                fix=f'Remove worker_guard: False from its PLUGINS_CONFIG on {worker["host"] or "its host"} and '
+                    f'restart it.',
+                worker=worker['name'], host=worker['host'], pid=worker['pid'],
             )
         elif (hb['host'], hb['pid']) != (worker['host'], worker['pid']):
             report.add(
@@ -313,20 +324,27 @@ def _check_versions(report, settings, heartbeats):
 
 def _check_worker_clocks(report, settings, heartbeats, registered):
     """
-    A worker's clock against PostgreSQL's: RQ records the worker's birth with the worker host's clock, a few
-    milliseconds after the plugin's first heartbeat recorded its start with the database's.
+    A worker's clock against PostgreSQL's: each heartbeat carries the worker host's clock (``host_clock``) and is
+    stamped with the database's (``seen``) by the same statement, so their difference is the skew, to the latency of
+    one statement. Heartbeats of an earlier release have no host clock: RQ's record of the worker's birth (the host's
+    clock, a few milliseconds after the first heartbeat) stands in, to about half a second.
     """
     fresh_after = 3 * settings.heartbeat_interval
     by_name = {hb['name']: hb for hb in heartbeats if hb['name'] and hb['age'] <= fresh_after}
     found = False
     for worker in registered:
         hb = by_name.get(worker['name'])
-        if hb is None or worker['birth'] is None or hb['started'] is None:
+        if hb is None:
+            continue
+        if hb.get('skew') is not None:
+            skew, precision = hb['skew'], 0.05
+        elif worker['birth'] is not None and hb['started'] is not None:
+            skew, precision = (worker['birth'] - hb['started']).total_seconds(), 0.5
+        else:
             continue
         found = True
-        skew = (worker['birth'] - hb['started']).total_seconds()
-        _clock_finding(report, f'worker host {worker["host"] or "?"} (worker {worker["name"]})', skew, precision=0.5,
-                       host=worker['host'], worker=worker['name'])
+        _clock_finding(report, f'worker host {worker["host"] or "?"} (worker {worker["name"]})', skew,
+                       precision=precision, host=worker['host'], worker=worker['name'])
     if not found:
         report.add('clock', 'info', 'Clock skew of worker hosts not available: no heartbeating worker is registered '
                    'in RQ.')

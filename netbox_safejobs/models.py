@@ -190,10 +190,11 @@ class JobDispatch(models.Model):
                 fields=('queue_name',), name='netbox_safejobs_sent_idx',
                 condition=models.Q(claimed__isnull=True, sent__isnull=False),
             ),
-            # Liveness: the leases of a worker (heartbeat gone stale, work horse died).
+            # Liveness: the leases of a worker (heartbeat gone stale, work horse died). The covered columns let the
+            # stuck rule and the gauges of every scrape read the index alone.
             models.Index(
                 fields=('worker',), name='netbox_safejobs_lease_idx',
-                condition=models.Q(claimed__isnull=False),
+                condition=models.Q(claimed__isnull=False), include=('claimed', 'heartbeat'),
             ),
         )
         verbose_name = _('job dispatch')
@@ -228,6 +229,11 @@ class WorkerHeartbeat(models.Model):
     version = models.CharField(max_length=50, blank=True, editable=False)
     started = models.DateTimeField(editable=False)
     seen = models.DateTimeField(editable=False)
+    # The worker host's own clock, sent with each heartbeat written with the database's (``seen``): their
+    # difference is the host's clock skew, to the latency of one statement.
+    host_clock = models.DateTimeField(null=True, editable=False)
+    # Whether the worker runs the worker guard (a worker with the loop but ``worker_guard`` off runs jobs unguarded).
+    guard = models.BooleanField(default=True, db_default=True, editable=False)
 
     class Meta:
         ordering = ('host', 'pid')

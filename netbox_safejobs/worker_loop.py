@@ -51,24 +51,45 @@ class WorkerLoop(threading.Thread):
         self.join(timeout)
 
     def tick(self, beat):
-        if beat:
-            workers.beat(self.identity)
+        """
+        One tick. Each part runs whatever the others do (a heartbeat that fails must not hold back the relay); the
+        first failure is raised at the end, for ``run()`` to say once.
+        """
+        failures = []
+        parts = [('heartbeat', self._beat)] if beat else []
+        parts.append(('relay', self._relay))
+        if beat and self.settings.stuck_job_detection:
+            parts.append(('liveness', self._liveness))
+        for name, part in parts:
+            try:
+                part()
+            except Exception as e:
+                failures.append((name, e))
+        if failures:
+            name, error = failures[0]
+            raise RuntimeError(f'{name}: {error}') from error
+
+    def _beat(self):
+        workers.beat(self.identity)
+
+    def _relay(self):
         report = relay.send_owed()
-        if report.errors:
-            raise RuntimeError(f'relay: {"; ".join(report.errors)}')
         if report.pushed or report.reowed or report.rejected:
             logger.warning('relay: sent %d owed push(es)%s%s', len(report.pushed),
                            f', {report.reowed} owed again after Redis lost its data' if report.reowed else '',
                            f', {len(report.rejected)} rejected' if report.rejected else '')
-        if beat and self.settings.stuck_job_detection:
-            closed = liveness.close_stale()
-            if closed.errors:
-                raise RuntimeError(f'liveness: {"; ".join(closed.errors)}')
-            if closed.closed:
-                logger.warning('closed %d job(s) whose worker stopped heartbeating', len(closed.closed))
-            dead = liveness.close_dead_horses(self.identity, monitored=frozenset(monitored))
-            if dead:
-                logger.warning('closed %d job(s) whose work horse died', len(dead))
+        if report.errors:
+            raise RuntimeError('; '.join(report.errors))
+
+    def _liveness(self):
+        closed = liveness.close_stale()
+        if closed.closed:
+            logger.warning('closed %d job(s) whose worker stopped heartbeating', len(closed.closed))
+        dead = liveness.close_dead_horses(self.identity, monitored=frozenset(monitored))
+        if dead:
+            logger.warning('closed %d job(s) whose work horse died', len(dead))
+        if closed.errors:
+            raise RuntimeError('; '.join(closed.errors))
 
     def run(self):
         next_beat = 0.0
@@ -121,7 +142,9 @@ def start(worker):
         worker.exponential_backoff_factor = 1.0
         worker.max_connection_wait_time = min(getattr(worker, 'max_connection_wait_time', 60),
                                               settings.worker_reconnect_interval)
-        identity = workers.set_current(getattr(worker, 'name', ''))
+        from .patches import installed
+
+        identity = workers.set_current(getattr(worker, 'name', ''), guard='guard' in installed())
         try:
             workers.beat(identity)
         except Exception:

@@ -38,6 +38,7 @@ class WorkerIdentity:
     name: str
     host: str
     pid: int
+    guard: bool = True
 
 
 _current = None
@@ -48,10 +49,10 @@ def current():
     return _current
 
 
-def set_current(name):
+def set_current(name, guard=True):
     """Give this process a new worker identity (the worker loop, at start-up)."""
     global _current
-    _current = WorkerIdentity(id=uuid.uuid4(), name=(name or '')[:255], host=_HOST, pid=os.getpid())
+    _current = WorkerIdentity(id=uuid.uuid4(), name=(name or '')[:255], host=_HOST, pid=os.getpid(), guard=guard)
     return _current
 
 
@@ -63,13 +64,16 @@ def _table():
 
 def beat(identity, using='default'):
     """Write or refresh the worker's heartbeat row with the database's clock: one statement."""
+    from django.utils import timezone
+
     table = _table()
     with connections[using].cursor() as cursor:
         cursor.execute(
-            f'INSERT INTO {table} (id, name, host, pid, version, started, seen) '
-            f'VALUES (%s, %s, %s, %s, %s, clock_timestamp(), clock_timestamp()) '
-            f'ON CONFLICT (id) DO UPDATE SET seen = EXCLUDED.seen',
-            [identity.id, identity.name, identity.host, identity.pid, __version__[:50]],
+            f'INSERT INTO {table} (id, name, host, pid, version, started, seen, host_clock, guard) '
+            f'VALUES (%s, %s, %s, %s, %s, clock_timestamp(), clock_timestamp(), %s, %s) '
+            f'ON CONFLICT (id) DO UPDATE SET seen = EXCLUDED.seen, host_clock = EXCLUDED.host_clock',
+            [identity.id, identity.name, identity.host, identity.pid, __version__[:50], timezone.now(),
+             identity.guard],
         )
 
 

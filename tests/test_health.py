@@ -185,6 +185,25 @@ class WorkerTest(SafeJobsTransactionTestCase):
         self.assertEqual(findings(report, 'workers', 'error'), [], report.as_text())
         self.assertIn('All 1 RQ worker(s) run netbox-safejobs', report.as_text())
 
+    def test_worker_with_the_loop_but_not_the_guard_is_an_error(self):
+        """A worker that heartbeats but runs with worker_guard off says so in its heartbeat, and is named."""
+        worker = self.start_worker({**LIVELY, 'worker_guard': False})
+        self.wait_for(lambda: worker.pid in self.registered(), timeout=120, message='worker registered in RQ')
+        self.wait_for(lambda: WorkerHeartbeat.objects.filter(pid=worker.pid).exists(), timeout=30,
+                      message='heartbeat')
+        self.assertFalse(WorkerHeartbeat.objects.get(pid=worker.pid).guard)
+        with lively_settings():
+            report = health.check()
+        errors = findings(report, 'workers', 'error')
+        self.assertEqual(len(errors), 1, report.as_text())
+        self.assertIn(self.registered()[worker.pid]['name'], errors[0].message)
+        self.assertIn('worker guard switched off', errors[0].message)
+        self.assertIn('worker_guard', errors[0].fix)
+        # Its clock, sent with each heartbeat, is this host's: no skew to speak of.
+        clocks = [f for f in findings(report, 'clock') if 'worker host' in f.message]
+        self.assertEqual(len(clocks), 1, report.as_text())
+        self.assertLess(abs(clocks[0].data['skew_seconds']), 1)
+
     def test_workers_of_two_versions(self):
         table = WorkerHeartbeat._meta.db_table
         with connection.cursor() as cursor:
