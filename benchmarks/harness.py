@@ -278,6 +278,16 @@ def read_runs(runs_file, pids=None):
     return runs, starts
 
 
+def wait_running(runs_file, job_uuids, timeout=120):
+    """Wait until every job is inside run(); {job UUID: pid of the work horse running it} (the runs file says)."""
+    pids = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(pids) < len(job_uuids):
+        read_runs(runs_file, pids)
+        time.sleep(0.2)
+    return pids
+
+
 def rq_failures():
     """RQ failed-registry entries by exception type, over the harness's queues."""
     from django_rq import get_queue
@@ -539,12 +549,7 @@ def scenario_worker_killed(ctx, mode, opts, runs_file):
     pool = WorkerPool(ctx, mode, runs_file)
     killed = 0
     try:
-        # Wait until every job is inside run(): the runs file names the work horse running each.
-        pids = {}
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(pids) < len(committed):
-            read_runs(runs_file, pids)
-            time.sleep(0.2)
+        pids = wait_running(runs_file, committed)
         for pid in pids.values():
             os.kill(pid, signal.SIGKILL)
             killed += 1
@@ -731,12 +736,9 @@ def scenario_worker_sigkill(ctx, mode, opts, runs_file):
         with transaction.atomic():
             committed.append(HarnessJob.enqueue(sleep=60).job_id)
     pool = WorkerPool(ctx, mode, runs_file)
+    pids = {}
     try:
-        pids = {}
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(pids) < len(committed):
-            read_runs(runs_file, pids)
-            time.sleep(0.2)
+        pids = wait_running(runs_file, committed)
     finally:
         pool._stopping.set()
         for p in pool.processes:

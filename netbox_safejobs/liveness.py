@@ -80,18 +80,23 @@ def _close(using, lease_id, reason, kind):
                               kind)
 
 
+def _take_lease(using, lease_id):
+    """Delete one lease, inside the caller's transaction; its columns, or None when another pass took it first."""
+    table, _ = _tables()
+    with connections[using].cursor() as cursor:
+        cursor.execute(f'DELETE FROM {table} WHERE id = %s AND claimed IS NOT NULL RETURNING {", ".join(_COLUMNS)}',
+                       [lease_id])
+        row = cursor.fetchone()
+    return dict(zip(_COLUMNS, row, strict=True)) if row is not None else None
+
+
 def _close_plainly(using, lease_id, reason, kind):
     from core.models import Job
 
-    table, _ = _tables()
     with transaction.atomic(using=using):
-        with connections[using].cursor() as cursor:
-            cursor.execute(f'DELETE FROM {table} WHERE id = %s AND claimed IS NOT NULL RETURNING '
-                           f'{", ".join(_COLUMNS)}', [lease_id])
-            row = cursor.fetchone()
-        if row is None:
+        lease = _take_lease(using, lease_id)
+        if lease is None:
             return None
-        lease = dict(zip(_COLUMNS, row, strict=True))
         error = f'{reason}. Closed by netbox-safejobs.'
         Job.objects.using(using).filter(pk=lease['job_id'], status=compat.RUNNING).update(
             status='errored', error=error, completed=timezone.now(),
@@ -104,15 +109,10 @@ def _close_plainly(using, lease_id, reason, kind):
 def _close_through_netbox(using, lease_id, reason, kind):
     from core.models import Job
 
-    table, _ = _tables()
     with transaction.atomic(using=using):
-        with connections[using].cursor() as cursor:
-            cursor.execute(f'DELETE FROM {table} WHERE id = %s AND claimed IS NOT NULL RETURNING '
-                           f'{", ".join(_COLUMNS)}', [lease_id])
-            row = cursor.fetchone()
-        if row is None:
+        lease = _take_lease(using, lease_id)
+        if lease is None:
             return None
-        lease = dict(zip(_COLUMNS, row, strict=True))
         job = Job.objects.using(using).filter(pk=lease['job_id']).first()
         if job is None or job.status != compat.RUNNING:
             return None

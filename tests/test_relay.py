@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 from core.models import Job
-from django.conf import settings
 from django.db import connection, transaction
 from rq.job import Job as RQJob
 
@@ -25,16 +24,7 @@ from netbox_safejobs.recovery import run_pass
 from .base import SafeJobsTransactionTestCase, Worker, netbox_command, run_burst_worker, worker_env
 from .jobs import CountingJob, run_count
 from .test_dispatch import closed_port_queues
-
-
-def private_queues(redis):
-    """RQ_QUEUES with every queue on a private Redis server."""
-    queues = {}
-    for name, params in settings.RQ_QUEUES.items():
-        params = {**params, 'HOST': '127.0.0.1', 'PORT': redis.port, 'DB': 0}
-        params.pop('URL', None)
-        queues[name] = params
-    return queues
+from .test_harness import private_queues
 
 
 class RelayTest(SafeJobsTransactionTestCase):
