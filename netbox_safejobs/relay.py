@@ -149,6 +149,19 @@ def check_redis(report, using='default'):
     return ok
 
 
+_OWED_CONDITION = ('d.claimed IS NULL AND d.sent IS NULL '
+                   "AND (d.owed IS NOT NULL OR d.created < clock_timestamp() - %s * interval '1 second')")
+
+
+def _anything_owed(using, age):
+    """One statement, outside any transaction, on the partial index of unsent rows: is there anything to send?"""
+    from .models import JobDispatch
+
+    with connections[using].cursor() as cursor:
+        cursor.execute(f'SELECT 1 FROM {JobDispatch._meta.db_table} d WHERE {_OWED_CONDITION} LIMIT 1', [age])
+        return cursor.fetchone() is not None
+
+
 def _select_sql():
     from core.models import Job
 
@@ -158,8 +171,7 @@ def _select_sql():
         f'SELECT d.id, d.job_id, d.job_uuid, d.queue_name, d.runner, d.payload, d.recoveries, d.owed IS NOT NULL, '
         f'j.status, j.name '
         f'FROM {JobDispatch._meta.db_table} d JOIN {Job._meta.db_table} j ON j.id = d.job_id '
-        f'WHERE d.claimed IS NULL AND d.sent IS NULL '
-        f"AND (d.owed IS NOT NULL OR d.created < clock_timestamp() - %s * interval '1 second') "
+        f'WHERE {_OWED_CONDITION} '
         f'ORDER BY d.created, d.id LIMIT %s '
         f'FOR UPDATE OF d SKIP LOCKED'
     )
@@ -248,6 +260,9 @@ def send_owed(report=None, using='default', limit=BATCH, dry_run=False):
     age = get_settings().unknown_push_age
     try:
         if not dry_run and not check_redis(report, using):
+            return report
+        # An idle relay stops here: one indexed statement, no transaction.
+        if not _anything_owed(using, age):
             return report
         while _send_batch(report, using, age, limit, dry_run) >= limit and not report.redis_down and not dry_run:
             pass
