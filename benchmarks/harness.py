@@ -670,35 +670,30 @@ def scenario_redis_outages(ctx, mode, opts, runs_file):
 
 def scenario_redis_flushed(ctx, mode, opts, runs_file):
     """
-    Redis loses its data without an outage (FLUSHALL, a failover to an empty replica) while jobs wait in the queue
-    and others run: the waiting ones are sent again, the running ones finish once and are not closed.
+    Redis loses its data without an outage (FLUSHALL, a failover to an empty replica) while every worker runs a slow
+    job and other jobs wait in the queue: the waiting ones must be sent again, the running ones finish once and are
+    not closed.
     """
     from django_rq import get_connection
 
-    committed, _, _, _ = enqueue_many(opts.fault_jobs, threads=2)
-    running = enqueue_many(ctx.workers, threads=1)[0]
     from benchmarks.runners import HarnessJob
 
-    slow = [HarnessJob.enqueue(sleep=8).job_id for _ in range(ctx.workers)]
+    slow = [HarnessJob.enqueue(sleep=6).job_id for _ in range(ctx.workers)]
     pool = WorkerPool(ctx, mode, runs_file, count=ctx.workers)
     try:
         pool.wait_ready()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            _, starts = read_runs(runs_file)
-            if any(u in starts for u in slow):
-                break
-            time.sleep(0.05)
+        wait_running(runs_file, slow)
+        waiting, _, _, _ = enqueue_many(opts.fault_jobs, threads=2)  # queued behind the slow jobs
         get_connection('default').flushall()
         flushed = time.time()
-        settled = wait_until_settled(committed + running + slow, timeout=opts.timeout, idle=20, pool=pool)
+        settled = wait_until_settled(waiting + slow, timeout=opts.timeout, idle=20, pool=pool)
         after = None
         if settled:
             _, starts = read_runs(runs_file)
-            after = round(max(starts.get(u, 0) for u in committed + running) - flushed, 2)
+            after = round(max(starts.get(u, 0) for u in waiting) - flushed, 2)
     finally:
         pool.stop()
-    return collect(committed + running + slow, [], runs_file, extra={'all_ran_s_after_flush': after})
+    return collect(waiting + slow, [], runs_file, extra={'all_ran_s_after_flush': after})
 
 
 def scenario_deleted_mid_run(ctx, mode, opts, runs_file):

@@ -36,6 +36,7 @@ __all__ = (
     'EPOCH_KEY',
     'RelayReport',
     'check_redis',
+    'redis_answers',
     'send_owed',
 )
 
@@ -129,6 +130,16 @@ def _reowe(using, connection, queue_names):
         logger.warning('Redis of queues %s lost its data (restarted empty, flushed or failed over): %d unclaimed '
                        'job(s) owed again', ', '.join(queue_names), count)
     return count
+
+
+def redis_answers():
+    """Whether every Redis of the RQ queues answers a PING (never raises)."""
+    try:
+        for connection, _queue_names in _redis_groups().values():
+            connection.ping()
+    except Exception:
+        return False
+    return True
 
 
 def check_redis(report, using='default'):

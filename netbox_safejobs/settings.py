@@ -43,7 +43,7 @@ DEFAULT_SETTINGS = {
     'heartbeat_interval': 10,
     'stuck_job_detection': True,
     'stuck_after': 60,
-    'worker_reconnect_interval': 1.0,
+    'worker_reconnect_interval': 0.5,
     # Retry events: days to keep them (0 keeps them forever).
     'event_retention_days': 90,
 }

@@ -7,7 +7,8 @@ A daemon thread started when RQ's ``Worker.work()`` starts and stopped when it r
 and RQ's ``monitor_work_horse()``). Each tick, every ``relay_interval`` seconds:
 
 1. the relay (``relay.send_owed``): one Redis ``GET`` per Redis and, when Redis answers, one indexed query that finds
-   nothing when nothing is owed;
+   nothing when nothing is owed. While Redis does not answer, the loop asks it every ``REDIS_POLL`` seconds instead
+   (no database query), so that the owed pushes of an outage leave within a fraction of a second of its end;
 2. every ``heartbeat_interval`` seconds, the worker's heartbeat (one statement), the stale-worker check
    (``liveness.close_stale``, one indexed query when nothing is stale) and the check of its own work horses
    (``liveness.close_dead_horses``, one indexed query).
@@ -36,6 +37,9 @@ __all__ = (
 
 logger = logging.getLogger('netbox_safejobs.worker_loop')
 
+# Seconds between two looks at a Redis that does not answer (a PING; no database query).
+REDIS_POLL = 0.1
+
 
 class WorkerLoop(threading.Thread):
 
@@ -45,6 +49,7 @@ class WorkerLoop(threading.Thread):
         self.settings = settings
         self._stopping = threading.Event()
         self._failing = False
+        self.redis_down = False
 
     def stop(self, timeout=10):
         self._stopping.set()
@@ -74,6 +79,7 @@ class WorkerLoop(threading.Thread):
 
     def _relay(self):
         report = relay.send_owed()
+        self.redis_down = report.redis_down
         if report.pushed or report.reowed or report.rejected:
             logger.warning('relay: sent %d owed push(es)%s%s', len(report.pushed),
                            f', {report.reowed} owed again after Redis lost its data' if report.reowed else '',
@@ -115,9 +121,22 @@ class WorkerLoop(threading.Thread):
                         connections['default'].close()
                     except Exception:
                         pass
-                self._stopping.wait(self.settings.relay_interval)
+                if self.redis_down:
+                    self._wait_for_redis()
+                else:
+                    self._stopping.wait(self.settings.relay_interval)
         finally:
             connections.close_all()
+
+    def _wait_for_redis(self):
+        """
+        While Redis is away, ask it (and only it: no database query) every ``REDIS_POLL`` seconds, so that the next
+        tick, and the owed pushes of the outage, follow within a fraction of a second of Redis answering again.
+        """
+        deadline = time.monotonic() + self.settings.relay_interval
+        while not self._stopping.wait(REDIS_POLL):
+            if relay.redis_answers() or time.monotonic() >= deadline:
+                return
 
 
 _loop = None
