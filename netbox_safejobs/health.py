@@ -443,6 +443,15 @@ def backlog(using='default', settings=None):
       ``heartbeat_interval`` (a worker may have died);
     - ``stuck``: leases the liveness check closes (``liveness.stale_leases``: neither heartbeated for ``stuck_after``).
 
+    Its cost must not grow with the jobs that run normally (``/metrics`` is scraped every few seconds):
+
+    - The owed rows are the unsent rows written before ``unknown_push_age`` (counted from the index of unsent rows
+      alone) and the few written since and already stamped owed (the only part that reads the table).
+    - A lease is silent only if its worker is silent too, so the leases are read worker by worker, and only for the
+      workers without a fresh heartbeat. The workers holding leases are found by skipping through the lease index,
+      one probe per worker (PostgreSQL 15 has no skip scan of its own); the leases of live workers, nearly all of
+      them, are never read. (Joining every lease with the heartbeats read them all: docs/performance.md.)
+
     ``now()`` rather than ``clock_timestamp()``: the same database clock (read at the start of the transaction), but
     stable within the statement, so that PostgreSQL can use it in an index condition.
     """
@@ -450,23 +459,34 @@ def backlog(using='default', settings=None):
 
     settings = settings or get_settings()
     table, workers_table = JobDispatch._meta.db_table, WorkerHeartbeat._meta.db_table
-    owed = ("claimed IS NULL AND sent IS NULL AND (owed IS NOT NULL OR created < now() - %s * "
-            "interval '1 second')")
-    # One pass over the leases for both bounds (stuck_after >= 3 x heartbeat_interval, so stuck ones are silent too).
-    silent = ("greatest(d.claimed, d.heartbeat) < now() - %s * interval '1 second' "
-              "AND (w.id IS NULL OR w.seen < now() - %s * interval '1 second')")
+    unsent = 'claimed IS NULL AND sent IS NULL'
+    written_before = "now() - %(age)s * interval '1 second'"
+    # stuck_after >= 3 x heartbeat_interval: a stuck lease is silent too, so one pass per worker counts both.
+    stuck = ("greatest(d.claimed, d.heartbeat) < now() - %(stuck)s * interval '1 second' "
+             "AND (w.id IS NULL OR w.seen < now() - %(stuck)s * interval '1 second')")
     sql = (
-        f'SELECT (SELECT count(*) FROM {table} WHERE {owed}), '
-        f'(SELECT coalesce(extract(epoch FROM now() - min(created)), 0) FROM {table} WHERE {owed}), '
-        f'(SELECT count(*) FROM {table} WHERE claimed IS NOT NULL), '
-        f'leases.silent, leases.stuck '
-        f'FROM (SELECT count(*) AS silent, count(*) FILTER (WHERE {silent}) AS stuck '
-        f'FROM {table} d LEFT JOIN {workers_table} w ON w.id = d.worker '
-        f'WHERE d.claimed IS NOT NULL AND d.worker IS NOT NULL AND {silent}) leases'
+        f'WITH RECURSIVE lease_workers(id) AS ('
+        f'(SELECT worker FROM {table} WHERE claimed IS NOT NULL AND worker IS NOT NULL ORDER BY worker LIMIT 1) '
+        f'UNION ALL SELECT (SELECT worker FROM {table} WHERE claimed IS NOT NULL AND worker > k.id '
+        f'ORDER BY worker LIMIT 1) FROM lease_workers k WHERE k.id IS NOT NULL) '
+        f'SELECT old.n + young.n, coalesce(extract(epoch FROM now() - least(old.first, young.first)), 0), '
+        f'(SELECT count(*) FROM {table} WHERE claimed IS NOT NULL), leases.silent, leases.stuck '
+        f'FROM (SELECT count(*) AS n, min(created) AS first FROM {table} '
+        f'WHERE {unsent} AND created < {written_before}) old, '
+        f'(SELECT count(*) AS n, min(created) AS first FROM {table} '
+        f'WHERE {unsent} AND created >= {written_before} AND owed IS NOT NULL) young, '
+        f'(SELECT coalesce(sum(l.silent), 0)::bigint AS silent, coalesce(sum(l.stuck), 0)::bigint AS stuck '
+        f'FROM lease_workers k LEFT JOIN {workers_table} w ON w.id = k.id, '
+        f'LATERAL (SELECT count(*) AS silent, count(*) FILTER (WHERE {stuck}) AS stuck FROM {table} d '
+        f"WHERE d.claimed IS NOT NULL AND d.worker = k.id AND greatest(d.claimed, d.heartbeat) "
+        f"< now() - %(quiet)s * interval '1 second') l "
+        f"WHERE k.id IS NOT NULL AND (w.id IS NULL OR w.seen < now() - %(quiet)s * interval '1 second')) leases"
     )
-    age, quiet, stuck = settings.unknown_push_age, 2 * settings.heartbeat_interval, settings.stuck_after
+    params = {
+        'age': settings.unknown_push_age, 'quiet': 2 * settings.heartbeat_interval, 'stuck': settings.stuck_after,
+    }
     with connections[using].cursor() as cursor:
-        cursor.execute(sql, [age, age, stuck, stuck, quiet, quiet])
+        cursor.execute(sql, params)
         row = cursor.fetchone()
     values = dict(zip(BACKLOG_FIELDS, row, strict=True))
     values['oldest_owed_age'] = max(0.0, float(values['oldest_owed_age']))

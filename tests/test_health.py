@@ -12,7 +12,9 @@ import subprocess
 import tempfile
 import time
 import uuid
+from datetime import timedelta
 
+from core.models import Job
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
@@ -21,6 +23,7 @@ from django.template import Context, Template
 from django.test import RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import include, path
+from django.utils import timezone
 from netbox.urls import urlpatterns as netbox_urlpatterns
 
 from benchmarks.harness import free_port, redis_server_binary
@@ -297,6 +300,71 @@ class BacklogGaugesTest(SafeJobsTransactionTestCase):
         self.assertIn('1 owed push(es)', owed[0].message)
         self.assertIn('netbox safejobs_recover', owed[0].fix)
         self.assertGreater(self.scrape()['netbox_safejobs_oldest_owed_age_seconds'], 60)
+
+
+class BacklogStatementTest(SafeJobsTransactionTestCase):
+    """
+    ``health.backlog()`` counts each kind of row by the rules of the relay and the liveness check, whichever index
+    part finds it: leases read worker by worker (live, quiet, dead and forgotten workers), owed rows written long ago
+    or stamped owed a moment ago.
+    """
+
+    def dispatch(self, **fields):
+        job = Job.objects.create(name=f'backlog {uuid.uuid4()}', job_id=uuid.uuid4())
+        return JobDispatch.objects.create(job=job, job_uuid=job.job_id, queue_name='default',
+                                          runner='tests.jobs.CountingJob', method='enqueue', **fields)
+
+    def heartbeat(self, seen):
+        return WorkerHeartbeat.objects.create(id=uuid.uuid4(), name=f'w-{uuid.uuid4().hex[:8]}', host='h', pid=1,
+                                              version=__version__, started=seen, seen=seen)
+
+    def test_empty_tables(self):
+        self.assertEqual(health.backlog(), {'owed': 0, 'oldest_owed_age': 0.0, 'claimed': 0,
+                                            'leases_without_heartbeat': 0, 'stuck': 0})
+
+    def test_every_kind_of_row(self):
+        now = timezone.now()
+
+        def ago(seconds):
+            return now - timedelta(seconds=seconds)
+
+        day = 86400
+        # Default settings: unknown_push_age 10 s; silent after 2 x heartbeat_interval = 20 s; stuck_after 60 s.
+        live, quiet, dead = self.heartbeat(ago(0)), self.heartbeat(ago(35)), self.heartbeat(ago(day))
+        forgotten = uuid.uuid4()  # a worker whose heartbeat row is gone
+        leases = {
+            'live worker, claimed long ago': (live.id, ago(day), None),
+            'quiet worker': (quiet.id, ago(day), None),
+            'dead worker': (dead.id, ago(day), None),
+            'dead worker, its work horse heartbeats': (dead.id, ago(day), ago(5)),
+            'dead worker, claimed 40 s ago': (dead.id, ago(40), None),
+            'forgotten worker': (forgotten, ago(day), None),
+            'forgotten worker, claimed 5 s ago': (forgotten, ago(5), None),
+            'no worker (claimed by an earlier release)': (None, ago(day), None),
+        }
+        for worker, claimed, heartbeat in leases.values():
+            self.dispatch(created=ago(day), sent=ago(day), claimed=claimed, worker=worker, heartbeat=heartbeat,
+                          token=uuid.uuid4())
+        self.dispatch(created=ago(2 * day))  # written, its pushing process lost: owed
+        self.dispatch(created=ago(2), owed=ago(1))  # the push failed a moment ago: owed
+        self.dispatch(created=ago(2))  # on its way
+        self.dispatch(created=ago(3 * day), sent=ago(3 * day))  # queued in Redis
+
+        values = health.backlog()
+        self.assertEqual(values['claimed'], len(leases))
+        # quiet, dead, dead 40 s ago, forgotten
+        self.assertEqual(values['leases_without_heartbeat'], 4)
+        # dead, forgotten: what the liveness check closes
+        self.assertEqual(values['stuck'], 2)
+        self.assertEqual(values['stuck'], len(liveness.stale_leases()))
+        self.assertEqual(values['owed'], 2)
+        self.assertAlmostEqual(values['oldest_owed_age'], 2 * day, delta=60)
+
+        # With none written long ago, the oldest is the one stamped owed a moment ago.
+        JobDispatch.objects.filter(created__lt=ago(day + 1), sent__isnull=True).delete()
+        values = health.backlog()
+        self.assertEqual(values['owed'], 1)
+        self.assertLess(values['oldest_owed_age'], 60)
 
 
 class SurfacesTest(SafeJobsTransactionTestCase):
