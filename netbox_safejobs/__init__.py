@@ -28,6 +28,8 @@ class SafeJobsConfig(PluginConfig):
     max_version = '4.7.99'
     # The settings module holds the one list of keys; NetBox merges these defaults into PLUGINS_CONFIG.
     default_settings = dict(DEFAULT_SETTINGS)
+    # The gauges on /metrics when prometheus_client runs in multiprocess mode (see metrics.py); a no-op otherwise.
+    middleware = ['netbox_safejobs.metrics.MultiprocessGaugesMiddleware']
 
     def ready(self):
         super().ready()

@@ -8,18 +8,24 @@ Prometheus metrics of the plugin, exposed on NetBox's ``/metrics`` (``METRICS_EN
 - Gauges computed from the database when ``/metrics`` is scraped (``BacklogCollector``), so that they are right
   whatever process serves the scrape: owed pushes, the oldest one's age, claimed leases, stuck candidates, events of
   the last hour by kind, and workers RQ lists without a heartbeat of the plugin. Three indexed queries per scrape.
+  Registered on prometheus_client's default registry, which NetBox's ``/metrics`` serves in a single process. In
+  multiprocess mode django-prometheus's view serves a registry of its own, made of the multiprocess files only:
+  ``MultiprocessGaugesMiddleware`` adds the gauges to that response.
 """
 
 import logging
+import os
 
 from django.db import DatabaseError, connections
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 __all__ = (
     'RETRY_EVENTS',
     'BacklogCollector',
+    'MultiprocessGaugesMiddleware',
     'count_event',
+    'multiprocess_mode',
     'register_collector',
 )
 
@@ -153,3 +159,51 @@ def register_collector(registry=REGISTRY):
 
 
 register_collector()
+
+# The gauges alone, for the multiprocess response. The same collector: describe() keeps registration query-free.
+_gauges_registry = CollectorRegistry(auto_describe=False)
+_gauges_registry.register(_collector)
+
+
+def multiprocess_mode():
+    """Whether django-prometheus serves ``/metrics`` from prometheus_client's multiprocess files (its own test)."""
+    return 'PROMETHEUS_MULTIPROC_DIR' in os.environ or 'prometheus_multiproc_dir' in os.environ
+
+
+def _is_metrics_view(request):
+    match = getattr(request, 'resolver_match', None)
+    if match is None:
+        return False
+    from django_prometheus import exports
+
+    return match.func is exports.ExportToDjangoView
+
+
+class MultiprocessGaugesMiddleware:
+    """
+    Appends the gauges to NetBox's ``/metrics`` when prometheus_client runs in multiprocess mode.
+
+    There django-prometheus's view builds a fresh registry holding only a ``MultiProcessCollector`` (the metrics the
+    processes wrote to ``PROMETHEUS_MULTIPROC_DIR``), so collectors of the default registry are not served and the
+    view has no hook. The gauges are read from the database, the same for every process, so they belong in no
+    multiprocess file: this process computes them at the scrape and adds their families after the view's, in the
+    same text format. In a single process the default registry already carries them and nothing is added. Any other
+    response passes untouched; a failure leaves the response as the view made it.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if response.status_code != 200 or getattr(response, 'streaming', False) or not multiprocess_mode():
+            return response
+        try:
+            if not _is_metrics_view(request):
+                return response
+            response.content = response.content + generate_latest(_gauges_registry)
+            if response.has_header('Content-Length'):
+                response['Content-Length'] = str(len(response.content))
+        except Exception:
+            logger.exception('netbox-safejobs gauges left out of this multiprocess scrape')
+        return response

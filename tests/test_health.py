@@ -9,8 +9,11 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from datetime import timedelta
 
@@ -25,6 +28,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import include, path
 from django.utils import timezone
 from netbox.urls import urlpatterns as netbox_urlpatterns
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.harness import free_port, redis_server_binary
 from netbox_safejobs import compat, health, liveness, metrics
@@ -365,6 +369,137 @@ class BacklogStatementTest(SafeJobsTransactionTestCase):
         values = health.backlog()
         self.assertEqual(values['owed'], 1)
         self.assertLess(values['oldest_owed_age'], 60)
+
+
+GAUGES = (
+    'netbox_safejobs_owed_pushes', 'netbox_safejobs_oldest_owed_age_seconds', 'netbox_safejobs_claimed_leases',
+    'netbox_safejobs_leases_without_heartbeat', 'netbox_safejobs_stuck_candidates', 'netbox_safejobs_events_last_hour',
+    'netbox_safejobs_workers', 'netbox_safejobs_workers_without_plugin',
+)
+
+
+def families(text):
+    """The metric families of a /metrics text, by name; fails on a family given twice (Prometheus rejects it)."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in found:
+            raise AssertionError(f'{family.name} given twice on /metrics')
+        found[family.name] = family
+    return found
+
+
+def value(family, **labels):
+    return next(s.value for s in family.samples if s.labels == labels)
+
+
+class MetricsProcessModesTest(SafeJobsTransactionTestCase):
+    """
+    The gauges on NetBox's /metrics whichever way it is served: one process (the default registry), and
+    prometheus_client's multiprocess mode, where django-prometheus's view serves the multiprocess files only.
+    """
+
+    def owe_one_push(self):
+        with compat.override_rq_queues(queues_on(free_port())):
+            CountingJob.enqueue()
+
+    def scrape(self):
+        with override_settings(ROOT_URLCONF=__name__):
+            response = self.client.get('/metrics')
+        self.assertEqual(response.status_code, 200)
+        return response.content.decode()
+
+    def without_multiprocess(self):
+        saved = {key: os.environ.pop(key) for key in ('PROMETHEUS_MULTIPROC_DIR', 'prometheus_multiproc_dir')
+                 if key in os.environ}
+        self.addCleanup(os.environ.update, saved)
+
+    def test_single_process(self):
+        self.without_multiprocess()
+        self.owe_one_push()
+        found = families(self.scrape())
+        self.assertLessEqual(set(GAUGES), set(found))
+        self.assertEqual(value(found['netbox_safejobs_owed_pushes']), 1)
+        # The default registry's own metrics are there: this is the single-process page.
+        self.assertIn('python_gc_objects_collected', found)
+
+    def test_multiprocess_in_this_process(self):
+        self.without_multiprocess()
+        directory = tempfile.mkdtemp(prefix='safejobs-multiproc-')
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        self.owe_one_push()
+        os.environ['PROMETHEUS_MULTIPROC_DIR'] = directory
+        self.addCleanup(os.environ.pop, 'PROMETHEUS_MULTIPROC_DIR', None)
+        found = families(self.scrape())
+        self.assertLessEqual(set(GAUGES), set(found))
+        self.assertEqual(value(found['netbox_safejobs_owed_pushes']), 1)
+        self.assertEqual(value(found['netbox_safejobs_events_last_hour'], kind='dispatch_failed'), 1)
+        # Served by django-prometheus's multiprocess registry, not the default one.
+        self.assertNotIn('python_gc_objects_collected', found)
+        # Other pages are left alone.
+        response = self.client.get('/login/')
+        self.assertNotIn(b'netbox_safejobs_', response.content)
+
+    def test_multiprocess_gunicorn(self):
+        """NetBox under gunicorn with two worker processes, METRICS_ENABLED and PROMETHEUS_MULTIPROC_DIR."""
+        import netbox.settings
+
+        self.owe_one_push()
+        work = tempfile.mkdtemp(prefix='safejobs-gunicorn-')
+        self.addCleanup(shutil.rmtree, work, ignore_errors=True)
+        multiproc = os.path.join(work, 'multiproc')
+        os.mkdir(multiproc)
+        # This run's configuration, with metrics on.
+        with open(os.path.join(work, 'safejobs_metrics_configuration.py'), 'w') as f:
+            f.write('import runpy\n'
+                    f'_base = runpy.run_path({netbox.settings.configuration.__file__!r})\n'
+                    'globals().update({k: v for k, v in _base.items() if k.isupper()})\n'
+                    'METRICS_ENABLED = True\n')
+        port = free_port()
+        env = worker_env(
+            PYTHONPATH=os.pathsep.join(filter(None, (work, os.environ.get('PYTHONPATH')))),
+            NETBOX_CONFIGURATION='safejobs_metrics_configuration', PROMETHEUS_MULTIPROC_DIR=multiproc,
+        )
+        log = open(os.path.join(work, 'gunicorn.log'), 'w+')
+        self.addCleanup(log.close)
+        server = subprocess.Popen(
+            [sys.executable, '-m', 'gunicorn', '--workers', '2', '--bind', f'127.0.0.1:{port}', '--no-control-socket',
+             '--graceful-timeout', '1', 'netbox.wsgi'],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+        def stop():
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+        self.addCleanup(stop)
+
+        def get(path):
+            try:
+                with urllib.request.urlopen(f'http://127.0.0.1:{port}{path}', timeout=30) as response:
+                    return response.status, response.read().decode()
+            except (OSError, urllib.error.URLError):
+                if server.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f'gunicorn exited: {log.read()[-3000:]}') from None
+                return None, ''
+
+        self.wait_for(lambda: get('/login/')[0] == 200, timeout=180, interval=0.5, message='gunicorn serving')
+        for _ in range(6):
+            self.assertEqual(get('/login/')[0], 200)
+        # Each scrape is served by either worker process.
+        for _ in range(4):
+            status, text = get('/metrics')
+            self.assertEqual(status, 200)
+            found = families(text)
+            self.assertLessEqual(set(GAUGES), set(found), text)
+            self.assertEqual(value(found['netbox_safejobs_owed_pushes']), 1)
+            self.assertEqual(value(found['netbox_safejobs_claimed_leases']), 0)
+            self.assertEqual(value(found['netbox_safejobs_events_last_hour'], kind='dispatch_failed'), 1)
+            # NetBox's own metrics, summed over both processes from the multiprocess files, are still served.
+            requests = found['django_http_requests_total_by_method']
+            self.assertGreaterEqual(value(requests, method='GET'), 7)
+            self.assertNotIn('python_gc_objects_collected', found)
 
 
 class SurfacesTest(SafeJobsTransactionTestCase):
