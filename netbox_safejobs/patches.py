@@ -10,8 +10,8 @@ one line says why, and NetBox runs as it would without it.
 - ``dispatch``: ``JobRunner.enqueue`` (commit-bound, stored push), ``Job.delete`` (the RQ task is cancelled after
   the delete commits) and NetBox's ``delete_rq_job`` (a task an operator deleted closes its job);
 - ``guard``: ``JobRunner.handle`` (claim, look-up with backoff, UPDATE-only run);
-- ``worker``: RQ's ``Worker.work`` (the worker loop: relay, heartbeat, liveness) and ``Worker.monitor_work_horse``
-  (a work horse that died is closed at once).
+- ``worker``: RQ's ``Worker.work`` (the worker loop: relay, heartbeat, liveness; RQ's loop resumed after Redis
+  goes away, ``worker_resume.py``) and ``Worker.monitor_work_horse`` (a work horse that died is closed at once).
 """
 
 import logging
@@ -85,13 +85,13 @@ def _install_guard():
 
 
 def _wrap_work(original):
-    from . import worker_loop
+    from . import worker_loop, worker_resume
 
     @wraps(original)
     def work(self, *args, **kwargs):
         worker_loop.start(self)
         try:
-            return original(self, *args, **kwargs)
+            return worker_resume.work(original, self, *args, **kwargs)
         finally:
             worker_loop.stop()
 

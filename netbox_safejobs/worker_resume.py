@@ -1,0 +1,141 @@
+"""
+RQ's work loop, resumed after Redis goes away instead of ending the worker.
+
+RQ's ``Worker.work()`` survives a Redis outage only while it waits for a task (``dequeue_job_and_maintain_ttl`` has
+its own reconnect loop). A connection error anywhere else in the loop (the worker finishing a job, its heartbeat, its
+maintenance tasks) ends the loop: RQ logs "found an unhandled exception, quitting", its ``teardown()`` then fails on
+the same dead connection, and ``netbox rqworker`` exits, with status 0 or 1. NetBox's own systemd unit restarts it
+only on failure, so after a Redis restart a deployment can be left with no worker at all; under any supervisor the
+jobs of the outage wait for the restart (a new Python process and ``django.setup()``: seconds).
+
+Here, when the loop ended on a Redis connection error and nobody asked the worker to stop, the worker waits for Redis
+to answer (a PING every ``REDIS_POLL`` seconds), makes Redis forget its old registration, and enters RQ's
+``work()`` again, as the same worker object and process: RQ's own start-up (registration, pub/sub, scheduler)
+runs again. Burst workers, workers with ``max_jobs`` or ``max_idle_time``, and workers asked to stop end as RQ
+ends them.
+"""
+
+import inspect
+import logging
+import time
+from functools import wraps
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = (
+    'REDIS_ERRORS',
+    'work',
+)
+
+logger = logging.getLogger('netbox_safejobs.worker')
+
+# The errors of a Redis that went away (redis-py raises OSError subclasses as ConnectionError, but a socket can also
+# fail underneath it).
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# Seconds between two PINGs of a Redis that does not answer.
+REDIS_POLL = 0.1
+
+# The methods RQ's work loop calls between two tasks; a Redis error raised by one of them is what ended the loop.
+_LOOP_METHODS = ('check_for_suspension', 'run_maintenance_tasks', 'dequeue_job_and_maintain_ttl', 'execute_job',
+                 'heartbeat')
+_NOTED = '_safejobs_redis_error'
+
+
+def _note_redis_errors(worker):
+    """
+    Wrap, on this worker object only, the methods of RQ's loop so that a Redis error one of them raises is noted on
+    the worker before RQ swallows it (RQ catches everything, logs it and leaves the loop).
+    """
+    for name in _LOOP_METHODS:
+        method = getattr(worker, name, None)
+        if method is None or getattr(method, '_safejobs_noting', False):
+            continue
+
+        def noting(*args, _method=method, **kwargs):
+            try:
+                return _method(*args, **kwargs)
+            except REDIS_ERRORS as e:
+                setattr(worker, _NOTED, e)
+                raise
+
+        noting = wraps(method)(noting)
+        noting._safejobs_noting = True
+        setattr(worker, name, noting)
+
+
+def _resumable(original, worker, args, kwargs):
+    """Whether this call of ``work()`` runs until stopped: not a burst, no job or idle limit."""
+    try:
+        bound = inspect.signature(original).bind(worker, *args, **kwargs)
+    except TypeError:
+        return False
+    arguments = bound.arguments
+    return not (arguments.get('burst') or arguments.get('max_jobs') is not None
+                or arguments.get('max_idle_time') is not None)
+
+
+def _stopping(worker):
+    # RQ's request_stop() sets _shutdown_requested_date on SIGTERM/SIGINT; _stop_requested is set when it came
+    # while the worker was busy.
+    return bool(getattr(worker, '_stop_requested', False) or getattr(worker, '_shutdown_requested_date', None))
+
+
+def _wait_for_redis(worker):
+    """Wait until Redis answers again. False when the worker is asked to stop meanwhile."""
+    from rq.exceptions import StopRequested
+
+    try:
+        while not _stopping(worker):
+            try:
+                worker.connection.ping()
+                return True
+            except REDIS_ERRORS:
+                time.sleep(REDIS_POLL)
+    except StopRequested:  # SIGTERM while waiting: RQ's handler raises it when the worker is not busy
+        pass
+    return False
+
+
+def _forget_registration(worker):
+    """
+    What RQ's ``teardown()`` did not finish on a dead connection: stop the pub/sub thread and mark the old
+    registration dead, so that RQ's ``register_birth()`` accepts the worker's name again. Each step on its own: a
+    Redis that came back empty has nothing to forget.
+    """
+    for step in ('stop_scheduler', 'unsubscribe', 'register_death'):
+        if step == 'stop_scheduler' and not getattr(worker, 'scheduler', None):
+            continue
+        try:
+            getattr(worker, step)()
+        except Exception:
+            logger.debug('%s after the Redis outage failed', step, exc_info=True)
+    if hasattr(worker, 'scheduler'):
+        worker.scheduler = None  # work() starts a new one when asked to run with the scheduler
+
+
+def work(original, worker, *args, **kwargs):
+    """Run RQ's ``work()``; while it ends on a Redis connection error, wait for Redis and run it again."""
+    resumable = _resumable(original, worker, args, kwargs)
+    if resumable:
+        _note_redis_errors(worker)
+    while True:
+        setattr(worker, _NOTED, None)
+        try:
+            result = original(worker, *args, **kwargs)
+            error = getattr(worker, _NOTED, None)
+        except REDIS_ERRORS as e:  # teardown() on the dead connection, or bootstrap() while Redis flaps
+            if not resumable or _stopping(worker):
+                raise
+            result, error = False, e
+        if not resumable or error is None or _stopping(worker):
+            return result
+        started = time.monotonic()
+        logger.warning("Worker %s: Redis went away (%s); resuming RQ's work loop when it answers again",
+                       getattr(worker, 'name', '?'), error)
+        if not _wait_for_redis(worker):
+            return result
+        _forget_registration(worker)
+        logger.warning('Worker %s: Redis answered again after %.1fs; work loop resumed', getattr(worker, 'name', '?'),
+                       time.monotonic() - started)
