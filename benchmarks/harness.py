@@ -13,17 +13,21 @@ their own, with the default settings.
 *Plugin* is the plugin with its defaults, except where a scenario says otherwise (printed with the results).
 
 The harness uses the development database and a private Redis server it starts on a free port (and stops and
-restarts in the outage scenario); it removes its jobs afterwards. It exits with status 1 when a plugin guarantee
-is broken: a job lost, a ghost row, a resurrected row, a duplicate run or an exception in a caller.
+restarts in the outage scenario); it removes its jobs afterwards. In the lost_claim_reply scenario the workers reach
+PostgreSQL through a TCP proxy of the harness that drops one reply per job (``ReplyCutter``).
+It exits with status 1 when a plugin guarantee is broken: a job lost, a ghost row, a resurrected row, a duplicate
+run or an exception in a caller.
 """
 
 import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -49,14 +53,14 @@ MODES = ('stock', 'plugin')
 SCENARIOS = (
     'race', 'redis_outage', 'redis_outages', 'redis_flushed', 'crash_after_commit', 'deleted_rows',
     'deleted_mid_run', 'worker_killed', 'worker_sigkill', 'db_terminated', 'duplicate_push', 'concurrent_relays',
-    'cost',
+    'lost_claim_reply', 'caller_catches', 'cost',
 )
 QUEUES = ('high', 'default', 'low')
 # Seconds Redis stays down in each outage of the redis_outages scenario.
 OUTAGES = (1, 3, 5, 7, 10)
 
 # Guarantees the plugin must keep in every scenario (the exit status depends on them).
-GUARANTEES = ('lost', 'ghost_rows', 'resurrected', 'duplicate_runs', 'caller_exceptions')
+GUARANTEES = ('lost', 'ghost_rows', 'resurrected', 'duplicate_runs', 'caller_exceptions', 'callers_broken')
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -122,8 +126,10 @@ class Context:
     # (mode, exit code, last line of the worker's log) of every worker that exited on its own and was restarted.
     restarts: list = field(default_factory=list)
 
-    def env(self, mode, runs_file=None, extra_config=None):
+    def env(self, mode, runs_file=None, extra_config=None, db_port=None):
         env = dict(os.environ)
+        if db_port is not None:
+            env.update(self.database_through(db_port))
         config = dict(STOCK_CONFIG if mode == 'stock' else PLUGIN_CONFIG)
         config.update(extra_config or {})
         env.update({
@@ -138,7 +144,42 @@ class Context:
         })
         if runs_file:
             env['SAFEJOBS_HARNESS_RUNS'] = str(runs_file)
+        if db_port is not None:
+            env['PYTHONPATH'] = os.pathsep.join([str(self.workdir / 'conf'), env['PYTHONPATH']])
         return env
+
+    def database_through(self, port):
+        """
+        Environment for a NetBox process whose database connections go to 127.0.0.1:``port`` (a proxy of the harness)
+        without SSL: NetBox's configuration, whatever file it is, with only the database's HOST, PORT and sslmode
+        replaced (the development configuration takes neither from the environment).
+        """
+        from netbox import settings
+
+        (self.workdir / 'conf').mkdir(exist_ok=True)
+        (self.workdir / 'conf' / f'{PROXIED_CONFIGURATION}.py').write_text(PROXIED_CONFIGURATION_TEXT)
+        return {
+            'NETBOX_CONFIGURATION': PROXIED_CONFIGURATION,
+            'SAFEJOBS_HARNESS_CONFIGURATION': settings.configuration.__file__,
+            'SAFEJOBS_HARNESS_DB_PORT': str(port),
+        }
+
+
+PROXIED_CONFIGURATION = 'safejobs_harness_configuration'
+PROXIED_CONFIGURATION_TEXT = """\
+# Written by benchmarks/harness.py: the configuration in SAFEJOBS_HARNESS_CONFIGURATION, its database reached
+# through the harness's proxy on SAFEJOBS_HARNESS_DB_PORT, without SSL.
+import os
+import runpy
+
+globals().update({
+    name: value for name, value in runpy.run_path(os.environ['SAFEJOBS_HARNESS_CONFIGURATION']).items()
+    if not name.startswith('__')
+})
+_database = DATABASES['default'] if 'DATABASES' in globals() else DATABASE  # noqa: F821
+_database.update(HOST='127.0.0.1', PORT=int(os.environ['SAFEJOBS_HARNESS_DB_PORT']))
+_database['OPTIONS'] = {**_database.get('OPTIONS', {}), 'sslmode': 'disable'}
+"""
 
 
 def netbox_command(*args):
@@ -160,12 +201,12 @@ class WorkerPool:
 
     RESTART_DELAY = 1.0
 
-    def __init__(self, ctx, mode, runs_file, count=None, extra_config=None, burst=False):
+    def __init__(self, ctx, mode, runs_file, count=None, extra_config=None, burst=False, db_port=None):
         self.ctx, self.mode = ctx, mode
         self.processes, self.logs = [], []
         self._registered = set()  # pids of this pool's workers seen registered with Redis
         self.argv = netbox_command('rqworker', *QUEUES) + (['--burst'] if burst else [])
-        self.env = ctx.env(mode, runs_file, extra_config)
+        self.env = ctx.env(mode, runs_file, extra_config, db_port=db_port)
         logs = ctx.workdir / 'logs'
         logs.mkdir(exist_ok=True)
         for i in range(count or ctx.workers):
@@ -252,6 +293,174 @@ class WorkerPool:
             p.wait(timeout=timeout)
 
 
+# PostgreSQL wire protocol: the request codes of the untyped first packets, and where a statement's text is.
+SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST = 80877103, 80877104, 80877102
+# A statement that moves a job to running: the plugin's claim (``UPDATE core_job SET status = 'running' ...`` in its
+# CTE) and stock NetBox's ``Job.start()`` (a full-row ``UPDATE "core_job" SET ... "status" = 'running' ...``).
+# Django's psycopg backend binds parameters on the client side by default, so the values are in the statement text.
+START_STATEMENT = re.compile(rb'UPDATE\s+"?core_job"?\s+SET\s.*?"?status"?\s*=\s*\'running\'', re.DOTALL)
+# psycopg renders a UUID as 32 hex digits (``'f883...3804'::uuid``); the dashed form is accepted too.
+UUID_LITERAL = re.compile(rb"'([0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})'")
+
+
+def _recv_exact(sock, count):
+    data = b''
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+class ReplyCutter:
+    """
+    A TCP proxy between rqworker processes and PostgreSQL that forwards every byte both ways, except that for the
+    first statement moving each of ``targets`` (job UUIDs) to running, it lets the server execute and commit it, reads
+    the server's whole reply, and then closes the client's connection instead of forwarding the reply: the worker's
+    connection dies after the commit and before the reply, as when a network path or a pooler fails at that instant.
+
+    It answers an SSL or GSSAPI encryption request with 'N' itself, so that it sees the protocol in clear whatever
+    ``sslmode`` the client asks for. Statements are found in simple-protocol Query and extended-protocol Parse
+    messages. A reply is cut only when the server says the statement succeeded and no transaction is open
+    (ReadyForQuery status 'I', no ErrorResponse): the statement committed.
+    """
+
+    def __init__(self, upstream, targets, pattern=START_STATEMENT):
+        self.upstream = upstream
+        self.targets = {uuid.UUID(str(u)) for u in targets}
+        self.pattern = pattern
+        self.port = None
+        self.lock = threading.Lock()
+        self.cut = {}  # job UUID -> the start of the statement whose reply was lost
+        self.connections = 0
+        self._listener = None
+        self._sockets = []
+        self._stopping = threading.Event()
+
+    def start(self):
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(('127.0.0.1', 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self):
+        self._stopping.set()
+        self._listener.close()
+        with self.lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            self._close(sock)
+
+    @staticmethod
+    def _close(sock):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def _accept(self):
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.lock:
+                self.connections += 1
+                self._sockets += [client, server]
+            state = {'armed': None}
+            threading.Thread(target=self._client_to_server, args=(client, server, state), daemon=True).start()
+            threading.Thread(target=self._server_to_client, args=(server, client, state), daemon=True).start()
+
+    def _arm(self, state, text):
+        if not self.pattern.search(text):
+            return
+        with self.lock:
+            for found in map(uuid.UUID, (literal.decode() for literal in UUID_LITERAL.findall(text))):
+                if found in self.targets and found not in self.cut:
+                    state['armed'] = (found, text[:60].decode(errors='replace'))
+                    return
+
+    def _client_to_server(self, client, server, state):
+        try:
+            # Untyped packets first: encryption requests (answered here), then the startup or cancel packet.
+            while True:
+                head = _recv_exact(client, 8)
+                if head is None:
+                    return
+                length, code = struct.unpack('!ii', head)
+                rest = _recv_exact(client, length - 8) if length > 8 else b''
+                if rest is None:
+                    return
+                if code in (SSL_REQUEST, GSSENC_REQUEST):
+                    client.sendall(b'N')
+                    continue
+                server.sendall(head + rest)
+                if code == CANCEL_REQUEST:
+                    return
+                break
+            while True:
+                head = _recv_exact(client, 5)
+                if head is None:
+                    return
+                kind, length = head[:1], struct.unpack('!i', head[1:])[0]
+                body = _recv_exact(client, length - 4)
+                if body is None:
+                    return
+                if kind == b'Q':
+                    self._arm(state, body[:-1])
+                elif kind == b'P':
+                    self._arm(state, body[body.index(b'\0') + 1:].split(b'\0', 1)[0])
+                server.sendall(head + body)
+        except OSError:
+            pass
+        finally:
+            self._close(client)
+            self._close(server)
+
+    def _server_to_client(self, server, client, state):
+        held = []
+        try:
+            while True:
+                head = _recv_exact(server, 5)
+                if head is None:
+                    return
+                body = _recv_exact(server, struct.unpack('!i', head[1:])[0] - 4)
+                if body is None:
+                    return
+                if state['armed'] is None:
+                    client.sendall(head + body)
+                    continue
+                held.append(head + body)
+                if head[:1] != b'Z':
+                    continue
+                failed = any(message[:1] == b'E' for message in held)
+                if body[:1] == b'I' and not failed:
+                    with self.lock:
+                        self.cut[state['armed'][0]] = state['armed'][1]
+                    return  # the reply is dropped; finally closes both connections
+                if failed:
+                    state['armed'] = None
+                client.sendall(b''.join(held))
+                held = []
+        except OSError:
+            pass
+        finally:
+            self._close(client)
+            self._close(server)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------------------------------------
@@ -326,6 +535,25 @@ def wait_until_settled(job_uuids, timeout, idle=20, terminal_only=True, pool=Non
     return False
 
 
+def wait_tasks_ended(job_uuids, timeout):
+    """
+    Wait until the RQ task of every job has ended (finished, failed, stopped or canceled) or is gone from Redis: once
+    it has, stock NetBox never changes the job's row again, so there is nothing more to wait for.
+    """
+    from django_rq import get_queue
+    from rq.job import JobStatus
+
+    queue = get_queue('default')
+    ended = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tasks = queue.job_class.fetch_many([str(u) for u in job_uuids], connection=queue.connection)
+        if all(task is None or task.get_status(refresh=False) in ended for task in tasks):
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def collect(committed, rolled_back, runs_file, deleted=(), caller_exceptions=None, extra=None):
     """The outcome of a scenario from the database, Redis and the runs file."""
     from core.models import Job
@@ -368,6 +596,7 @@ def percentile(values, q):
 def cleanup():
     from core.models import Job
     from django_rq import get_connection
+    from extras.models import Tag
 
     from benchmarks.runners import HarnessJob
     from netbox_safejobs.models import JobDispatch, RetryEvent
@@ -376,6 +605,7 @@ def cleanup():
     RetryEvent.objects.filter(job_name=HarnessJob.name).delete()
     JobDispatch.objects.filter(job__name=HarnessJob.name).delete()
     Job.objects.filter(name=HarnessJob.name).delete()
+    Tag.objects.filter(slug__startswith=HARNESS_TAG).delete()
     get_connection('default').flushdb()
     return len(uuids)
 
@@ -785,6 +1015,97 @@ def scenario_concurrent_relays(ctx, mode, opts, runs_file):
     }
 
 
+def scenario_lost_claim_reply(ctx, mode, opts, runs_file):
+    """
+    A worker's database connection lost after the server committed the statement that starts a job (the plugin's
+    claim, stock NetBox's ``Job.start()``) and before its reply reached the worker, once for every job: a proxy between
+    the workers and PostgreSQL lets the statement commit, then closes the worker's connection instead of answering.
+    """
+    from django.db import connection
+
+    from netbox_safejobs.models import RetryEvent
+
+    committed, _, _, _ = enqueue_many(opts.fault_jobs, threads=2)
+    settings = connection.settings_dict
+    proxy = ReplyCutter((settings['HOST'] or '127.0.0.1', int(settings['PORT'] or 5432)), committed).start()
+    pool = WorkerPool(ctx, mode, runs_file, db_port=proxy.port)
+    try:
+        wait_tasks_ended(committed, timeout=opts.timeout)
+        # Then whatever the workers' own loops still do about the rows (the plugin's liveness check, if anything).
+        wait_until_settled(committed, timeout=opts.timeout, idle=5, pool=pool)
+    finally:
+        pool.stop()
+        proxy.stop()
+    events = Counter(RetryEvent.objects.filter(job_uuid__in=committed).values_list('kind', flat=True))
+    return collect(committed, [], runs_file, extra={
+        'replies_cut': len(proxy.cut), 'cut_statements': dict(Counter(s.split()[0] for s in proxy.cut.values())),
+        'events': dict(events),
+    })
+
+
+HARNESS_TAG = 'safejobs-harness-'
+
+
+def scenario_caller_catches(ctx, mode, opts, runs_file):
+    """
+    Callers that, inside ``transaction.atomic()``, save an object (a Tag), enqueue a job, call an enqueue that raises
+    (a name too long for Job.full_clean), catch the error and go on: save again, enqueue another job, commit.
+    The caller's transaction must stay usable and keep its data; the valid jobs must each run once.
+    """
+    from django.core.exceptions import ValidationError
+    from django.db import connection, transaction
+    from extras.models import Tag
+
+    from benchmarks.runners import HarnessJob
+
+    committed, broken, caught, lock = [], Counter(), Counter(), threading.Lock()
+    after_error = 'saved after the caught enqueue error'
+
+    def caller(i):
+        slug = f'{HARNESS_TAG}{mode}-{i}'
+        jobs = []
+        try:
+            with transaction.atomic():
+                tag = Tag.objects.create(name=slug, slug=slug)
+                jobs.append(HarnessJob.enqueue().job_id)
+                try:
+                    HarnessJob.enqueue(name='x' * 300)
+                except ValidationError as e:
+                    with lock:
+                        caught[type(e).__name__] += 1
+                tag.description = after_error
+                tag.save()
+                jobs.append(HarnessJob.enqueue().job_id)
+        except Exception as e:
+            with lock:
+                broken[type(e).__name__] += 1
+            return
+        with lock:
+            committed.extend(jobs)
+
+    def run_callers(indices):
+        try:
+            for i in indices:
+                caller(i)
+        finally:
+            connection.close()
+
+    pool = WorkerPool(ctx, mode, runs_file)
+    try:
+        pool.wait_ready()
+        threads = 4
+        with ThreadPoolExecutor(threads) as executor:
+            list(executor.map(run_callers, [range(t, opts.fault_jobs, threads) for t in range(threads)]))
+        wait_until_settled(committed, timeout=opts.timeout, idle=15, pool=pool)
+    finally:
+        pool.stop()
+    kept = Tag.objects.filter(slug__startswith=f'{HARNESS_TAG}{mode}-', description=after_error).count()
+    return collect(committed, [], runs_file, caller_exceptions=broken, extra={
+        'callers': opts.fault_jobs, 'enqueue_errors_caught': sum(caught.values()),
+        'callers_broken': opts.fault_jobs - kept, 'saved_kept': kept,
+    })
+
+
 def scenario_cost(ctx, mode, opts, runs_file):
     """Enqueue+commit latency, commit→start latency and throughput with K workers, on trivial jobs."""
     from core.models import Job
@@ -891,6 +1212,8 @@ SCENARIO_FUNCS = {
     'db_terminated': scenario_db_terminated,
     'duplicate_push': scenario_duplicate_push,
     'concurrent_relays': scenario_concurrent_relays,
+    'lost_claim_reply': scenario_lost_claim_reply,
+    'caller_catches': scenario_caller_catches,
     'cost': scenario_cost,
 }
 
@@ -939,7 +1262,8 @@ def run(opts, ctx):
 
 ROWS = (
     ('jobs', 'jobs'), ('committed', 'committed'), ('completed', 'completed'), ('errored', 'errored/failed'),
-    ('lost', 'lost (left pending/running)'), ('ghost_rows', 'ghost rows'), ('resurrected', 'resurrected rows'),
+    ('lost', 'lost (left pending/running)'), ('left_running', 'of which left running'),
+    ('ghost_rows', 'ghost rows'), ('resurrected', 'resurrected rows'),
     ('runs', 'run() calls'), ('duplicate_runs', 'jobs run twice'), ('caller_exceptions', 'caller exceptions'),
     ('rq_failed', 'RQ failed registry'), ('all_ran_s_after_redis_back', 'all ran, s after Redis back'),
     ('outage_s', 'Redis down, s'), ('outages', 'Redis outages, s each'),
@@ -951,7 +1275,11 @@ ROWS = (
     ('relays', 'concurrent relays'),
     ('pushed', 'pushes reaching Redis'), ('double_sends', 'sent twice'), ('not_sent', 'not sent'),
     ('duplicate_skipped', 'duplicate skipped events'),
-    ('connections_terminated', 'connections terminated'), ('worker_restarts', 'workers restarted'),
+    ('connections_terminated', 'connections terminated'),
+    ('replies_cut', 'replies lost after the commit'), ('cut_statements', 'statements whose reply was lost'),
+    ('callers', 'callers'), ('enqueue_errors_caught', 'enqueue errors caught'),
+    ('callers_broken', 'callers whose transaction broke'), ('saved_kept', 'saved objects kept'),
+    ('events', 'plugin events'), ('worker_restarts', 'workers restarted'),
     ('seconds', 'scenario time, s'),
 )
 COST_ROWS = (
