@@ -58,7 +58,10 @@ RUNNING = JobStatusChoices.STATUS_RUNNING
 
 
 def jobs_module():
-    """The module that defines ``Job.enqueue`` (``core.models.jobs`` on every supported NetBox)."""
+    """
+    The module that defines ``Job.enqueue`` (``core.models.jobs`` on every supported NetBox, 4.2 – 4.7): looked up
+    rather than named, so that a NetBox moving it makes the dispatch patch say why it is not installed.
+    """
     from core.models import Job
 
     return inspect.getmodule(Job.enqueue)
@@ -108,7 +111,10 @@ def capture_globals():
 
 
 def handle_unsupported_reason():
-    """Why the worker guard cannot wrap ``JobRunner.handle`` on this NetBox, or ``None`` when it can."""
+    """
+    Why the worker guard cannot wrap ``JobRunner.handle`` on this NetBox, or ``None`` when it can. Every supported
+    NetBox (4.2 – 4.7) has the classmethod ``handle(job, *args, **kwargs)``; the check guards future releases.
+    """
     try:
         from netbox.jobs import JobRunner
     except ImportError:
@@ -143,7 +149,7 @@ def rq_worker_class():
     """
     ``(class, None)``: RQ's forking ``Worker``, which ``netbox rqworker`` runs (django-rq's default ``WORKER_CLASS``),
     with the ``work()`` method the worker loop wraps; or ``(None, reason)``. Subclasses (django-rq's, a custom
-    ``WORKER_CLASS``) inherit the wrapper.
+    ``WORKER_CLASS``) inherit the wrapper. The same on every supported NetBox (4.2 – 4.7; RQ 2.1 – 2.12 in the runs of COMPATIBILITY.md).
     """
     try:
         from rq.worker import Worker
@@ -187,8 +193,8 @@ def rq_worker_names(connection):
     """
     The names of the workers RQ lists as live on one Redis, in two round trips (the registry's members, then one
     pipelined ``EXISTS`` per worker key, skipping registrations whose key expired): for the Prometheus gauges, which
-    must stay cheap. Every RQ release the plugin supports (1.x, 2.x) keeps the registry in
-    ``rq.worker_registration.get_keys()`` and names keys ``Worker.redis_worker_namespace_prefix + name``.
+    must stay cheap (all supported NetBox releases). Every RQ release the plugin supports (1.x, 2.x) keeps the
+    registry in ``rq.worker_registration.get_keys()`` and names keys ``Worker.redis_worker_namespace_prefix + name``.
     """
     from rq import worker_registration
     from rq.worker import Worker
@@ -297,6 +303,7 @@ def event_queue_name(job):
 
 
 def _job_has_field(name):
+    # The Job fields added after 4.2 (see job_field_values, next_run_kwargs).
     from core.models import Job
 
     try:
@@ -480,7 +487,9 @@ def graphql_filter_base():
 def graphql_lookups():
     """
     strawberry-django's lookup input types by value type, as the installed version spells them: ``str``,
-    ``datetime``, ``int``, ``float`` and ``uuid`` (older releases take the value type as a parameter).
+    ``datetime``, ``int``, ``float`` and ``uuid``. Older strawberry-django releases take the value type as a
+    parameter; detected from the class (``__parameters__``), so it serves whichever release a supported NetBox
+    (4.2 – 4.7) installs, and can go with the last NetBox that installs a parameterised one.
     """
     import datetime
     import uuid
