@@ -149,7 +149,8 @@ def rq_worker_class():
     """
     ``(class, None)``: RQ's forking ``Worker``, which ``netbox rqworker`` runs (django-rq's default ``WORKER_CLASS``),
     with the ``work()`` method the worker loop wraps; or ``(None, reason)``. Subclasses (django-rq's, a custom
-    ``WORKER_CLASS``) inherit the wrapper. The same on every supported NetBox (4.2 – 4.7; RQ 2.1 – 2.12 in the runs of COMPATIBILITY.md).
+    ``WORKER_CLASS``) inherit the wrapper. The same on every supported NetBox (4.2 – 4.7; RQ 2.1 – 2.12 in the
+    runs of COMPATIBILITY.md).
     """
     try:
         from rq.worker import Worker
