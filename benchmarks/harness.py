@@ -1090,9 +1090,9 @@ def scenario_caller_catches(ctx, mode, opts, runs_file):
         finally:
             connection.close()
 
+    # The callers do not wait for the workers to be listening: their jobs queue up meanwhile.
     pool = WorkerPool(ctx, mode, runs_file)
     try:
-        pool.wait_ready()
         threads = 4
         with ThreadPoolExecutor(threads) as executor:
             list(executor.map(run_callers, [range(t, opts.fault_jobs, threads) for t in range(threads)]))

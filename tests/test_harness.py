@@ -102,3 +102,55 @@ class ShortHarnessTest(SafeJobsTransactionTestCase):
         self.assertGreater(stock['duplicate_push']['duplicate_runs'], 0, report)
         self.assertEqual(results['deleted_rows']['plugin']['runs'], 0, report)
         self.assertEqual(results['worker_killed']['plugin']['errored'], results['worker_killed']['plugin']['committed'])
+
+
+
+def run_harness(argv, workers):
+    """The harness's scenarios for both modes, on its own Redis server; (results, markdown report)."""
+    opts = harness.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix='safejobs-harness-test-'))
+    redis = harness.RedisServer(workdir)
+    redis.start()
+    try:
+        with compat.override_rq_queues(private_queues(redis)):
+            ctx = harness.Context(redis=redis, workdir=workdir, workers=workers,
+                                  db_name=connection.settings_dict['NAME'], redis_db=0)
+            results = harness.run(opts, ctx)
+    finally:
+        redis.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results, harness.markdown(results)
+
+
+class CaughtFaultsHarnessTest(SafeJobsTransactionTestCase):
+    """Two faults other tests cover by injection, for real: a reply lost after the commit, a caught enqueue error."""
+
+    JOBS = 6
+
+    def run_scenario(self, scenario):
+        results, report = run_harness(['--scenarios', scenario, '--fault-jobs', str(self.JOBS), '--timeout', '120',
+                                       '--no-recovery-scale'], workers=1)
+        self.assertEqual(harness.broken_guarantees(results), [], report)
+        return results[scenario], report
+
+    def test_lost_claim_reply_runs_each_job_once(self):
+        results, report = self.run_scenario('lost_claim_reply')
+        n = self.JOBS
+        # Every job's start lost its reply after the commit, in both modes (or the scenario measured nothing).
+        for mode in harness.MODES:
+            self.assertEqual(results[mode]['replies_cut'], n, report)
+        # Stock NetBox: start() raises, terminate() finds the connection closed, the row stays running.
+        self.assertEqual((results['stock']['left_running'], results['stock']['runs']), (n, 0), report)
+        # The plugin: the retried claim recognises its own token and runs each job once.
+        plugin = results['plugin']
+        self.assertEqual((plugin['completed'], plugin['runs'], plugin['duplicate_runs']), (n, n, 0), report)
+        self.assertEqual(plugin['events'], {'database_error': n}, report)
+
+    def test_callers_that_catch_an_enqueue_error_keep_their_transaction(self):
+        results, report = self.run_scenario('caller_catches')
+        n = self.JOBS
+        for mode in harness.MODES:
+            caught = results[mode]
+            self.assertEqual(caught['enqueue_errors_caught'], n, report)
+            self.assertEqual((caught['callers_broken'], caught['saved_kept']), (0, n), report)
+            self.assertEqual((caught['committed'], caught['completed'], caught['runs']), (2 * n, 2 * n, 2 * n), report)
