@@ -10,12 +10,15 @@ The rows are those of ``ui_scale.py`` (the same marked jobs in flight: claimed, 
 three workers' heartbeats, one of them dead; the same events, spread over 90 days) and are removed afterwards unless
 --keep is given. ``--mix`` sets the share of each state in percent (default: ui_scale's, 60 % of the rows claimed by
 live workers); rows kept from a run with another mix are replaced. Prints the queries one scrape makes, the p50 and
-p95 of a scrape in milliseconds, and the gauges; with --explain, the plan of each query (EXPLAIN ANALYZE, BUFFERS).
+p95 of a scrape in milliseconds with the load average, the CPU time of a scrape in this process and in PostgreSQL
+(when the database runs on this host), and the gauges; with --explain, the plan of each query (EXPLAIN ANALYZE,
+BUFFERS).
 """
 
 import argparse
 import os
 import sys
+import time
 
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'netbox.settings')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -61,6 +64,30 @@ def kept_rows_match(mix, count):
     ) and rows.filter(Q(owed__isnull=False)).count() == expected['owed']
 
 
+def _backend_cpu_seconds(pid):
+    with open(f'/proc/{pid}/stat') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def cpu_per_scrape(connection, scrape, repeat):
+    """
+    CPU milliseconds of one scrape, in this process and in its PostgreSQL backend (read from /proc: only with the
+    database on this host); None otherwise. Unlike the elapsed time, it does not grow while other work holds the CPUs.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute('SELECT pg_backend_pid()')
+        pid = cursor.fetchone()[0]
+    try:
+        backend = _backend_cpu_seconds(pid)
+    except OSError:
+        return None
+    started = time.process_time()
+    for _ in range(repeat):
+        scrape()
+    return ((time.process_time() - started) * 1000 / repeat, (_backend_cpu_seconds(pid) - backend) * 1000 / repeat)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dispatches', type=int, default=100_000)
@@ -102,8 +129,14 @@ def main(argv=None):
                 for query in queries:
                     cursor.execute(f'EXPLAIN (ANALYZE, BUFFERS) {query["sql"]}')
                     print('\n'.join(row[0] for row in cursor.fetchall()), end='\n\n')
+        load = ', '.join(f'{value:.2f}' for value in os.getloadavg())
         p50, p95 = ui_scale.measure_call(scrape, opts.repeat, warmup=3)
-        print(f'scrape of the gauges, {opts.repeat} timed: p50 {p50:.2f} ms, p95 {p95:.2f} ms')
+        print(f'scrape of the gauges, {opts.repeat} timed: p50 {p50:.2f} ms, p95 {p95:.2f} ms '
+              f'(load average {load}; {os.cpu_count()} CPUs)')
+        cpu = cpu_per_scrape(connection, scrape, opts.repeat)
+        if cpu:
+            print(f'CPU time per scrape, mean of {opts.repeat}: this process {cpu[0]:.2f} ms, its PostgreSQL backend '
+                  f'{cpu[1]:.2f} ms')
         for family in families:
             for sample in family.samples:
                 labels = ','.join(f'{k}="{v}"' for k, v in sample.labels.items())
