@@ -1023,7 +1023,7 @@ def scenario_lost_claim_reply(ctx, mode, opts, runs_file):
     """
     from django.db import connection
 
-    from netbox_safejobs.models import RetryEvent
+    from netbox_safejobs.models import JobDispatch, RetryEvent
 
     committed, _, _, _ = enqueue_many(opts.fault_jobs, threads=2)
     settings = connection.settings_dict
@@ -1040,6 +1040,8 @@ def scenario_lost_claim_reply(ctx, mode, opts, runs_file):
     return collect(committed, [], runs_file, extra={
         'replies_cut': len(proxy.cut), 'cut_statements': dict(Counter(s.split()[0] for s in proxy.cut.values())),
         'events': dict(events),
+        # Leases (and stored pushes) still held: a retried claim must release the lease its lost reply took.
+        'dispatch_rows_left': JobDispatch.objects.filter(job__job_id__in=committed).count(),
     })
 
 
@@ -1279,7 +1281,8 @@ ROWS = (
     ('replies_cut', 'replies lost after the commit'), ('cut_statements', 'statements whose reply was lost'),
     ('callers', 'callers'), ('enqueue_errors_caught', 'enqueue errors caught'),
     ('callers_broken', 'callers whose transaction broke'), ('saved_kept', 'saved objects kept'),
-    ('events', 'plugin events'), ('worker_restarts', 'workers restarted'),
+    ('events', 'plugin events'), ('dispatch_rows_left', 'leases/pushes left in the outbox'),
+    ('worker_restarts', 'workers restarted'),
     ('seconds', 'scenario time, s'),
 )
 COST_ROWS = (
