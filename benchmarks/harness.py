@@ -323,7 +323,9 @@ class ReplyCutter:
     It answers an SSL or GSSAPI encryption request with 'N' itself, so that it sees the protocol in clear whatever
     ``sslmode`` the client asks for. Statements are found in simple-protocol Query and extended-protocol Parse
     messages. A reply is cut only when the server says the statement succeeded and no transaction is open
-    (ReadyForQuery status 'I', no ErrorResponse): the statement committed.
+    (ReadyForQuery status 'I', no ErrorResponse): the statement committed. The job UUID is looked for in the statement
+    text, where Django's default client-side binding puts it; with ``server_side_binding`` the values travel in Bind
+    messages, nothing is cut, and the scenario says so (``replies_cut`` 0).
     """
 
     def __init__(self, upstream, targets, pattern=START_STATEMENT):
