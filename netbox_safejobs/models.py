@@ -1,6 +1,10 @@
 """The plugin's models: an append-only log of what happened to jobs on their way to a worker."""
 
+from django.contrib.postgres.indexes import GinIndex, OpClass
+from django.contrib.postgres.search import SearchVector
 from django.db import models
+from django.db.models import Value
+from django.db.models.functions import Replace, Upper
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -114,6 +118,32 @@ class RetryEvent(EventRulesMixin, models.Model):
             models.Index(fields=('job_uuid', '-time'), name='netbox_safejobs_job_uuid_idx'),
             # Filtering by kind (and the dashboard counts of the last 24 hours).
             models.Index(fields=('kind', '-time'), name='netbox_safejobs_kind_idx'),
+            # One per column the list filters by value and sorts by (migration 0004): a filter reads its newest rows
+            # first, and a sort by the column (``tables.RetryEventTable``: the column, then newest first) reads the
+            # index in either direction, so every page is the first rows of one index whatever the table's size.
+            models.Index(fields=('job_name', 'job_uuid'), name='netbox_safejobs_job_name_idx'),
+            models.Index(fields=('runner', '-time'), name='netbox_safejobs_runner_idx'),
+            models.Index(fields=('queue', '-time'), name='netbox_safejobs_queue_idx'),
+            models.Index(fields=('worker_host', '-time'), name='netbox_safejobs_worker_idx'),
+            models.Index(fields=('worker_pid', '-time'), name='netbox_safejobs_worker_pid_idx'),
+            models.Index(fields=('attempt', '-time'), name='netbox_safejobs_attempt_idx'),
+            models.Index(fields=('delay', '-time'), name='netbox_safejobs_delay_idx'),
+            # The quick search (``filtersets.RetryEventFilterSet.search``, which reads this expression from here): the
+            # words of the job name, the runner's dotted path, the worker host and the detail, in one full-text index
+            # (PostgreSQL's own, no extension). GIN answers a search for a rare word among frequent ones from the
+            # rare word's entries alone.
+            GinIndex(
+                SearchVector('job_name', Replace('runner', Value('.'), Value(' ')), 'worker_host', 'detail',
+                             config='simple'),
+                name='netbox_safejobs_search_idx',
+            ),
+            # Partial text of one column (the ``__ic``/``__isw``/``__iew``/``__ie`` lookups of the filter set and the
+            # API, which Django writes as ``UPPER(column::text) LIKE UPPER(…)``): trigram indexes of pg_trgm on that
+            # expression. Migration 0004 creates them only where it could create the extension (see
+            # docs/performance.md); without them these lookups read the whole table, as before.
+            GinIndex(OpClass(Upper('job_name'), name='gin_trgm_ops'), name='netbox_safejobs_name_trgm'),
+            GinIndex(OpClass(Upper('runner'), name='gin_trgm_ops'), name='netbox_safejobs_runner_trgm'),
+            GinIndex(OpClass(Upper('worker_host'), name='gin_trgm_ops'), name='netbox_safejobs_worker_trgm'),
         )
         verbose_name = _('retry event')
         verbose_name_plural = _('retry events')
