@@ -1,10 +1,13 @@
 """The filter set of retry events, shared by the list page, the bulk delete view and the REST API."""
 
+import re
 import uuid
 
 import django_filters
 from core.models import Job
 from django import forms
+from django.contrib.postgres.search import SearchQuery
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils.translation import gettext as _
 from netbox.filtersets import BaseFilterSet
@@ -24,6 +27,13 @@ __all__ = (
 
 # Filters whose values are checked whole (a kind, a UUID): no partial-match lookup variants.
 WHOLE_VALUE_FILTERS = ('kind', 'job_uuid')
+# The full-text index of the quick search (migration 0004), and the most words of a search it looks up.
+SEARCH_INDEX = 'netbox_safejobs_search_idx'
+SEARCH_WORDS = 8
+SEARCH_PREFIX_LENGTH = 3
+NUMBER = re.compile(r'[-+]?[\d.]+')
+# The most matches of the full-text search kept as a list of IDs (``word_matches``).
+SEARCH_IDS = 2000
 
 
 class MultiValueUUIDFilter(django_filters.MultipleChoiceFilter):
@@ -87,6 +97,13 @@ class RetryEventFilterSet(BaseFilterSet):
             'id', 'time', 'job_name', 'runner', 'queue', 'attempt', 'delay', 'worker_host', 'worker_pid',
         )
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # No filter of an event follows a to-many relation, so none needs DISTINCT (django-filter's default for the
+        # lookups NetBox generates): it would sort every matching row by every column before the first page.
+        for filter_ in self.filters.values():
+            filter_.distinct = False
+
     @classmethod
     def get_additional_lookups(cls, existing_filter_name, existing_filter):
         """
@@ -100,6 +117,13 @@ class RetryEventFilterSet(BaseFilterSet):
         return lookups
 
     def search(self, queryset, name, value):
+        """
+        The quick search (docs/ui.md): a pasted job UUID matches that job's events (the job_uuid index). Any other
+        text matches the events whose job name, runner, worker host or detail has words beginning with each of its
+        words (``nightly``, ``SyncDataSource``, ``worker-2``, ``timeout expired``; any order, ignoring case), whose
+        queue is the text, or whose kind's name or label contains it. Each of these is answered from an index (the
+        full-text index of migration 0004, the queue and kind indexes), never by reading every event.
+        """
         value = value.strip()
         if not value:
             return queryset
@@ -108,13 +132,87 @@ class RetryEventFilterSet(BaseFilterSet):
             return queryset.filter(job_uuid=uuid.UUID(value))
         except ValueError:
             pass
-        return queryset.filter(
-            Q(job_name__icontains=value) |
-            Q(runner__icontains=value) |
-            Q(queue__iexact=value) |
-            Q(worker_host__icontains=value) |
-            Q(detail__icontains=value)
+        # Exact and case-sensitive, as RQ names queues: the queue index serves it (UPPER(queue) would not).
+        condition = Q(queue=value)
+        if terms := search_terms(value):
+            queryset, matches = word_matches(queryset, terms)
+            condition |= matches
+        if kinds := search_kinds(value):
+            condition |= Q(kind__in=kinds)
+        return queryset.filter(condition)
+
+
+class _Rollback(Exception):
+    pass
+
+
+def word_matches(queryset, terms):
+    """
+    ``queryset`` (aliased when needed) and the condition "the words match ``terms``". PostgreSQL cannot estimate
+    how many rows a full-text search matches (it guesses a fixed share for a word it has no statistics of), and
+    reading the events newest first while computing the words of each one costs tens of microseconds per event: a
+    rare word would be looked for through the whole table. So the matches are first read from the full-text index
+    alone (a bitmap scan, forced for that one statement), up to ``SEARCH_IDS``: when that is all of them, the
+    condition is those IDs (the primary key answers the page and its count). More matches are frequent enough to be
+    found quickly newest first, and the condition is the search itself.
+    """
+    vector = search_vector()
+    query = SearchQuery(terms, search_type='raw', config='simple')
+    matches = queryset.alias(_search_words=vector).filter(_search_words=query).order_by()
+    ids = None
+    try:
+        with transaction.atomic(using=matches.db), connection.cursor() as cursor:
+            # Only for this statement: the savepoint (or transaction) is rolled back, which undoes SET LOCAL.
+            cursor.execute('SET LOCAL enable_seqscan = off')
+            cursor.execute('SET LOCAL enable_indexscan = off')
+            ids = list(matches.values_list('pk', flat=True)[:SEARCH_IDS + 1])
+            raise _Rollback
+    except _Rollback:
+        pass
+    if len(ids) <= SEARCH_IDS:
+        return queryset, Q(pk__in=ids)
+    return queryset.alias(_search_words=vector), Q(_search_words=query)
+
+
+def search_vector():
+    """The expression of the quick search's full-text index (``RetryEvent.Meta.indexes``), so that they never differ."""
+    for index in RetryEvent._meta.indexes:
+        if index.name == SEARCH_INDEX:
+            return index.expressions[0]
+    raise LookupError(f'RetryEvent has no index {SEARCH_INDEX}')
+
+
+def search_terms(value):
+    """
+    The quick search's text as a raw ``tsquery``: its words as PostgreSQL's parser splits them (the same parser as
+    the index's, so that ``worker-2`` is ``worker`` and ``-2`` in both), all required, at most ``SEARCH_WORDS``. The
+    last one may be the start of a word (as typed so far: ``SyncDataSource`` finds ``SyncDataSourceJob``) when it
+    has ``SEARCH_PREFIX_LENGTH`` characters or more and is not a number: a shorter prefix would expand to most
+    entries of the index, and PostgreSQL cannot estimate how many rows a numeric prefix (a job number, a PID)
+    matches. Empty when the text has no words.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT lexeme FROM unnest(to_tsvector('simple', %s)) ORDER BY positions[array_length(positions, 1)]",
+            [value],
         )
+        words = [row[0] for row in cursor.fetchall()][-SEARCH_WORDS:]
+    if not words:
+        return ''
+    terms = ["'{}'".format(word.replace('\\', '\\\\').replace("'", "''")) for word in words]
+    last = words[-1]
+    if len(last) >= SEARCH_PREFIX_LENGTH and not NUMBER.fullmatch(last):
+        terms[-1] += ':*'
+    return ' & '.join(terms)
+
+
+def search_kinds(value):
+    """The kinds whose value (``gave_up``) or label (``Gave up``) contains ``value``, ignoring case."""
+    value = value.casefold()
+    return [
+        kind for kind, label in dict(RetryEventKindChoices).items()
+        if value in kind.casefold() or value in str(label).casefold()
+    ]
 
 
 @compat.register_filterset

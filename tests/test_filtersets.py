@@ -1,10 +1,12 @@
 """The retry event filter set, one test per filter, on the fixture of ui_helpers.make_events()."""
 
 from datetime import timedelta
+from unittest import mock
 
 from django.test import TestCase
 from django.utils import timezone
 
+from netbox_safejobs import filtersets
 from netbox_safejobs.filtersets import RetryEventFilterSet
 from netbox_safejobs.models import RetryEvent
 
@@ -42,6 +44,40 @@ class RetryEventFilterSetTest(TestCase):
         self.assertFilter({'q': 'after 5 retries'}, 5)
         self.assertFilter({'q': 'high'}, 4, 5)
         self.assertFilter({'q': '  '}, 0, 1, 2, 3, 4, 5)
+
+    def test_q_queue_is_exact_and_kinds_by_name_or_label(self):
+        # The queue matches whole and case-sensitively (as RQ names queues); text columns match a part, ignoring case.
+        self.assertFilter({'q': 'low'}, 0, 1, 2)
+        self.assertFilter({'q': 'LOW'})
+        # A kind by its label or its value, ignoring case.
+        self.assertFilter({'q': 'gave up'}, 5)
+        self.assertFilter({'q': 'GAVE_UP'}, 5)
+        self.assertFilter({'q': 'dispatch'}, 3)
+        # "retry" is part of two kinds' labels ("retries" in a detail text is not "retry").
+        self.assertFilter({'q': 'retry'}, 0, 1, 2, 4)
+        # Words in any order; the last one may be the start of a word, the others are whole words.
+        self.assertFilter({'q': 'sync NIGHTLY'}, 0, 1, 2)
+        self.assertFilter({'q': 'SyncData'}, 0, 1, 2)
+        self.assertFilter({'q': 'syncdata nightly'})
+        self.assertFilter({'q': 'ync'})
+        self.assertFilter({'q': 'found after 5 retr'}, 5)
+        # A hyphenated host is its words; a number is matched whole (worker-2 is not worker-20).
+        self.assertFilter({'q': 'worker-2'}, 4, 5)
+        self.assertFilter({'q': 'web-1'}, 3)
+        self.assertFilter({'q': 'worker-20'})
+        # A UUID is matched whole against the job's UUID only.
+        self.assertFilter({'q': str(self.data['job_b'].job_id).upper()}, 3)
+
+    def test_q_with_many_matches_gives_the_same_rows(self):
+        # Above SEARCH_IDS matches the condition is the full-text search itself rather than a list of IDs.
+        with mock.patch.object(filtersets, 'SEARCH_IDS', 1):
+            self.assertFilter({'q': 'nightly'}, 0, 1, 2)
+            self.assertFilter({'q': 'worker'}, 0, 1, 2, 4, 5)
+            self.assertFilter({'q': 'ScriptJob'}, 3)
+
+    def test_lookups_never_add_distinct(self):
+        for params in ({'runner__ic': ['sync']}, {'worker_host': ['worker-1']}, {'attempt__gte': [2]}, {'q': 'x'}):
+            self.assertFalse(self.filterset(params, self.queryset).qs.query.distinct, params)
 
     def test_kind(self):
         self.assertFilter({'kind': ['retry']}, 0, 1, 4)
