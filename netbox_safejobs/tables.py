@@ -3,19 +3,27 @@ Tables of retry events (the list page, and the compact table of the Job page pan
 "Retry events" column the plugin adds to NetBox's own Jobs table.
 """
 
+import math
+from functools import partial
+
 import django_tables2 as tables
-from django.db.models import Count
+from django.db.models import Count, QuerySet
 from django.urls import reverse
+from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 from netbox.tables import BaseTable, NetBoxTable, columns
+from utilities.paginator import EnhancedPaginator
 
 from .choices import JobDispatchStateChoices, kind_help
 from .models import JobDispatch, RetryEvent
 from .permissions import viewable_job_ids
 
 __all__ = (
+    'COUNT_STEP',
+    'BoundedCountPaginator',
+    'CountAtLeast',
     'JobDispatchTable',
     'JobRetryEventTable',
     'JobRetryEventsColumn',
@@ -25,6 +33,8 @@ __all__ = (
 EVENT_VIEW = 'plugins:netbox_safejobs:retryevent'
 DISPATCH_VIEW = 'plugins:netbox_safejobs:jobdispatch'
 DETAIL_LENGTH = 120
+# The list pages count the matching rows only this far past the page shown (rounded up to a multiple of it).
+COUNT_STEP = 1000
 
 
 def event_link():
@@ -109,7 +119,60 @@ class ViewableJobsMixin:
         return self._viewable_job_ids
 
 
-class RetryEventTable(ViewableJobsMixin, NetBoxTable):
+class CountAtLeast(int):
+    """A number of rows known to be at least this: NetBox's pages show it as ``1000+``."""
+
+    def __str__(self):
+        return f'{int(self)}+'
+
+
+class BoundedCountPaginator(EnhancedPaginator):
+    """
+    NetBox's paginator, but the total is counted only up to the next multiple of ``COUNT_STEP`` past the end of the
+    page asked for (``SELECT count(*) FROM (… LIMIT n)``): a list of a million events is not counted whole for each
+    page, which cost more than the page itself (a pass over every matching row). Where more rows match, the total
+    is a ``CountAtLeast`` (``Showing 1-50 of 1000+``) and the pages offered reach that far; the last of them moves
+    the bound on by another step.
+    """
+
+    def __init__(self, object_list, per_page, *args, queryset, page_number=1, **kwargs):
+        super().__init__(object_list, per_page, *args, **kwargs)
+        self.queryset = queryset
+        try:
+            self.page_number = max(1, int(page_number))
+        except (TypeError, ValueError):
+            self.page_number = 1
+
+    @cached_property
+    def count(self):
+        page_end = self.page_number * self.per_page
+        bound = math.ceil((page_end + 1) / COUNT_STEP) * COUNT_STEP
+        counted = self.queryset.order_by()[:bound + 1].count()
+        return CountAtLeast(bound) if counted > bound else counted
+
+
+class BoundedCountMixin:
+    """A table of a queryset paginated by ``BoundedCountPaginator``."""
+
+    def paginate(self, paginator_class=EnhancedPaginator, per_page=None, page=1, *args, **kwargs):
+        queryset = getattr(self.data, 'data', None)
+        if not isinstance(queryset, QuerySet):
+            return super().paginate(paginator_class, per_page, page, *args, **kwargs)
+        paginator_class = partial(BoundedCountPaginator, queryset=queryset, page_number=page)
+        try:
+            return super().paginate(paginator_class, per_page, page, *args, **kwargs)
+        finally:
+            # django-tables2 counts its rows again (``len(table.rows)``, a whole count) when the page shown is empty.
+            if (paginator := getattr(self, 'paginator', None)) is not None and 'count' in paginator.__dict__:
+                self.data._length = paginator.count
+
+
+class RetryEventTable(BoundedCountMixin, ViewableJobsMixin, NetBoxTable):
+    """
+    Sorting by a column sorts by it, then newest first (by ``id`` for the time): the order of the column's index
+    (``RetryEvent.Meta.indexes``), read forwards or backwards, so a sorted page is read from the index whatever
+    the table's size, and rows with the same value keep their order from page to page.
+    """
     id = tables.Column(
         verbose_name=_('ID'),
         linkify=event_link(),
@@ -118,33 +181,42 @@ class RetryEventTable(ViewableJobsMixin, NetBoxTable):
         verbose_name=_('Time'),
         timespec='seconds',
         linkify=event_link(),
+        order_by=('time', 'id'),
     )
     kind = KindColumn(
         verbose_name=_('Kind'),
+        order_by=('kind', '-time'),
     )
     job = JobColumn(
         verbose_name=_('Job'),
     )
     job_uuid = tables.Column(
         verbose_name=_('Job UUID'),
+        order_by=('job_uuid', '-time'),
     )
     runner = tables.Column(
         verbose_name=_('Runner'),
+        order_by=('runner', '-time'),
     )
     queue = tables.Column(
         verbose_name=_('Queue'),
+        order_by=('queue', '-time'),
     )
     attempt = tables.Column(
         verbose_name=_('Attempt'),
+        order_by=('attempt', '-time'),
     )
     delay = tables.Column(
         verbose_name=_('Delay (s)'),
+        order_by=('delay', '-time'),
     )
     worker_host = tables.Column(
         verbose_name=_('Worker'),
+        order_by=('worker_host', '-time'),
     )
     worker_pid = tables.Column(
         verbose_name=_('Worker PID'),
+        order_by=('worker_pid', '-time'),
     )
     detail = DetailColumn(
         verbose_name=_('Detail'),

@@ -4,6 +4,7 @@ filter values, brief mode, the nested job, permissions and the OpenAPI schema.
 """
 
 import uuid
+from unittest import mock
 
 from django.test import override_settings
 from django.urls import reverse
@@ -11,7 +12,7 @@ from users.models import ObjectPermission
 from utilities.testing import APITestCase, APIViewTestCases
 from utilities.testing.utils import disable_warnings
 
-from netbox_safejobs import events
+from netbox_safejobs import events, tables
 from netbox_safejobs.choices import RetryEventKindChoices
 from netbox_safejobs.models import RetryEvent
 
@@ -141,6 +142,32 @@ class RetryEventAPIBehaviourTest(APITestCase):
         self.grant('view')
         results = self.get(reverse(LIST)).json()['results']
         times = [r['time'] for r in results]
+        self.assertEqual(times, sorted(times, reverse=True))
+
+    def test_count_is_bounded_past_the_page(self):
+        self.grant('view')
+        with mock.patch.object(tables, 'COUNT_STEP', 2):
+            body = self.get(reverse(LIST), {'limit': 1}).json()
+            self.assertEqual((body['count'], len(body['results'])), (2, 1))
+            self.assertIsNotNone(body['next'])
+            # Counted to the next multiple of the step past offset + limit: all six from offset 3 on.
+            body = self.get(reverse(LIST), {'limit': 1, 'offset': 3}).json()
+            self.assertEqual(body['count'], 6)
+            # Following "next" reaches every event.
+            seen, url = [], reverse(LIST) + '?limit=2'
+            while url:
+                body = self.client.get(url, **self.header).json()
+                seen += [r['id'] for r in body['results']]
+                url = body['next']
+            self.assertEqual(sorted(seen), sorted(e.pk for e in self.events))
+        self.assertEqual(self.get(reverse(LIST)).json()['count'], 6)
+
+    def test_ordering_by_the_lists_columns_only(self):
+        self.grant('view')
+        delays = [r['delay'] for r in self.get(reverse(LIST), {'ordering': '-delay'}).json()['results']]
+        self.assertEqual(delays, [None, 12.0, 1.0, 0.5, 0.5, 0.25])
+        # Not by the detail text (no index): the ordering is ignored, newest first as without it.
+        times = [r['time'] for r in self.get(reverse(LIST), {'ordering': 'detail'}).json()['results']]
         self.assertEqual(times, sorted(times, reverse=True))
 
     def test_constrained_permissions(self):

@@ -5,6 +5,7 @@ on NetBox's Job page, the dashboard widget, the navigation entry and the YAML ex
 
 import re
 import uuid
+from unittest import mock
 
 import yaml
 from django.test import RequestFactory, override_settings
@@ -13,7 +14,7 @@ from users.models import ObjectPermission
 from utilities.testing import TestCase, ViewTestCases
 from utilities.testing.utils import disable_warnings
 
-from netbox_safejobs import events
+from netbox_safejobs import events, tables
 from netbox_safejobs.choices import RetryEventKindChoices
 from netbox_safejobs.models import RetryEvent
 from netbox_safejobs.widgets import RetryEventsWidget
@@ -105,6 +106,41 @@ class RetryEventPageTest(TestCase):
                        {'job_id': 'x'}, {'attempt': 'many'}, {'worker_pid': '-'}):
             with self.subTest(params=params):
                 self.assertHttpStatus(self.client.get(reverse(LIST_URL), params), 200)
+
+    def test_list_counts_only_so_far(self):
+        # Six events, counted up to the next multiple of COUNT_STEP past the page shown.
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        with mock.patch.object(tables, 'COUNT_STEP', 2):
+            content = self.client.get(reverse(LIST_URL), {'per_page': 1}).content.decode()
+            self.assertIn('of 2+', content)
+            # The bound moves on with the page asked for: page 5 of 1 event is counted to 6, all of them.
+            content = self.client.get(reverse(LIST_URL), {'per_page': 1, 'page': 5}).content.decode()
+            self.assertIn('of 6', content)
+            self.assertNotIn('of 6+', content)
+        with mock.patch.object(tables, 'COUNT_STEP', 10):
+            content = self.client.get(reverse(LIST_URL)).content.decode()
+            self.assertIn('Showing 1-6 of 6', content)
+
+    def test_bounded_count_paginator(self):
+        queryset = RetryEvent.objects.all()
+        with mock.patch.object(tables, 'COUNT_STEP', 4):
+            for page, count in ((1, 4), (2, 4), (4, 6), (9, 6)):
+                paginator = tables.BoundedCountPaginator(queryset, 1, orphans=0, queryset=queryset, page_number=page)
+                with self.subTest(page=page):
+                    self.assertEqual(paginator.count, count)
+                    self.assertEqual(isinstance(paginator.count, tables.CountAtLeast), count == 4)
+            self.assertEqual(str(tables.CountAtLeast(4)), '4+')
+            paginator = tables.BoundedCountPaginator(queryset, 1, queryset=queryset, page_number='x')
+            self.assertEqual(paginator.page_number, 1)
+
+    def test_list_sorted_by_a_column_then_newest_first(self):
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        content = self.client.get(reverse(LIST_URL), {'sort': 'delay'}).content.decode()
+        # delay 0.25, then the two 0.5 s events newest first, then 1.0, 12.0; the one without a delay last.
+        order = [self.events[i] for i in (4, 1, 0, 2, 5, 3)]
+        positions = [content.index(f'href="{event_url(event)}"') for event in order]
+        self.assertEqual(positions, sorted(positions))
+        self.client.get(reverse(LIST_URL), {'sort': ''})
 
     def test_detail_page(self):
         self.add_permissions('netbox_safejobs.view_retryevent', 'core.view_job')

@@ -3,20 +3,24 @@ REST API of retry events (list and detail, read-only, plus delete) and of jobs i
 the same filter set as its UI page.
 """
 
+import math
+
 from django.db.models import Prefetch
 from netbox.api.viewsets import NetBoxReadOnlyModelViewSet
 from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.mixins import DestroyModelMixin
 from rest_framework.routers import APIRootView
+from rest_framework.settings import api_settings
 from utilities.querysets import RestrictedQuerySet
 
-from .. import filtersets
+from .. import filtersets, tables
 from ..in_flight import dispatch_queryset
 from ..models import JobDispatch, RetryEvent
 from ..permissions import viewable_jobs
 from .serializers import JobDispatchSerializer, RetryEventSerializer
 
 __all__ = (
+    'BoundedCountPagination',
     'JobDispatchViewSet',
     'RetryEventViewSet',
     'SafeJobsRootView',
@@ -30,6 +34,23 @@ class SafeJobsRootView(APIRootView):
         return 'Safe Jobs'
 
 
+class BoundedCountPagination(api_settings.DEFAULT_PAGINATION_CLASS):
+    """
+    NetBox's pagination, with the list page's bounded count (``tables.BoundedCountPaginator``): ``count`` is exact up
+    to the next multiple of ``tables.COUNT_STEP`` past the end of the page asked for (``offset + limit``), and that
+    bound when more events match, so that a page of a million events does not cost a pass over all of them. ``next``
+    is set whenever more events follow. Without a limit (``limit=0`` where allowed) every row is read: exact.
+    """
+
+    def get_queryset_count(self, queryset):
+        if not self.limit:
+            return super().get_queryset_count(queryset)
+        page_end = self.get_offset(self.request) + self.limit
+        bound = math.ceil((page_end + 1) / tables.COUNT_STEP) * tables.COUNT_STEP
+        counted = queryset.order_by()[:bound + 1].count()
+        return min(counted, bound)
+
+
 class RetryEventViewSet(DestroyModelMixin, NetBoxReadOnlyModelViewSet):
     """
     Retry events of background jobs. Events are written by netbox-safejobs only: they can be read and deleted,
@@ -38,6 +59,12 @@ class RetryEventViewSet(DestroyModelMixin, NetBoxReadOnlyModelViewSet):
     queryset = RetryEvent.objects.all()
     serializer_class = RetryEventSerializer
     filterset_class = filtersets.RetryEventFilterSet
+    pagination_class = BoundedCountPagination
+    # ``?ordering=`` by the columns the list page sorts by, each read from an index (not by the detail text).
+    ordering_fields = (
+        'id', 'time', 'kind', 'job', 'job_uuid', 'job_name', 'runner', 'queue', 'attempt', 'delay', 'worker_host',
+        'worker_pid',
+    )
 
     def initial(self, request, *args, **kwargs):
         # A method this endpoint does not offer (POST, PUT, PATCH) is a 405 for everyone, before any permission
