@@ -9,7 +9,7 @@ in flight.
 
 Requests go through Django's test client in this process: the whole NetBox middleware and view stack (login,
 permissions, filters, templates, serializers) and real PostgreSQL, without the network or a web server in front.
-Prints the p50 and p95 of each case, in milliseconds.
+Prints the p50 and p95 of each case and the p50 of the time its SQL statements took, in milliseconds.
 
 The events are inserted with one INSERT ... SELECT generate_series (marked worker_host = 'ui-scale-bench') and
 removed afterwards unless --keep is given (a later run with --keep reuses them). So are the jobs in flight: their Job
@@ -20,10 +20,12 @@ is the one the environment names (``scripts/dev bench`` uses the development dat
 import argparse
 import hashlib
 import os
+import re
 import statistics
 import sys
 import time
 import uuid
+from datetime import timedelta
 
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'netbox.settings')
 
@@ -31,11 +33,24 @@ MARKER = 'ui-scale-bench'
 USERNAME = 'ui-scale-bench'
 PANEL_EVENTS = 25
 
-# kind -> share of the events (a realistic mix: mostly retries, few give-ups)
+# kind -> share of the events (a realistic mix: mostly retries, few give-ups), and its detail text
 KIND_MIX = (
     ('retry', 60), ('found_after_retry', 20), ('recovered', 6), ('duplicate_skipped', 5), ('database_error', 3),
     ('gave_up', 3), ('dispatch_failed', 2), ('stuck_errored', 1),
 )
+KIND_DETAIL = {
+    'retry': 'Job row not found (not committed yet, rolled back or deleted); looking again.',
+    'found_after_retry': 'Job row found after 2 retries.',
+    'gave_up': 'Job row not found after 5 retries; the task is dropped.',
+    'database_error': 'OperationalError: connection to server at "db-1" failed: timeout expired',
+    'dispatch_failed': 'ConnectionError: Error 111 connecting to redis:6379. Connection refused.',
+}
+# Each job has one runner (the job number picks it); the events' worker hosts are MARKER-0 … MARKER-7.
+RUNNERS = (
+    'netbox.jobs.AsyncViewJob', 'core.jobs.SyncDataSourceJob', 'extras.jobs.ScriptJob',
+    'core.jobs.SystemHousekeepingJob',
+)
+HOSTS = 8
 
 
 def setup_django():
@@ -52,10 +67,13 @@ def insert_events(count):
 
     table = connection.ops.quote_name(RetryEvent._meta.db_table)
     cases = []
+    details = []
     bound = 0
     for kind, share in KIND_MIX:
         bound += share
         cases.append(f"WHEN (g %% 100) < {bound} THEN '{kind}'")
+        details.append(f"WHEN (g %% 100) < {bound} THEN '{KIND_DETAIL.get(kind, '')}'")
+    runners = ', '.join(f"'{runner}'" for runner in RUNNERS)
     sql = f"""
         INSERT INTO {table} (time, job_id, job_uuid, job_name, runner, queue, kind, attempt, delay, detail,
                              worker_host, worker_pid)
@@ -63,13 +81,13 @@ def insert_events(count):
                NULL,
                md5('job' || (g / 5))::uuid,
                'bench job ' || (g / 5),
-               'netbox.jobs.AsyncViewJob',
+               (ARRAY[{runners}])[1 + (g / 5) %% {len(RUNNERS)}],
                (ARRAY['high', 'default', 'low'])[1 + g %% 3],
                CASE {' '.join(cases)} END,
                1 + g %% 5,
                0.5 * (1 + g %% 5),
-               'Job row not found (not committed yet, rolled back or deleted); looking again.',
-               %s,
+               CASE {' '.join(details)} END,
+               %s || '-' || (g %% {HOSTS}),
                1000 + g %% 64
         FROM generate_series(1, %s) AS g
     """
@@ -88,9 +106,11 @@ def prepare(count):
 
     from netbox_safejobs.models import RetryEvent
 
-    existing = RetryEvent.objects.filter(worker_host=MARKER, job__isnull=True).count()
-    if existing != count:
-        if existing:
+    existing = RetryEvent.objects.filter(worker_host__startswith=f'{MARKER}-', job__isnull=True).count()
+    # Events of an earlier layout of this script (one worker host, one runner) are replaced.
+    earlier = RetryEvent.objects.filter(worker_host=MARKER, job__isnull=True).exists()
+    if existing != count or earlier:
+        if existing or earlier:
             cleanup()
         started = time.monotonic()
         insert_events(count)
@@ -120,7 +140,8 @@ def cleanup():
     from netbox_safejobs.models import RetryEvent
 
     with connection.cursor() as cursor:
-        cursor.execute(f'DELETE FROM {RetryEvent._meta.db_table} WHERE worker_host = %s', [MARKER])
+        cursor.execute(f'DELETE FROM {RetryEvent._meta.db_table} WHERE worker_host = %s OR worker_host LIKE %s',
+                       [MARKER, f'{MARKER}-%'])
     Job.objects.filter(name=MARKER).delete()
     User.objects.filter(username=USERNAME).delete()
 
@@ -261,20 +282,41 @@ def measure_call(func, repeat, warmup=2):
     return statistics.median(timings), p95
 
 
+class QueryTimer:
+    """Adds up the time of the SQL statements run while it is installed (``connection.execute_wrapper``)."""
+
+    def __init__(self):
+        self.total = 0.0
+
+    def __call__(self, execute, sql, params, many, context):
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            self.total += time.perf_counter() - started
+
+
 def measure(client, url, repeat, warmup=2, **headers):
+    """p50 and p95 of the whole request, and p50 of the time spent in SQL statements, in milliseconds."""
+    from django.db import connection
+
     for _ in range(warmup):
         response = client.get(url, **headers)
         if response.status_code != 200:
             raise SystemExit(f'{url} answered {response.status_code}: {response.content[:500]!r}')
     timings = []
+    sql_timings = []
     for _ in range(repeat):
-        started = time.perf_counter()
-        response = client.get(url, **headers)
-        timings.append((time.perf_counter() - started) * 1000)
+        timer = QueryTimer()
+        with connection.execute_wrapper(timer):
+            started = time.perf_counter()
+            response = client.get(url, **headers)
+            timings.append((time.perf_counter() - started) * 1000)
+        sql_timings.append(timer.total * 1000)
         assert response.status_code == 200, url
     timings.sort()
     p95 = timings[min(len(timings) - 1, int(round(0.95 * (len(timings) - 1))))]
-    return statistics.median(timings), p95
+    return statistics.median(timings), p95, statistics.median(sql_timings)
 
 
 def main(argv=None):
@@ -285,6 +327,8 @@ def main(argv=None):
     parser.add_argument('--dispatches', type=int, default=100_000,
                         help='jobs in flight in the table (default 100,000)')
     parser.add_argument('--repeat', type=int, default=15, help='timed requests per case (default 15)')
+    parser.add_argument('--only', metavar='REGEX', help='run only the cases whose name matches REGEX')
+    parser.add_argument('--markdown', action='store_true', help='print the results as the rows of a Markdown table')
     parser.add_argument('--keep', action='store_true', help='keep the events and jobs in flight for a later run')
     opts = parser.parse_args(argv)
 
@@ -295,26 +339,135 @@ def main(argv=None):
     with connection.cursor() as cursor:
         cursor.execute('SHOW server_version')
         pg_version = cursor.fetchone()[0]
+    load = ', '.join(f'{value:.2f}' for value in os.getloadavg())
     print(f'PostgreSQL {pg_version}; DEBUG={settings.DEBUG}; {opts.repeat} timed requests per case; '
-          f'{os.cpu_count()} CPUs', flush=True)
+          f'{os.cpu_count()} CPUs; load average {load}', flush=True)
     code = 0
     if opts.part in ('all', 'events'):
         code = run_events(opts) or code
     if opts.part in ('all', 'in-flight'):
         code = run_in_flight(opts) or code
+    print(f'load average at the end: {", ".join(f"{value:.2f}" for value in os.getloadavg())}', flush=True)
     return code
 
 
-def print_results(cases, timer):
-    print(f'{"case":48} {"p50 ms":>8} {"p95 ms":>8}')
+def print_results(cases, timer, opts):
+    if opts.only:
+        cases = [(name, target) for name, target in cases if re.search(opts.only, name)]
+    if not opts.markdown:
+        print(f'{"case":64} {"p50 ms":>8} {"p95 ms":>8} {"SQL ms":>8}')
     for name, target in cases:
-        p50, p95 = timer(target)
-        print(f'{name:48} {p50:8.1f} {p95:8.1f}', flush=True)
+        p50, p95, *sql = timer(target)
+        sql = f'{sql[0]:.1f}' if sql else ''
+        if opts.markdown:
+            print(f'| {name} | {p50:.1f} | {p95:.1f} | {sql} |', flush=True)
+        else:
+            print(f'{name:64} {p50:8.1f} {p95:8.1f} {sql:>8}', flush=True)
+
+
+def timer_for(client, list_url, repeat):
+    """Time a URL; after a sorted one, clear the ordering NetBox saved as the user's preference for the table."""
+    def timer(url):
+        try:
+            return measure(client, url, repeat)
+        finally:
+            if 'sort=' in url:
+                client.get(f'{list_url}?sort=')
+    return timer
+
+
+def event_cases(ui, api, job, sample_uuid, sample_name, now):
+    """
+    (name, URL) of every case of the retry event list: each filter of ``RetryEventFilterSet`` with the lookups the
+    filter form and the API offer, the quick search, each sortable column of ``RetryEventTable`` both ways, and the
+    same filters and orderings through the REST API.
+    """
+    from urllib.parse import urlencode
+
+    from django.urls import reverse
+
+    day_start = (now - timedelta(days=45)).isoformat()
+    day_end = (now - timedelta(days=44)).isoformat()
+    hour_ago = (now - timedelta(hours=1)).isoformat()
+    host = f'{MARKER}-3'
+    filters = (
+        # (label, query) -- the share of the 1,000,000 events that match, where it is not obvious, in the label
+        ('none (first page)', {}),
+        ('kind=gave_up (3 %)', {'kind': 'gave_up'}),
+        ('kind=retry (60 %)', {'kind': 'retry'}),
+        ('kind=gave_up&kind=database_error', [('kind', 'gave_up'), ('kind', 'database_error')]),
+        ('kind__n=retry (40 %)', {'kind__n': 'retry'}),
+        ('job_uuid', {'job_uuid': sample_uuid}),
+        ('job_uuid__n', {'job_uuid__n': sample_uuid}),
+        ('job_id', {'job_id': job.pk}),
+        ('job_exists=true', {'job_exists': 'true'}),
+        ('job_exists=false', {'job_exists': 'false'}),
+        ('worker=<host> (12.5 %)', {'worker': host}),
+        ('worker=<unknown host> (none)', {'worker': 'no-such-host'}),
+        ('worker_host=<host>', {'worker_host': host}),
+        ('worker_host__n=<host>', {'worker_host__n': host}),
+        ('worker_host__ic=<part of a host>', {'worker_host__ic': 'bench-3'}),
+        ('worker_host__isw=<host prefix>', {'worker_host__isw': 'UI-SCALE'}),
+        ('worker_pid (1.6 %)', {'worker_pid': 1010}),
+        ('worker_pid__gte', {'worker_pid__gte': 1060}),
+        ('runner=<runner> (25 %)', {'runner': 'core.jobs.SyncDataSourceJob'}),
+        ('runner__ic=<part of a runner>', {'runner__ic': 'syncdatasource'}),
+        ('runner__ic=<no match>', {'runner__ic': 'no.such.Runner'}),
+        ('runner__n=<runner>', {'runner__n': 'core.jobs.SyncDataSourceJob'}),
+        ('queue=low (33 %)', {'queue': 'low'}),
+        ('queue=<unused queue> (none)', {'queue': 'nightly'}),
+        ('job_name=<name> (5 events)', {'job_name': sample_name}),
+        ('job_name__ic=<part of a name>', {'job_name__ic': sample_name.split()[-1]}),
+        ('job_name__ie=<name>', {'job_name__ie': sample_name.upper()}),
+        ('job_name__isw=<prefix of names>', {'job_name__isw': sample_name[:-2]}),
+        ('attempt=5 (20 %)', {'attempt': 5}),
+        ('attempt__gte=4', {'attempt__gte': 4}),
+        ('delay__gte=2.5 (20 %)', {'delay__gte': '2.5'}),
+        ('delay__lt=1 (20 %)', {'delay__lt': '1'}),
+        ('delay=1.5', {'delay': '1.5'}),
+        ('time__after=<1 hour ago>', {'time__after': hour_ago}),
+        ('time__after&time__before=<a day, 45 days ago>', {'time__after': day_start, 'time__before': day_end}),
+        ('time__before=<45 days ago>', {'time__before': day_start}),
+        ('id__gte', {'id__gte': 500_000}),
+        ('q=<job UUID>', {'q': sample_uuid}),
+        ('q=<job name>', {'q': sample_name}),
+        ('q=<worker host> (12.5 %)', {'q': host}),
+        ('q=<part of a runner> (25 %)', {'q': 'SyncDataSource'}),
+        ('q=<words of a detail> (3 %)', {'q': 'timeout expired'}),
+        ("q=<a kind's label>", {'q': 'gave up'}),
+        ('q=<no match>', {'q': 'no-such-text'}),
+        ('q=<2 characters>', {'q': 'zq'}),
+        ('kind=gave_up&worker=<host>', {'kind': 'gave_up', 'worker': host}),
+        ('kind=retry&q=<worker host>', {'kind': 'retry', 'q': host}),
+    )
+    cases = []
+    for label, query in filters:
+        suffix = f'?{urlencode(query)}' if query else ''
+        cases.append((f'list page, {label}', f'{ui}{suffix}'))
+    # The sortable columns of RetryEventTable, as the ``sort`` parameter names them.
+    for column in ('id', 'time', 'kind', 'job', 'job_uuid', 'runner', 'queue', 'attempt', 'delay', 'worker_host',
+                   'worker_pid'):
+        for order in (column, f'-{column}'):
+            cases.append((f'list page, sort={order}', f'{ui}?sort={order}'))
+    cases.append(('list page, kind=gave_up&sort=-delay', f'{ui}?kind=gave_up&sort=-delay'))
+    cases.append(('list page, page 100', f'{ui}?page=100'))
+    for label, query in filters:
+        suffix = f'?{urlencode(query)}' if query else ''
+        cases.append((f'API list, {label}', f'{api}{suffix}'))
+    for field in ('id', 'time', 'kind', 'job_uuid', 'job_name', 'runner', 'queue', 'attempt', 'delay', 'worker_host',
+                  'worker_pid'):
+        for order in (field, f'-{field}'):
+            cases.append((f'API list, ordering={order}', f'{api}?ordering={order}'))
+    cases.append(('API list, brief', f'{api}?brief=1'))
+    cases.append(('API list, offset=5000', f'{api}?offset=5000'))
+    cases.append(('Job page with panel', reverse('core:job', kwargs={'pk': job.pk})))
+    return cases
 
 
 def run_events(opts):
     from django.test import Client
     from django.urls import reverse
+    from django.utils import timezone
 
     job, user, total = prepare(opts.events)
     # One session for the pages and the API (NetBox's REST API accepts the session of a logged-in user).
@@ -322,22 +475,15 @@ def run_events(opts):
     client.force_login(user)
 
     # A job in the middle of the table (its events are ~45 days old), as generated by insert_events().
-    sample_uuid = str(uuid.UUID(hashlib.md5(f'job{opts.events // 2 // 5}'.encode()).hexdigest()))
+    sample_job = opts.events // 2 // 5
+    sample_uuid = str(uuid.UUID(hashlib.md5(f'job{sample_job}'.encode()).hexdigest()))
     ui = reverse('plugins:netbox_safejobs:retryevent_list')
     api = reverse('plugins-api:netbox_safejobs-api:retryevent-list')
-    cases = (
-        ('list page, first page', ui),
-        ('list page, filter kind=gave_up', f'{ui}?kind=gave_up'),
-        ('list page, filter kind=retry', f'{ui}?kind=retry'),
-        ('list page, filter job_uuid', f'{ui}?job_uuid={sample_uuid}'),
-        ('API list, first page', api),
-        ('API list, filter kind=gave_up', f'{api}?kind=gave_up'),
-        ('API list, filter job_uuid', f'{api}?job_uuid={sample_uuid}'),
-        ('Job page with panel', reverse('core:job', kwargs={'pk': job.pk})),
-    )
+    cases = event_cases(ui, api, job, sample_uuid, f'bench job {sample_job}', timezone.now())
     print(f'{total:,} retry events in the table', flush=True)
+    client.get(f'{ui}?sort=')
     try:
-        print_results(cases, lambda url: measure(client, url, opts.repeat))
+        print_results(cases, timer_for(client, ui, opts.repeat), opts)
     finally:
         if not opts.keep:
             cleanup()
@@ -360,28 +506,44 @@ def run_in_flight(opts):
     sample_uuid = str(uuid.UUID(hashlib.md5(f'inflight{opts.dispatches // 2}'.encode()).hexdigest()))
     ui = reverse('plugins:netbox_safejobs:jobdispatch_list')
     api = reverse('plugins-api:netbox_safejobs-api:jobdispatch-list')
-    cases = (
+    cases = [
         ('in flight: list page, first page', ui),
         ('in flight: list page, state=owed', f'{ui}?state=owed'),
         ('in flight: list page, state=stuck', f'{ui}?state=stuck'),
-        ('in flight: list page, state=claimed', f'{ui}?state=claimed'),
-        ('in flight: list page, sort by age (newest)', f'{ui}?sort=age'),
-        ('in flight: list page, sort by state', f'{ui}?sort=state'),
-        ('in flight: list page, sort by job', f'{ui}?sort=job'),
-        ('in flight: list page, sort by lease heartbeat', f'{ui}?sort=-heartbeat'),
+        ('in flight: list page, state=claimed (60 %)', f'{ui}?state=claimed'),
+        ('in flight: list page, state=written', f'{ui}?state=written'),
+        ('in flight: list page, state=sent', f'{ui}?state=sent'),
+        ('in flight: list page, recovered=true', f'{ui}?recovered=true'),
         ('in flight: list page, q=<job UUID>', f'{ui}?q={sample_uuid}'),
-        ('in flight: list page, worker_host', f'{ui}?worker_host={MARKER}'),
-        ('in flight: list page, runner__ic', f'{ui}?runner__ic=asyncview'),
+        ('in flight: list page, q=<text>', f'{ui}?q=asyncview'),
+        ('in flight: list page, job_uuid', f'{ui}?job_uuid={sample_uuid}'),
+        ('in flight: list page, worker_host (62 %)', f'{ui}?worker_host={MARKER}'),
+        ('in flight: list page, worker_pid', f'{ui}?worker_pid=2010'),
+        ('in flight: list page, runner', f'{ui}?runner=netbox.jobs.AsyncViewJob'),
+        ('in flight: list page, runner__ic (every row)', f'{ui}?runner__ic=asyncview'),
+        ('in flight: list page, queue', f'{ui}?queue=default'),
+        ('in flight: list page, created__after', f'{ui}?created__after=2000-01-01T00:00:00Z'),
+    ]
+    # The sortable columns of JobDispatchTable, each way.
+    for column in ('id', 'job', 'job_uuid', 'runner', 'queue_name', 'method', 'state', 'age', 'created', 'sent', 'owed',
+                   'claimed', 'heartbeat', 'worker_host', 'worker_pid', 'recoveries'):
+        for order in (column, f'-{column}'):
+            cases.append((f'in flight: list page, sort={order}', f'{ui}?sort={order}'))
+    cases += [
         ('in flight: API list, first page', api),
         ('in flight: API list, state=stuck', f'{api}?state=stuck'),
-    )
+        ('in flight: API list, q=<job UUID>', f'{api}?q={sample_uuid}'),
+        ('in flight: API list, runner__ic (every row)', f'{api}?runner__ic=asyncview'),
+        ('in flight: API list, worker_host (62 %)', f'{api}?worker_host={MARKER}'),
+    ]
     print(f'{total:,} jobs in flight in the table', flush=True)
     request = RequestFactory().get('/')
     request.user = user
     try:
-        print_results(cases, lambda url: measure(client, url, opts.repeat))
+        client.get(f'{ui}?sort=')
+        print_results(cases, timer_for(client, ui, opts.repeat), opts)
         print_results((('in flight: dashboard widget (owed, stuck counts)', None),),
-                      lambda _: measure_call(lambda: RetryEventsWidget().render(request), opts.repeat))
+                      lambda _: measure_call(lambda: RetryEventsWidget().render(request), opts.repeat), opts)
     finally:
         if not opts.keep:
             cleanup_dispatches()
