@@ -321,8 +321,9 @@ def measure(client, url, repeat, warmup=2, **headers):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--part', choices=('all', 'events', 'in-flight'), default='all',
-                        help='retry events, jobs in flight, or both (default)')
+    parser.add_argument('--part', choices=('all', 'events', 'in-flight', 'insert'), default='all',
+                        help='retry events, jobs in flight, or both (default); insert: the cost of the indexes of '
+                             'migration 0004 to the writing of one event')
     parser.add_argument('--events', type=int, default=1_000_000, help='events in the table (default 1,000,000)')
     parser.add_argument('--dispatches', type=int, default=100_000,
                         help='jobs in flight in the table (default 100,000)')
@@ -347,6 +348,8 @@ def main(argv=None):
         code = run_events(opts) or code
     if opts.part in ('all', 'in-flight'):
         code = run_in_flight(opts) or code
+    if opts.part == 'insert':
+        code = run_insert_cost(opts) or code
     print(f'load average at the end: {", ".join(f"{value:.2f}" for value in os.getloadavg())}', flush=True)
     return code
 
@@ -549,6 +552,57 @@ def run_in_flight(opts):
             cleanup_dispatches()
             User.objects.filter(username=USERNAME).delete()
             print('removed the benchmark jobs in flight and user', flush=True)
+    return 0
+
+
+# The indexes migration 0004 added to the retry event table.
+MIGRATION_0004_INDEXES = (
+    'netbox_safejobs_job_name_idx', 'netbox_safejobs_runner_idx', 'netbox_safejobs_queue_idx',
+    'netbox_safejobs_worker_idx', 'netbox_safejobs_worker_pid_idx', 'netbox_safejobs_attempt_idx',
+    'netbox_safejobs_delay_idx', 'netbox_safejobs_search_idx', 'netbox_safejobs_name_trgm',
+    'netbox_safejobs_runner_trgm', 'netbox_safejobs_worker_trgm',
+)
+
+
+def run_insert_cost(opts, rows=2000):
+    """
+    Single-row INSERTs of events, as ``events.record()`` writes them, with every index and with those of migration
+    0004 dropped; each round in a transaction that is rolled back (the indexes and rows come back). Prints the
+    median time of one INSERT of each round, in milliseconds.
+    """
+    from django.db import connection, transaction
+
+    from netbox_safejobs.models import RetryEvent
+
+    table = RetryEvent._meta.db_table
+    sql = (
+        f'INSERT INTO {table} (time, job_uuid, job_name, runner, queue, kind, attempt, delay, detail, worker_host, '
+        f"worker_pid) VALUES (now(), %s, %s, 'core.jobs.SyncDataSourceJob', 'default', 'retry', %s, 0.5, "
+        f"'Job row not found (not committed yet, rolled back or deleted); looking again.', %s, %s)"
+    )
+
+    class Rollback(Exception):
+        pass
+
+    results = {'every index': [], 'without those of 0004': []}
+    for _ in range(opts.repeat):
+        for label, drop in (('every index', ()), ('without those of 0004', MIGRATION_0004_INDEXES)):
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    for name in drop:
+                        cursor.execute(f'DROP INDEX IF EXISTS {name}')
+                    timings = []
+                    for i in range(rows):
+                        started = time.perf_counter()
+                        cursor.execute(sql, [uuid.uuid4(), f'nightly sync {i}', 1 + i % 5, f'worker-{i % 4}', 1000 + i])
+                        timings.append((time.perf_counter() - started) * 1000)
+                    results[label].append(statistics.median(timings))
+                    raise Rollback
+            except Rollback:
+                pass
+    for label, values in results.items():
+        print(f'INSERT of one event, {label}: median {statistics.median(values):.3f} ms '
+              f'(rounds: {", ".join(f"{value:.3f}" for value in values)})', flush=True)
     return 0
 
 
