@@ -13,7 +13,7 @@ from django.utils.translation import gettext as _
 from netbox.filtersets import BaseFilterSet
 from utilities.filters import MultiValueCharFilter, MultiValueDecimalFilter, multivalue_field_factory
 
-from . import compat
+from . import compat, tables
 from .choices import JobDispatchStateChoices, RetryEventKindChoices
 from .in_flight import state_q
 from .models import JobDispatch, RetryEvent
@@ -134,12 +134,24 @@ class RetryEventFilterSet(BaseFilterSet):
             pass
         # Exact and case-sensitive, as RQ names queues: the queue index serves it (UPPER(queue) would not).
         condition = Q(queue=value)
+        dense = False
         if terms := search_terms(value):
-            queryset, matches = word_matches(queryset, terms)
+            queryset, matches, dense = word_matches(queryset, terms)
             condition |= matches
         if kinds := search_kinds(value):
             condition |= Q(kind__in=kinds)
-        return queryset.filter(condition)
+        queryset = queryset.filter(condition)
+        if dense and not self.other_filters(name):
+            # More than SEARCH_IDS events match and no other filter follows: the page's count need not count them
+            # again (newest first, computing the words of each event) to show "1000+".
+            tables.count_at_least(queryset, SEARCH_IDS + 1)
+        return queryset
+
+    def other_filters(self, name):
+        """Whether a filter other than ``name`` has a value in this request."""
+        # An empty value is None, '', [] or an empty queryset (job_id), which is empty without a query; False is a
+        # value (job_exists=false).
+        return any(value is False or bool(value) for key, value in self.form.cleaned_data.items() if key != name)
 
 
 class _Rollback(Exception):
@@ -148,12 +160,13 @@ class _Rollback(Exception):
 
 def word_matches(queryset, terms):
     """
-    ``queryset`` (aliased when needed) and the condition "the words match ``terms``". PostgreSQL cannot estimate
-    how many rows a full-text search matches (it guesses a fixed share for a word it has no statistics of), and
-    reading the events newest first while computing the words of each one costs tens of microseconds per event: a
-    rare word would be looked for through the whole table. So the matches are first read from the full-text index
-    alone (a bitmap scan, forced for that one statement), up to ``SEARCH_IDS``: when that is all of them, the
-    condition is those IDs (the primary key answers the page and its count). More matches are frequent enough to be
+    ``queryset`` (aliased when needed), the condition "the words match ``terms``", and whether more than
+    ``SEARCH_IDS`` events match. PostgreSQL cannot estimate how many rows a full-text search matches (it guesses a
+    fixed share for a word it has no statistics of), and reading the events newest first while computing the words
+    of each one costs tens of microseconds per event: a rare word would be looked for through the whole table. So
+    the matches are first read from the full-text index alone (a bitmap scan, forced for that one statement), up to
+    ``SEARCH_IDS``: when that is all of them, the condition is those IDs (the primary key answers the page and its
+    count). More matches are frequent enough to be
     found quickly newest first, and the condition is the search itself.
     """
     vector = search_vector()
@@ -170,8 +183,8 @@ def word_matches(queryset, terms):
     except _Rollback:
         pass
     if len(ids) <= SEARCH_IDS:
-        return queryset, Q(pk__in=ids)
-    return queryset.alias(_search_words=vector), Q(_search_words=query)
+        return queryset, Q(pk__in=ids), False
+    return queryset.alias(_search_words=vector), Q(_search_words=query), True
 
 
 def search_vector():

@@ -24,6 +24,8 @@ __all__ = (
     'COUNT_STEP',
     'BoundedCountPaginator',
     'CountAtLeast',
+    'bounded_count',
+    'count_at_least',
     'JobDispatchTable',
     'JobRetryEventTable',
     'JobRetryEventsColumn',
@@ -126,6 +128,29 @@ class CountAtLeast(int):
         return f'{int(self)}+'
 
 
+def count_at_least(queryset, minimum=None):
+    """
+    The number of rows ``queryset`` is known to have at least (0 when unknown); with ``minimum``, record it first. It
+    is kept on the query, which Django copies into every queryset derived from this one: only record it where
+    nothing will filter the rows further.
+    """
+    if minimum is not None:
+        queryset.query.safejobs_count_at_least = minimum
+    return getattr(queryset.query, 'safejobs_count_at_least', 0)
+
+
+def bounded_count(queryset, page_end):
+    """
+    The rows of ``queryset`` counted up to the next multiple of ``COUNT_STEP`` past ``page_end`` (``CountAtLeast``
+    that multiple when more match), without a query when the queryset is known to have more (``count_at_least``).
+    """
+    bound = math.ceil((page_end + 1) / COUNT_STEP) * COUNT_STEP
+    if count_at_least(queryset) > bound:
+        return CountAtLeast(bound)
+    counted = queryset.order_by()[:bound + 1].count()
+    return CountAtLeast(bound) if counted > bound else counted
+
+
 class BoundedCountPaginator(EnhancedPaginator):
     """
     NetBox's paginator, but the total is counted only up to the next multiple of ``COUNT_STEP`` past the end of the
@@ -145,10 +170,7 @@ class BoundedCountPaginator(EnhancedPaginator):
 
     @cached_property
     def count(self):
-        page_end = self.page_number * self.per_page
-        bound = math.ceil((page_end + 1) / COUNT_STEP) * COUNT_STEP
-        counted = self.queryset.order_by()[:bound + 1].count()
-        return CountAtLeast(bound) if counted > bound else counted
+        return bounded_count(self.queryset, self.page_number * self.per_page)
 
 
 class BoundedCountMixin:

@@ -6,7 +6,7 @@ from unittest import mock
 from django.test import TestCase
 from django.utils import timezone
 
-from netbox_safejobs import filtersets
+from netbox_safejobs import filtersets, tables
 from netbox_safejobs.filtersets import RetryEventFilterSet
 from netbox_safejobs.models import RetryEvent
 
@@ -74,6 +74,16 @@ class RetryEventFilterSetTest(TestCase):
             self.assertFilter({'q': 'nightly'}, 0, 1, 2)
             self.assertFilter({'q': 'worker'}, 0, 1, 2, 4, 5)
             self.assertFilter({'q': 'ScriptJob'}, 3)
+
+    def test_q_with_many_matches_is_known_to_count_more(self):
+        with mock.patch.object(filtersets, 'SEARCH_IDS', 2):
+            self.assertEqual(tables.count_at_least(self.filterset({'q': 'worker'}, self.queryset).qs), 3)
+            # Another filter may leave fewer: nothing is known.
+            qs = self.filterset({'q': 'worker', 'kind': ['gave_up']}, self.queryset).qs
+            self.assertEqual(tables.count_at_least(qs), 0)
+            self.assertEqual(tables.bounded_count(qs, 1), 1)
+            # Two matches are read as IDs: counted.
+            self.assertEqual(tables.count_at_least(self.filterset({'q': 'lost job'}, self.queryset).qs), 0)
 
     def test_lookups_never_add_distinct(self):
         for params in ({'runner__ic': ['sync']}, {'worker_host': ['worker-1']}, {'attempt__gte': [2]}, {'q': 'x'}):

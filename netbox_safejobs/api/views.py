@@ -3,8 +3,6 @@ REST API of retry events (list and detail, read-only, plus delete) and of jobs i
 the same filter set as its UI page.
 """
 
-import math
-
 from django.db.models import Prefetch
 from netbox.api.viewsets import NetBoxReadOnlyModelViewSet
 from rest_framework.exceptions import MethodNotAllowed
@@ -45,10 +43,7 @@ class BoundedCountPagination(api_settings.DEFAULT_PAGINATION_CLASS):
     def get_queryset_count(self, queryset):
         if not self.limit:
             return super().get_queryset_count(queryset)
-        page_end = self.get_offset(self.request) + self.limit
-        bound = math.ceil((page_end + 1) / tables.COUNT_STEP) * tables.COUNT_STEP
-        counted = queryset.order_by()[:bound + 1].count()
-        return min(counted, bound)
+        return int(tables.bounded_count(queryset, self.get_offset(self.request) + self.limit))
 
 
 class RetryEventViewSet(DestroyModelMixin, NetBoxReadOnlyModelViewSet):
