@@ -104,7 +104,6 @@ class ShortHarnessTest(SafeJobsTransactionTestCase):
         self.assertEqual(results['worker_killed']['plugin']['errored'], results['worker_killed']['plugin']['committed'])
 
 
-
 def run_harness(argv, workers):
     """The harness's scenarios for both modes, on its own Redis server; (results, markdown report)."""
     opts = harness.parse_args(argv)
@@ -145,6 +144,7 @@ class CaughtFaultsHarnessTest(SafeJobsTransactionTestCase):
         plugin = results['plugin']
         self.assertEqual((plugin['completed'], plugin['runs'], plugin['duplicate_runs']), (n, n, 0), report)
         self.assertEqual(plugin['events'], {'database_error': n}, report)
+        self.assertEqual(plugin['dispatch_rows_left'], 0, report)  # the retried claim released its own lease
 
     def test_callers_that_catch_an_enqueue_error_keep_their_transaction(self):
         results, report = self.run_scenario('caller_catches')
