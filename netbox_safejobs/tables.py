@@ -349,11 +349,12 @@ class AgeColumn(tables.Column):
         return int(value.total_seconds()) if value is not None else None
 
 
-class JobDispatchTable(ViewableJobsMixin, NetBoxTable):
+class JobDispatchTable(BoundedCountMixin, ViewableJobsMixin, NetBoxTable):
     """
     Jobs in flight. Every column reads the row or its annotations (``in_flight.dispatch_queryset``); none reads the
     stored push. The job is linked only for a user who may view it, as on the retry event list. The columns read
-    from the worker's heartbeat row are not sortable: sorting by them would look up every row's worker first.
+    from the worker's heartbeat row are not sortable: sorting by them would look up every row's worker first. The
+    total is counted as on the retry event list (``BoundedCountPaginator``).
     """
     id = tables.Column(
         verbose_name=_('ID'),
