@@ -38,6 +38,7 @@ from .choices import RetryEventKindChoices
 from .payload import Push, seal
 
 __all__ = (
+    'ASYNC_COMMIT',
     'PUSH_MARKER',
     'CapturedPush',
     'OnCommitProxy',
@@ -61,6 +62,14 @@ _local = threading.local()
 
 # The key in an RQ task's meta that says: pushed by netbox-safejobs, after the Job row committed.
 PUSH_MARKER = 'netbox_safejobs'
+
+# Appended to the WHERE clause of a bookkeeping statement run in autocommit (outside any transaction): the statement's
+# own transaction commits without waiting for the WAL flush (``set_config(..., true)`` is ``SET LOCAL``, in the same
+# round trip). A synchronous commit costs a disk flush, several milliseconds on common disks, and stock NetBox makes
+# none of these writes. Used only where losing the write to a PostgreSQL crash is harmless: the stamp of a push
+# (an unstamped row is owed after ``unknown_push_age``, and a push sent twice starts once), the claim and the
+# release of a lease (``guard._lease_sql``).
+ASYNC_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL"
 
 
 @dataclass
@@ -286,6 +295,8 @@ def _statements():
             f'UPDATE {table} SET owed = clock_timestamp() '
             f'WHERE id = %s AND sent IS NULL AND claimed IS NULL AND owed IS NULL'
         )
+        for name in ('sent', 'owed'):
+            _sql[name + '_async'] = f'{_sql[name]} AND {ASYNC_COMMIT}'
     return _sql
 
 
@@ -302,9 +313,13 @@ def _insert(using, values):
 
 def _stamp(using, statement, dispatch_id):
     """Stamp a row sent or owed. Returns False (and logs) when the database cannot be reached."""
+    connection = connections[using]
+    # Inside a transaction (an on-commit callback of an outer atomic block), the plain statement: the setting would
+    # lower the durability of the whole transaction.
+    sql = _statements()[statement if connection.in_atomic_block else statement + '_async']
     try:
-        with connections[using].cursor() as cursor:
-            cursor.execute(_statements()[statement], [dispatch_id])
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [dispatch_id])
         return True
     except DatabaseError as e:
         # An unstamped row stays "written": the relay owes it after unknown_push_age, by the database's clock.
