@@ -10,12 +10,11 @@ import functools
 import logging
 import os
 import re
-import socket
 import uuid
 
 from django.db import DatabaseError, IntegrityError, transaction
 
-from . import compat, event_types, metrics
+from . import compat, event_types, metrics, workers
 from .choices import RetryEventKindChoices
 
 __all__ = (
@@ -29,7 +28,6 @@ __all__ = (
 
 logger = logging.getLogger('netbox_safejobs.events')
 
-_HOST = socket.gethostname()
 
 # Credentials that can end up in an error text: a password in a URL (redis://:secret@host, postgres://u:p@h), and
 # password=... / PASSWORD: ... pairs as printed by libpq and redis-py.
@@ -103,7 +101,7 @@ def _build(kind, job, job_uuid, job_name, runner, queue, attempt, delay, detail)
     extra = {'safejobs_kind': kind, 'job_uuid': str(job_uuid), 'attempt': attempt, 'delay': delay}
     event = RetryEvent(
         job_uuid=job_uuid, job_name=(job_name or '')[:200], runner=runner[:255], queue=(queue or '')[:100],
-        kind=kind, attempt=attempt, delay=delay, detail=detail, worker_host=_HOST[:255], worker_pid=os.getpid(),
+        kind=kind, attempt=attempt, delay=delay, detail=detail, worker_host=workers.HOST, worker_pid=os.getpid(),
     )
     return event, message, extra
 

@@ -27,7 +27,6 @@ The happy path costs one statement before ``handle()`` and one after, neither wa
 
 import logging
 import os
-import socket
 import time
 import uuid
 from functools import lru_cache, wraps
@@ -50,8 +49,6 @@ __all__ = (
 )
 
 logger = logging.getLogger('netbox_safejobs.guard')
-
-_HOST = socket.gethostname()[:255]
 
 _DATABASE_ERRORS = (OperationalError, InterfaceError)
 
@@ -148,7 +145,7 @@ def _claim_once(job, runner, using, token, next_run):
             'next_run': next_run,
             'token': token,
             'worker': worker.id if worker else None,
-            'host': _HOST,
+            'host': workers.HOST,
             'pid': os.getpid(),
         })
         row = cursor.fetchone()

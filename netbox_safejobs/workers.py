@@ -19,6 +19,7 @@ from django.db import connections
 from .version import __version__
 
 __all__ = (
+    'HOST',
     'LeaseHeartbeat',
     'WorkerIdentity',
     'beat',
@@ -29,7 +30,8 @@ __all__ = (
 
 logger = logging.getLogger('netbox_safejobs.workers')
 
-_HOST = socket.gethostname()[:255]
+# This host's name as every table of the plugin stores it (heartbeats, leases, events): at most 255 characters.
+HOST = socket.gethostname()[:255]
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ def current():
 def set_current(name, guard=True):
     """Give this process a new worker identity (the worker loop, at start-up)."""
     global _current
-    _current = WorkerIdentity(id=uuid.uuid4(), name=(name or '')[:255], host=_HOST, pid=os.getpid(), guard=guard)
+    _current = WorkerIdentity(id=uuid.uuid4(), name=(name or '')[:255], host=HOST, pid=os.getpid(), guard=guard)
     return _current
 
 
