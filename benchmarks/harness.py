@@ -1242,6 +1242,9 @@ def run(opts, ctx):
     cleanup()
     for scenario in opts.scenarios:
         results[scenario] = {}
+        if scenario == 'cost' and opts.pairs > 1:
+            results[scenario] = run_cost_pairs(opts, ctx)
+            continue
         for mode in MODES:
             set_mode(mode)
             runs_file = ctx.workdir / f'{scenario}-{mode}.runs'
@@ -1262,6 +1265,36 @@ def run(opts, ctx):
     if opts.recovery_scale:
         results['recovery_at_scale'] = {'plugin': recovery_at_scale(ctx, opts)}
     return results
+
+
+def run_cost_pairs(opts, ctx):
+    """
+    The cost scenario ``opts.pairs`` times, stock and plugin one after the other, the order alternating from pair to
+    pair so that neither mode always runs on a warmer (or busier) machine. Returns the median of each figure per
+    mode, and the plugin/stock ratio of every pair under ``'pairs'``.
+    """
+    import statistics
+
+    pairs = []
+    for number in range(opts.pairs):
+        pair = {}
+        for mode in (MODES if number % 2 == 0 else tuple(reversed(MODES))):
+            set_mode(mode)
+            runs_file = ctx.workdir / f'cost-{number}-{mode}.runs'
+            runs_file.unlink(missing_ok=True)
+            print(f'--- cost pair {number + 1}/{opts.pairs} / {mode}', flush=True)
+            try:
+                pair[mode] = scenario_cost(ctx, mode, opts, runs_file)
+            finally:
+                set_mode('plugin')
+                cleanup()
+            print(json.dumps(pair[mode]), flush=True)
+        pairs.append(pair)
+    result = {mode: {key: round(statistics.median(p[mode][key] for p in pairs), 3) for key, _ in COST_ROWS}
+              for mode in MODES}
+    result['pairs'] = [{key: round(p['plugin'][key] / p['stock'][key], 3) for key, _ in COST_ROWS if p['stock'][key]}
+                       for p in pairs]
+    return result
 
 
 ROWS = (
@@ -1322,6 +1355,18 @@ def markdown(results):
             if scenario == 'cost':
                 row += f' {plugin / stock:.3f} |' if stock and plugin else ' – |'
             lines.append(row)
+        if modes.get('pairs'):
+            import statistics
+
+            count = len(modes['pairs'])
+            lines.append(f'\nMedians of {count} interleaved pairs. Plugin/stock ratio per pair:\n')
+            lines.append('| | ' + ' | '.join(str(n + 1) for n in range(count)) + ' | median | min – max |')
+            lines.append('|---|' + '---|' * (count + 2))
+            for key, label in COST_ROWS:
+                ratios = [pair[key] for pair in modes['pairs'] if key in pair]
+                if ratios:
+                    lines.append(f'| {label} | ' + ' | '.join(f'{r:.3f}' for r in ratios)
+                                 + f' | {statistics.median(ratios):.3f} | {min(ratios):.3f} – {max(ratios):.3f} |')
         lines.append('')
     return '\n'.join(lines)
 
@@ -1372,6 +1417,11 @@ def parse_args(argv=None):
                         help='skip the recovery pass timing with 1,000,000 core_job rows')
     parser.add_argument('--core-job-rows', type=int, default=1_000_000)
     parser.add_argument('--owed', type=int, default=1000)
+    parser.add_argument('--throughput-jobs', type=int, default=None,
+                        help='jobs of the throughput part of the cost scenario (default 1,000; 100 with --short)')
+    parser.add_argument('--pairs', type=int, default=1,
+                        help='run the cost scenario this many times, stock and plugin interleaved, and report the '
+                             'median and the ratio of every pair')
     parser.add_argument('--json', help='write the results as JSON to this file')
     parser.add_argument('--markdown', help='write the result tables as Markdown to this file')
     parser.add_argument('--chart', help='write the cost chart (PNG) to this file')
@@ -1379,7 +1429,7 @@ def parse_args(argv=None):
     if opts.short:
         opts.jobs, opts.fault_jobs, opts.crashes, opts.recovery_scale = 300, 20, 1, False
     opts.cost_jobs = 100 if opts.short else 1000
-    opts.throughput_jobs = 100 if opts.short else 1000
+    opts.throughput_jobs = opts.throughput_jobs or (100 if opts.short else 1000)
     opts.latency_jobs = 30 if opts.short else 200
     opts.scenarios = [s.strip() for s in opts.scenarios.split(',') if s.strip()]
     unknown = set(opts.scenarios) - set(SCENARIOS)
