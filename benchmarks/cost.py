@@ -24,15 +24,6 @@ import time
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'netbox.settings')
 
 
-def percentile(values, q):
-    values = sorted(values)
-    if not values:
-        return float('nan')
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--jobs', type=int, default=200, help='jobs per mode and round')
@@ -48,6 +39,7 @@ def main(argv=None):
     from django_rq import get_connection
     from rq.job import Job as RQJob
 
+    from benchmarks.harness import percentile
     from benchmarks.runners import TrivialJob
     from netbox_safejobs import patches
     from netbox_safejobs.models import JobDispatch

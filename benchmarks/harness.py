@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -587,12 +588,11 @@ def collect(committed, rolled_back, runs_file, deleted=(), caller_exceptions=Non
 
 
 def percentile(values, q):
-    values = sorted(values)
-    if not values:
-        return None
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+    """The ``q`` quantile (0.5, 0.99), interpolated between the nearest values; ``None`` without values."""
+    values = list(values)
+    if len(values) < 2:
+        return values[0] if values else None
+    return statistics.quantiles(values, n=100, method='inclusive')[round(q * 100) - 1]
 
 
 def cleanup():
@@ -1273,8 +1273,6 @@ def run_cost_pairs(opts, ctx):
     pair so that neither mode always runs on a warmer (or busier) machine. Returns the median of each figure per
     mode, and the plugin/stock ratio of every pair under ``'pairs'``.
     """
-    import statistics
-
     pairs = []
     for number in range(opts.pairs):
         pair = {}
@@ -1356,8 +1354,6 @@ def markdown(results):
                 row += f' {plugin / stock:.3f} |' if stock and plugin else ' – |'
             lines.append(row)
         if modes.get('pairs'):
-            import statistics
-
             count = len(modes['pairs'])
             lines.append(f'\nMedians of {count} interleaved pairs. Plugin/stock ratio per pair:\n')
             lines.append('| | ' + ' | '.join(str(n + 1) for n in range(count)) + ' | median | min – max |')
