@@ -16,6 +16,7 @@ from core.choices import JobStatusChoices
 __all__ = (
     'CLAIMABLE_STATES',
     'RUNNING',
+    'bound_redis_retries',
     'capture_globals',
     'capture_unsupported_reason',
     'event_queue_name',
@@ -250,6 +251,23 @@ def get_push_queue(name):
     queue = django_rq.get_queue(name, **_queue_kwargs)
     queue = _queues[name] = django_rq.get_queue(name, connection=_fail_fast(queue.connection), **_queue_kwargs)
     return queue
+
+
+def bound_redis_retries(connection, interval):
+    """
+    The worker's own Redis connection: redis-py 6+ retries a refused connection three times with backoff (3.6 s in
+    all) before RQ sees the error, and a worker caught in those retries when Redis comes back waits them out before it
+    takes a task. Two retries ``interval / 5`` apart keep a blip invisible and let the worker notice Redis again within
+    ``interval``. Its work horses inherit it; pushes use their own connection (``_fail_fast``). redis-py before 4.3
+    (no ``set_retry``) retries nothing by default, and is left as it is.
+    """
+    try:
+        from redis.backoff import ConstantBackoff
+        from redis.retry import Retry
+
+        connection.set_retry(Retry(ConstantBackoff(interval / 5), 2))
+    except (ImportError, AttributeError) as e:
+        logger.debug('worker connection retries left as they are: %s', e)
 
 
 def _fail_fast(connection):

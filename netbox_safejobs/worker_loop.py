@@ -23,7 +23,7 @@ import time
 
 from django.db import close_old_connections, connections
 
-from . import liveness, relay, workers
+from . import compat, liveness, relay, workers
 from .choices import RetryEventKindChoices
 from .settings import get_settings
 
@@ -161,7 +161,7 @@ def start(worker):
         worker.exponential_backoff_factor = 1.0
         worker.max_connection_wait_time = min(getattr(worker, 'max_connection_wait_time', 60),
                                               settings.worker_reconnect_interval)
-        _bound_redis_retries(worker, settings.worker_reconnect_interval)
+        compat.bound_redis_retries(worker.connection, settings.worker_reconnect_interval)
         from .patches import installed
 
         identity = workers.set_current(getattr(worker, 'name', ''), guard='guard' in installed())
@@ -177,22 +177,6 @@ def start(worker):
         logger.exception('worker loop not started; owed pushes wait for `netbox safejobs_recover`')
         _loop = None
     return _loop
-
-
-def _bound_redis_retries(worker, interval):
-    """
-    redis-py 6+ retries a refused connection three times with backoff (3.6 s in all) before RQ sees the error: a
-    worker caught in those retries when Redis comes back waits them out before it takes a task. Two retries
-    ``interval / 5`` apart keep a blip invisible and let the worker notice Redis again within ``interval``. The
-    worker's own connection only (its work horses inherit it); pushes use their own (``compat.get_push_queue``).
-    """
-    try:
-        from redis.backoff import ConstantBackoff
-        from redis.retry import Retry
-
-        worker.connection.set_retry(Retry(ConstantBackoff(interval / 5), 2))
-    except (ImportError, AttributeError) as e:  # redis-py < 4.3 has no set_retry (and retries nothing by default)
-        logger.debug('worker connection retries left as they are: %s', e)
 
 
 def stop():
