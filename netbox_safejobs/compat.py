@@ -4,48 +4,40 @@ Every difference between the NetBox (and django-rq) versions the plugin supports
 Nothing else in the plugin looks at a version number or probes NetBox's internals: it asks this module.
 """
 
-import importlib.util
+import functools
 import inspect
 import logging
-import os
 import sys
-from contextlib import contextmanager
 
 from core.choices import JobStatusChoices
 
 __all__ = (
     'CLAIMABLE_STATES',
     'RUNNING',
-    'bound_redis_retries',
     'capture_globals',
     'capture_unsupported_reason',
-    'event_queue_name',
-    'get_push_queue',
     'graphql_filter',
     'graphql_filter_base',
     'graphql_legacy_filters',
     'graphql_lookups',
     'graphql_type',
     'handle_unsupported_reason',
-    'installed_plugins',
     'is_not_updated',
     'job_field_values',
-    'job_queue_name',
     'jobs_module',
-    'management_command',
+    'known_rq_queue_name',
     'may_view_background_tasks',
     'next_run_kwargs',
-    'on_commit',
-    'override_rq_queues',
     'process_event_rules',
+    'push_queue_kwargs',
     'refresh_event_type_choices',
     'register_filterset',
     'register_job_table_column',
+    'rq_queue_name',
     'rq_task_deleters',
     'rq_worker_class',
     'rq_worker_names',
     'rq_workers',
-    'stock_push_on_commit',
     'system_job',
     'view_actions',
 )
@@ -53,7 +45,8 @@ __all__ = (
 logger = logging.getLogger('netbox_safejobs.compat')
 
 
-# The states a job waits in before a worker starts it: a claim moves exactly these to "running".
+# The states a job waits in before a worker starts it: a claim moves exactly these to "running". The same on every
+# supported NetBox (4.2 – 4.7); named here so that a NetBox adding a waiting state changes one line.
 CLAIMABLE_STATES = (JobStatusChoices.STATUS_PENDING, JobStatusChoices.STATUS_SCHEDULED)
 RUNNING = JobStatusChoices.STATUS_RUNNING
 
@@ -74,7 +67,8 @@ def capture_unsupported_reason():
 
     ``Job.enqueue`` looks its RQ queue up with ``django_rq.get_queue()`` and (from NetBox 4.2.6, #18880) defers the
     push with ``transaction.on_commit()``; both are module globals of the module that defines it. The dispatch patch
-    stands in for those two names, in that module only.
+    stands in for those two names, in that module only. Every supported NetBox (4.2 – 4.7) passes; the check guards
+    future releases.
     """
     try:
         from netbox.jobs import JobRunner
@@ -90,15 +84,6 @@ def capture_unsupported_reason():
     if not hasattr(module.django_rq, 'get_queue'):
         return 'django_rq.get_queue does not exist'
     return None
-
-
-def stock_push_on_commit():
-    """
-    True where NetBox's own ``Job.enqueue`` pushes from ``transaction.on_commit()`` (4.2.6+, #18880); False on 4.2.0 -
-    4.2.5, which push at once, inside the caller's transaction (so a worker can take a job whose row is not committed
-    yet, or never will be).
-    """
-    return hasattr(jobs_module(), 'transaction')
 
 
 def capture_globals():
@@ -169,7 +154,8 @@ def rq_workers(connection):
     aware UTC datetime, or ``None``.
 
     RQ 2.x parses ``birth`` as an aware UTC datetime; RQ 1.x (and early 2.x releases) as a naive one in UTC. Detected
-    from the value, not the version.
+    from the value, not the version: the RQ a NetBox 4.2 – 4.7 installs (2.1 – 2.12 in the runs of COMPATIBILITY.md)
+    decides which.
     """
     from datetime import timezone
 
@@ -212,88 +198,24 @@ def rq_worker_names(connection):
             if present and key.startswith(prefix)}
 
 
-_queue_kwargs = None
-_queues = {}
-
-
-def _forget_queues(setting=None, **kwargs):
-    if setting in (None, 'RQ_QUEUES', 'RQ'):
-        _queues.clear()
-
-
-def get_push_queue(name):
+@functools.cache
+def push_queue_kwargs():
     """
-    An RQ queue that pushes when asked, whatever django-rq's ``COMMIT_MODE``: the plugin calls it only after the
-    commit, so a further deferral (to a later commit, or to the end of the request) would only lose the error.
-    django-rq 3 takes ``autocommit=True``, django-rq 4 ``commit_mode='auto'``.
-
-    One queue (and so one Redis connection pool) per queue name and process, rather than a new Redis client for every
-    push as ``django_rq.get_queue()`` makes; redis-py resets a pool inherited across a fork. Dropped when the RQ
-    settings change (``override_settings`` in tests).
+    The arguments of ``django_rq.get_queue()`` for a queue that pushes at once, whatever ``RQ['COMMIT_MODE']``:
+    ``commit_mode='auto'`` on django-rq 4, ``autocommit=True`` on django-rq 3. In the runs of COMPATIBILITY.md,
+    NetBox 4.2 – 4.4 installed django-rq 3, and 4.5.10 – 4.7 django-rq 4.
     """
-    global _queue_kwargs
     import django_rq
 
-    queue = _queues.get(name)
-    if queue is not None:
-        return queue
-    if _queue_kwargs is None:
-        from django.core.signals import setting_changed
-
-        setting_changed.connect(_forget_queues, dispatch_uid='netbox_safejobs.compat.queues')
-        params = inspect.signature(django_rq.get_queue).parameters
-        if 'commit_mode' in params:
-            _queue_kwargs = {'commit_mode': 'auto'}
-        elif 'autocommit' in params:
-            _queue_kwargs = {'autocommit': True}
-        else:
-            _queue_kwargs = {}
-    queue = django_rq.get_queue(name, **_queue_kwargs)
-    queue = _queues[name] = django_rq.get_queue(name, connection=_fail_fast(queue.connection), **_queue_kwargs)
-    return queue
+    params = inspect.signature(django_rq.get_queue).parameters
+    if 'commit_mode' in params:
+        return {'commit_mode': 'auto'}
+    if 'autocommit' in params:
+        return {'autocommit': True}
+    return {}
 
 
-def bound_redis_retries(connection, interval):
-    """
-    The worker's own Redis connection: redis-py 6+ retries a refused connection three times with backoff (3.6 s in
-    all) before RQ sees the error, and a worker caught in those retries when Redis comes back waits them out before it
-    takes a task. Two retries ``interval / 5`` apart keep a blip invisible and let the worker notice Redis again within
-    ``interval``. Its work horses inherit it; pushes use their own connection (``_fail_fast``). redis-py before 4.3
-    (no ``set_retry``) retries nothing by default, and is left as it is.
-    """
-    try:
-        from redis.backoff import ConstantBackoff
-        from redis.retry import Retry
-
-        connection.set_retry(Retry(ConstantBackoff(interval / 5), 2))
-    except (ImportError, AttributeError) as e:
-        logger.debug('worker connection retries left as they are: %s', e)
-
-
-def _fail_fast(connection):
-    """
-    The same Redis, without redis-py's retries (redis-py 6+ retries a refused connection three times with backoff,
-    3.6 s in all): a push the plugin makes may fail, since it is stored and the relay sends it as soon as Redis
-    answers, but it must not hold a web request for seconds per job while Redis is down. A connection that hangs is
-    given up after 5 seconds.
-    """
-    from redis import ConnectionPool, Redis
-
-    try:
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-    except ImportError:
-        return connection
-    pool = connection.connection_pool
-    kwargs = dict(pool.connection_kwargs)
-    kwargs['retry'] = Retry(NoBackoff(), 0)
-    kwargs.pop('retry_on_timeout', None)
-    if kwargs.get('socket_connect_timeout') is None:
-        kwargs['socket_connect_timeout'] = 5
-    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
-
-
-def job_queue_name(job):
+def rq_queue_name(job):
     """The RQ queue of a job: ``Job.queue_name`` where NetBox stores it (4.5+), else NetBox's model mapping."""
     name = getattr(job, 'queue_name', '')
     if name:
@@ -303,7 +225,7 @@ def job_queue_name(job):
     return get_queue_for_model(job.object_type.model if job.object_type_id else None)
 
 
-def event_queue_name(job):
+def known_rq_queue_name(job):
     """
     The RQ queue of a job for a retry event, without raising and without a query of its own (the database may be
     what failed): ``Job.queue_name`` where NetBox stores it (4.5+), else NetBox's mapping of the job's object type
@@ -321,6 +243,7 @@ def event_queue_name(job):
         return ''
 
 
+@functools.cache
 def _job_has_field(name):
     # The Job fields added after 4.2 (see job_field_values, next_run_kwargs).
     from core.models import Job
@@ -348,28 +271,11 @@ def next_run_kwargs(job):
     return {'notifications': job.notifications} if _job_has_field('notifications') else {}
 
 
-_on_commit_robust = None
-
-
-def on_commit(func, using):
-    """``transaction.on_commit`` with ``robust=True`` where Django has it (4.2+): one failing callback must not stop
-    the others registered for the same commit."""
-    global _on_commit_robust
-    from django.db import transaction
-
-    if _on_commit_robust is None:
-        _on_commit_robust = 'robust' in inspect.signature(transaction.on_commit).parameters
-    if _on_commit_robust:
-        transaction.on_commit(func, using=using, robust=True)
-    else:
-        transaction.on_commit(func, using=using)
-
-
 def is_not_updated(exc):
     """
     True when ``exc`` is Django's refusal of a forced UPDATE that touched no row (the row is gone), as opposed to an
-    error of the database: ``ObjectNotUpdated`` on Django 6.0+ (NetBox 4.5+), a plain ``DatabaseError`` with
-    Django's message before.
+    error of the database: ``ObjectNotUpdated`` on Django 6.0+ (NetBox 4.6+ in the runs of COMPATIBILITY.md), a plain
+    ``DatabaseError`` with Django's message before (NetBox 4.2 – 4.5, Django 5.1 – 5.2).
     """
     from django.core import exceptions
     from django.db import DatabaseError
@@ -381,7 +287,10 @@ def is_not_updated(exc):
 
 
 def system_job(interval):
-    """NetBox's ``system_job`` decorator (4.2+), or ``None`` where it does not exist."""
+    """
+    NetBox's ``system_job`` decorator, or ``None`` where it does not exist. Every supported NetBox (4.2 – 4.7) has
+    it: the fallback serves none of them and can go with its caller's check.
+    """
     try:
         from netbox.jobs import system_job as decorator
     except ImportError:
@@ -564,61 +473,6 @@ def may_view_background_tasks(request):
     except Exception:
         logger.debug('Cannot ask NetBox whether the user may view Background Tasks', exc_info=True)
         return False
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Processes (tests, benchmarks): NetBox management commands in a new process
-# --------------------------------------------------------------------------------------------------------------------
-
-def management_command(*args):
-    """
-    The argv that runs ``netbox <args>`` in a new process with this interpreter: ``python -m netbox`` where NetBox is
-    a package with a ``__main__`` (4.6.6+, and every pip-installed NetBox), else the source checkout's ``manage.py``
-    (next to the ``netbox`` settings package).
-    """
-    from django.conf import settings
-
-    if importlib.util.find_spec('netbox.__main__') is not None:
-        return [sys.executable, '-m', 'netbox', *args]
-    return [sys.executable, os.path.join(settings.BASE_DIR, 'manage.py'), *args]
-
-
-def installed_plugins():
-    """The names of the installed plugins: ``registry['plugins']['installed']`` (4.3+), else ``settings.PLUGINS``."""
-    from django.conf import settings
-    from netbox.registry import registry
-
-    installed = registry['plugins'].get('installed')
-    if installed is not None:
-        return list(installed)
-    return [name.rsplit('.', 1)[-1] for name in settings.PLUGINS]
-
-
-@contextmanager
-def override_rq_queues(queues):
-    """
-    ``settings.RQ_QUEUES`` replaced while the block runs, as django-rq sees it (tests, the demo, the harness): django-rq
-    4 reads the setting on every call; django-rq 3 (NetBox 4.2 - 4.5.x) copied it into ``django_rq.settings.QUEUES``
-    and ``QUEUES_LIST`` at import, which are replaced too.
-    """
-    from django.test import override_settings
-    from django_rq import settings as rq_settings
-
-    snapshot = {name: vars(rq_settings)[name] for name in ('QUEUES', 'QUEUES_LIST', 'QUEUES_MAP')
-                if name in vars(rq_settings)}
-    with override_settings(RQ_QUEUES=queues):
-        if snapshot:
-            rq_settings.QUEUES = queues
-            ordered = sorted(queues.items())
-            if 'QUEUES_LIST' in snapshot:
-                rq_settings.QUEUES_LIST = [{'name': name, 'connection_config': config} for name, config in ordered]
-            if 'QUEUES_MAP' in snapshot:
-                rq_settings.QUEUES_MAP = {name: index for index, (name, _config) in enumerate(ordered)}
-        try:
-            yield
-        finally:
-            for name, value in snapshot.items():
-                setattr(rq_settings, name, value)
 
 
 # --------------------------------------------------------------------------------------------------------------------

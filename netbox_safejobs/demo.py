@@ -11,14 +11,14 @@ import time
 import uuid
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 from netbox.jobs import JobRunner
 
-from . import compat
 from .choices import RetryEventKindChoices
 from .models import JobDispatch, RetryEvent, WorkerHeartbeat
+from .testing.fixtures import create_job, push_directly, terminate_connection, unsaved_job
+from .testing.queues import closed_port_queues, override_rq_queues
 
 __all__ = (
     'DemoJob',
@@ -38,21 +38,6 @@ class DemoJob(JobRunner):
         self.logger.info('demo job ran')
 
 
-def _push_directly(job, rq_job_id=None):
-    """Push a task the way NetBox <= 4.2.5 did: at once, whatever the transaction."""
-    return compat.get_push_queue(compat.job_queue_name(job)).enqueue(
-        DemoJob.handle, job_id=rq_job_id or str(job.job_id), job=job,
-    )
-
-
-def _new_job():
-    """A Job not saved yet."""
-    from core.models import Job
-
-    return Job(name=DemoJob.name, job_id=uuid.uuid4(), status='pending',
-               **compat.job_field_values(queue_name='default'))
-
-
 def run_demo(out=print, wait=60):
     from core.models import Job
 
@@ -60,10 +45,10 @@ def run_demo(out=print, wait=60):
     jobs = []
 
     out('1. A task pushed before its transaction commits (NetBox <= 4.2.5): "retry", then "found after retry".')
-    late = _new_job()
+    late = unsaved_job(DemoJob.name)
     with transaction.atomic():
         late.save()
-        _push_directly(late)
+        push_directly(late, DemoJob)
         # Held open until the worker has looked once and not found the row (its event is committed by the
         # worker, so visible from inside this transaction), or 30 seconds.
         deadline = time.monotonic() + 30
@@ -74,21 +59,18 @@ def run_demo(out=print, wait=60):
     jobs.append(late.job_id)
 
     out('2. A task whose Job row never existed (rolled back): "retry" ×5, then "gave up"; nothing is inserted.')
-    ghost = _new_job()
-    _push_directly(ghost)
+    ghost = unsaved_job(DemoJob.name)
+    push_directly(ghost, DemoJob)
     jobs.append(ghost.job_id)
 
     out('3. The same task pushed twice: it runs once, the copy records "duplicate skipped".')
     twice = DemoJob.enqueue()
-    _push_directly(twice, rq_job_id=str(uuid.uuid4()))
+    push_directly(twice, DemoJob, rq_job_id=str(uuid.uuid4()))
     jobs.append(twice.job_id)
 
     out('4. Redis unreachable at commit: no error for the caller, "dispatch failed", the push owed at once; the '
         'relay then sends it: "recovered".')
-    unreachable = {name: {**params, 'PORT': 1} for name, params in settings.RQ_QUEUES.items()}
-    for params in unreachable.values():
-        params.pop('URL', None)
-    with compat.override_rq_queues(unreachable):
+    with override_rq_queues(closed_port_queues()):
         with transaction.atomic():
             lost = DemoJob.enqueue()
     jobs.append(lost.job_id)
@@ -98,24 +80,15 @@ def run_demo(out=print, wait=60):
     run_pass(stuck=False)
 
     out('5. The database connection killed while the guard checks a row: "database error", then the job runs.')
-    killed = Job.objects.create(name=DemoJob.name, job_id=uuid.uuid4(), **compat.job_field_values(queue_name='default'))
-    connection.ensure_connection()
-    pid = connection.connection.info.backend_pid
-    import psycopg
-
-    s = connection.settings_dict
-    with psycopg.connect(host=s['HOST'] or None, port=s['PORT'] or None, user=s['USER'], dbname=s['NAME'],
-                         password=s.get('PASSWORD') or None, autocommit=True) as other:
-        other.execute('SELECT pg_terminate_backend(%s)', [pid])
+    killed = create_job(DemoJob.name)
+    terminate_connection(connection)
     time.sleep(0.2)
     DemoJob.handle(killed)
     jobs.append(killed.job_id)
 
     out('6. A job left "running" by a worker that died (staged: its heartbeat stopped an hour ago): '
         '"stuck job errored".')
-    stuck = Job.objects.create(name=DemoJob.name, job_id=uuid.uuid4(), status='running',
-                               started=timezone.now() - timedelta(hours=1),
-                               **compat.job_field_values(queue_name='default'))
+    stuck = create_job(DemoJob.name, status='running', started=timezone.now() - timedelta(hours=1))
     dead_worker = uuid.uuid4()
     an_hour_ago = timezone.now() - timedelta(hours=1)
     WorkerHeartbeat.objects.create(id=dead_worker, name='demo-gone', host='gone', pid=1, version='demo',
@@ -136,7 +109,7 @@ def run_demo(out=print, wait=60):
     jobs.append(doomed.job_id)
 
     out('8. A stored push that is not ours (staged: its signature broken): "stored push rejected", the job errored.')
-    with compat.override_rq_queues(unreachable):
+    with override_rq_queues(closed_port_queues()):
         forged = DemoJob.enqueue()
     row = JobDispatch.objects.get(job=forged)
     JobDispatch.objects.filter(pk=row.pk).update(payload=bytes(row.payload)[:-1] + b'!')

@@ -36,6 +36,7 @@ from django.db import DatabaseError, connections, router, transaction
 from . import compat, events
 from .choices import RetryEventKindChoices
 from .payload import Push, seal
+from .queues import get_push_queue
 
 __all__ = (
     'ASYNC_COMMIT',
@@ -85,7 +86,7 @@ class CapturedPush:
         """Push to RQ, marked as pushed by the plugin after its row committed (see ``PUSH_MARKER``)."""
         kwargs = dict(self.kwargs)
         kwargs['meta'] = {**(kwargs.get('meta') or {}), PUSH_MARKER: 1}
-        return getattr(compat.get_push_queue(self.queue_name), self.method)(*self.args, **kwargs)
+        return getattr(get_push_queue(self.queue_name), self.method)(*self.args, **kwargs)
 
 
 class _CapturingQueue:
@@ -103,7 +104,7 @@ class _CapturingQueue:
 
     def __getattr__(self, attr):
         # Anything else NetBox might ask of the queue is answered by the real one.
-        return getattr(compat.get_push_queue(self.name), attr)
+        return getattr(get_push_queue(self.name), attr)
 
 
 def _sink():
@@ -175,7 +176,7 @@ class _DeferringQueue:
         return _DeferredCancel(self.name, job_id, self._using)
 
     def __getattr__(self, attr):
-        return getattr(compat.get_push_queue(self.name), attr)
+        return getattr(get_push_queue(self.name), attr)
 
 
 class _DeferredCancel:
@@ -187,7 +188,7 @@ class _DeferredCancel:
         self._using = using
 
     def cancel(self, *args, **kwargs):
-        compat.on_commit(partial(_cancel_task, self.queue_name, self.id), using=self._using)
+        transaction.on_commit(partial(_cancel_task, self.queue_name, self.id), using=self._using, robust=True)
 
     def __bool__(self):
         return True
@@ -198,7 +199,7 @@ def _cancel_task(queue_name, job_id):
     from rq.exceptions import InvalidJobOperation
 
     try:
-        task = compat.get_push_queue(queue_name).fetch_job(job_id)
+        task = get_push_queue(queue_name).fetch_job(job_id)
         if task is not None:
             task.cancel()
     except InvalidJobOperation:
@@ -344,7 +345,7 @@ def defer(job, runner, captured):
     blob = seal(Push(captured.method, captured.args, captured.kwargs))
     dispatch_id = _insert(using, [job.pk, job.job_id, captured.queue_name[:100], events.runner_path(runner)[:255],
                                   captured.method, blob])
-    compat.on_commit(partial(push, job, runner, captured, using, dispatch_id), using=using)
+    transaction.on_commit(partial(push, job, runner, captured, using, dispatch_id), using=using, robust=True)
 
 
 @contextmanager

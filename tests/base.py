@@ -15,7 +15,9 @@ from django.db import connection
 from django.test import TransactionTestCase
 from django_rq import get_connection
 
-from netbox_safejobs import compat, patches
+from netbox_safejobs import patches
+from netbox_safejobs.testing.fixtures import netbox_command
+from netbox_safejobs.testing.processes import stop_process_group
 
 __all__ = (
     'SafeJobsTransactionTestCase',
@@ -38,10 +40,6 @@ def worker_env(plugins_config=None, **extra):
         env['SAFEJOBS_PLUGINS_CONFIG'] = repr(plugins_config)
     env.update({k: str(v) for k, v in extra.items()})
     return env
-
-
-def netbox_command(*args):
-    return compat.management_command(*args)
 
 
 class Worker:
@@ -70,15 +68,8 @@ class Worker:
         return self.process.returncode
 
     def kill(self, sig=signal.SIGKILL):
-        try:
-            os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            out, _ = self.process.communicate(timeout=30)
-            self.output += out or ''
-        except subprocess.TimeoutExpired:
-            pass
+        """``sig`` to the worker and its work horse (default: SIGKILL, a crash); SIGKILL after 30 s."""
+        self.output += stop_process_group([self.process], grace=30, sig=sig)[self.process] or ''
 
     def children(self):
         """PIDs of the worker's child processes (RQ's work horse while a job runs)."""

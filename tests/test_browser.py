@@ -14,9 +14,7 @@ installs both when it can).
 """
 
 import os
-import socket
 import subprocess
-import time
 import unittest
 import uuid
 from contextlib import contextmanager
@@ -31,6 +29,7 @@ from users.models import User, UserConfig
 
 from netbox_safejobs import event_types
 from netbox_safejobs.models import JobDispatch, RetryEvent, WorkerHeartbeat
+from netbox_safejobs.testing.processes import free_port, stop_process_group, wait_port
 
 from .base import netbox_command, worker_env
 
@@ -42,12 +41,6 @@ try:
     from playwright.sync_api import sync_playwright
 except ImportError:  # pragma: no cover - depends on the machine
     sync_playwright = None
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 @unittest.skipIf(not os.path.exists(CHROMIUM), f'{CHROMIUM} is missing (Debian package "chromium")')
@@ -81,23 +74,13 @@ class BrowserTest(TransactionTestCase):
 
     def stop_server(self):
         if self.server.poll() is None:
-            os.killpg(self.server.pid, 15)
-            try:
-                self.server.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.server.pid, 9)
-                self.server.communicate()
+            stop_process_group([self.server], grace=20)
 
     def wait_for_port(self, timeout=90):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.server.poll() is not None:
-                raise AssertionError(f'runserver exited:\n{self.server.stdout.read()}')
-            try:
-                with socket.create_connection(('127.0.0.1', self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.3)
+        if wait_port(self.port, timeout, process=self.server, interval=0.3):
+            return
+        if self.server.poll() is not None:
+            raise AssertionError(f'runserver exited:\n{self.server.stdout.read()}')
         raise AssertionError(f'runserver did not listen on port {self.port} within {timeout}s')
 
     @property

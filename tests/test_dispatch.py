@@ -11,26 +11,14 @@ from django.utils import timezone
 from django_rq import get_queue
 from rq.job import Job as RQJob
 
-from netbox_safejobs import compat, dispatch, patches, payload
+from netbox_safejobs import dispatch, patches, payload
 from netbox_safejobs.choices import RetryEventKindChoices
 from netbox_safejobs.models import JobDispatch, RetryEvent
 from netbox_safejobs.recovery import run_pass
+from netbox_safejobs.testing.queues import closed_port_queues, override_rq_queues
 
 from .base import SafeJobsTransactionTestCase, run_burst_worker
 from .jobs import CountingJob, run_count
-
-
-def closed_port_queues():
-    """RQ_QUEUES with every queue pointed at a port nothing listens on: Redis is 'down'."""
-    from django.conf import settings
-
-    queues = {}
-    for name, params in settings.RQ_QUEUES.items():
-        params = dict(params)
-        params['PORT'] = 1
-        params.pop('URL', None)
-        queues[name] = params
-    return queues
 
 
 class DispatchTestMixin:
@@ -139,7 +127,7 @@ class DispatchTestMixin:
         self.assertEqual(get_queue('default').count, 2)
 
     def test_redis_down_at_commit_then_back_runs_once(self):
-        with compat.override_rq_queues(closed_port_queues()):
+        with override_rq_queues(closed_port_queues()):
             with transaction.atomic():
                 job = CountingJob.enqueue()
             # No exception reached the caller; the data is committed.
@@ -238,7 +226,7 @@ class DispatchTestMixin:
         original = event_types.trigger
         event_types.trigger = rule_action
         try:
-            with compat.override_rq_queues(closed_port_queues()):
+            with override_rq_queues(closed_port_queues()):
                 job = CountingJob.enqueue()
         finally:
             event_types.trigger = original

@@ -10,6 +10,7 @@ from django.test import TestCase
 from netbox_safejobs import compat, events
 from netbox_safejobs.choices import RetryEventKindChoices
 from netbox_safejobs.models import RetryEvent
+from netbox_safejobs.testing.fixtures import create_job
 
 from .jobs import CountingJob
 
@@ -17,7 +18,7 @@ from .jobs import CountingJob
 class RecordTest(TestCase):
 
     def test_every_kind(self):
-        job = Job.objects.create(name='sync', job_id=uuid.uuid4(), **compat.job_field_values(queue_name='low'))
+        job = create_job('sync', queue_name='low')
         for kind in RetryEventKindChoices.values():
             with self.subTest(kind=kind):
                 with self.assertLogs('netbox_safejobs.events', level='INFO') as logs:
@@ -27,7 +28,7 @@ class RecordTest(TestCase):
                 self.assertEqual(event.job_id, job.pk)
                 self.assertEqual(event.job_uuid, job.job_id)
                 self.assertEqual(event.job_name, 'sync')
-                self.assertEqual(event.queue, compat.job_queue_name(job))
+                self.assertEqual(event.queue, compat.rq_queue_name(job))
                 self.assertEqual(event.runner, 'tests.jobs.CountingJob')
                 self.assertEqual((event.attempt, event.delay, event.detail), (2, 1.5, 'why'))
                 self.assertTrue(event.worker_host)

@@ -8,10 +8,11 @@ from django.db import OperationalError, connection, transaction
 from django.test import override_settings
 from django_rq import get_queue
 
-from netbox_safejobs import compat, patches
+from netbox_safejobs import patches
 from netbox_safejobs.choices import RetryEventKindChoices as Kind
-from netbox_safejobs.compat import get_push_queue
 from netbox_safejobs.models import JobDispatch, RetryEvent
+from netbox_safejobs.queues import get_push_queue
+from netbox_safejobs.testing import fixtures
 
 from .base import SafeJobsTransactionTestCase, Worker, run_burst_worker
 from .jobs import CountingJob, FailingJob, run_count
@@ -21,12 +22,11 @@ FAST = {'lookup_retries': 4, 'lookup_base_delay': 0.3, 'lookup_max_wait': 10.0}
 
 def push_directly(job, rq_job_id=None):
     """Push a task for ``job`` the way stock NetBox does, bypassing the plugin's dispatch."""
-    return get_push_queue('default').enqueue(CountingJob.handle, job_id=rq_job_id or str(job.job_id), job=job)
+    return fixtures.push_directly(job, CountingJob, rq_job_id)
 
 
 def unsaved_job():
-    return Job(name=CountingJob.name, job_id=uuid.uuid4(), status='pending',
-               **compat.job_field_values(queue_name='default'))
+    return fixtures.unsaved_job(CountingJob.name)
 
 
 class WorkerGuardTest(SafeJobsTransactionTestCase):
@@ -212,10 +212,7 @@ class WorkerGuardTest(SafeJobsTransactionTestCase):
     def test_database_connection_terminated_during_check(self):
         """pg_terminate_backend on the guard's connection: a database error, not a missing row; retried."""
         job = CountingJob.enqueue()
-        connection.ensure_connection()
-        pid = connection.connection.info.backend_pid
-        with _OtherConnection() as other:
-            other.execute('SELECT pg_terminate_backend(%s)', [pid])
+        fixtures.terminate_connection(connection)
         time.sleep(0.2)
         with override_settings(PLUGINS_CONFIG={'netbox_safejobs': {**FAST}}):
             CountingJob.handle(job)
@@ -256,19 +253,4 @@ class WorkerGuardTest(SafeJobsTransactionTestCase):
         finally:
             patches.install()
         self.assertTrue(hasattr(JobRunner.__dict__['handle'].__func__, '__safejobs_original__'))
-
-
-class _OtherConnection:
-    """A second, independent database connection (psycopg), to act on the test connection from outside."""
-
-    def __enter__(self):
-        import psycopg
-
-        s = connection.settings_dict
-        self.conn = psycopg.connect(host=s['HOST'], port=s['PORT'] or 5432, user=s['USER'], dbname=s['NAME'],
-                                    autocommit=True)
-        return self.conn
-
-    def __exit__(self, *exc):
-        self.conn.close()
 

@@ -10,11 +10,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from django.conf import settings
 from django.db import connection
 
 from benchmarks import harness
-from netbox_safejobs import compat
+from netbox_safejobs.testing.fixtures import stock_push_on_commit
+from netbox_safejobs.testing.processes import RedisServer
+from netbox_safejobs.testing.queues import override_rq_queues, queues_on
 
 from .base import SafeJobsTransactionTestCase
 
@@ -22,24 +23,14 @@ from .base import SafeJobsTransactionTestCase
 SCENARIOS = 'race,redis_outage,crash_after_commit,deleted_rows,worker_killed,db_terminated,duplicate_push'
 
 
-def private_queues(redis):
-    """RQ_QUEUES with every queue on the harness's private Redis server."""
-    queues = {}
-    for name, params in settings.RQ_QUEUES.items():
-        params = {**params, 'HOST': '127.0.0.1', 'PORT': redis.port, 'DB': 0}
-        params.pop('URL', None)
-        queues[name] = params
-    return queues
-
-
 class WorkerPoolTest(SafeJobsTransactionTestCase):
 
     def test_a_worker_that_exits_is_restarted_and_counted(self):
         workdir = Path(tempfile.mkdtemp(prefix='safejobs-harness-test-'))
-        redis = harness.RedisServer(workdir)
+        redis = RedisServer(workdir)
         redis.start()
         try:
-            with compat.override_rq_queues(private_queues(redis)):
+            with override_rq_queues(queues_on(redis.port)):
                 ctx = harness.Context(redis=redis, workdir=workdir, workers=1,
                                       db_name=connection.settings_dict['NAME'], redis_db=0)
                 pool = harness.WorkerPool(ctx, 'plugin', workdir / 'runs')
@@ -68,10 +59,10 @@ class ShortHarnessTest(SafeJobsTransactionTestCase):
     def test_plugin_keeps_every_guarantee_where_stock_netbox_does_not(self):
         opts = harness.parse_args(['--short', '--scenarios', SCENARIOS, '--timeout', '300'])
         workdir = Path(tempfile.mkdtemp(prefix='safejobs-harness-test-'))
-        redis = harness.RedisServer(workdir)
+        redis = RedisServer(workdir)
         redis.start()
         try:
-            with compat.override_rq_queues(private_queues(redis)):
+            with override_rq_queues(queues_on(redis.port)):
                 ctx = harness.Context(redis=redis, workdir=workdir, workers=2,
                                       db_name=connection.settings_dict['NAME'], redis_db=0)
                 results = harness.run(opts, ctx)
@@ -91,7 +82,7 @@ class ShortHarnessTest(SafeJobsTransactionTestCase):
         # Where NetBox itself is still broken, the harness must show it (or it proves nothing).
         stock = {scenario: results[scenario]['stock'] for scenario in SCENARIOS.split(',')}
         self.assertGreater(stock['redis_outage']['lost'], 0, report)
-        if compat.stock_push_on_commit():
+        if stock_push_on_commit():
             # NetBox 4.2.6+ pushes after the commit: a process dying in between loses the job.
             self.assertGreater(stock['crash_after_commit']['lost'], 0, report)
         else:
@@ -108,10 +99,10 @@ def run_harness(argv, workers):
     """The harness's scenarios for both modes, on its own Redis server; (results, markdown report)."""
     opts = harness.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix='safejobs-harness-test-'))
-    redis = harness.RedisServer(workdir)
+    redis = RedisServer(workdir)
     redis.start()
     try:
-        with compat.override_rq_queues(private_queues(redis)):
+        with override_rq_queues(queues_on(redis.port)):
             ctx = harness.Context(redis=redis, workdir=workdir, workers=workers,
                                   db_name=connection.settings_dict['NAME'], redis_db=0)
             results = harness.run(opts, ctx)

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -30,9 +29,10 @@ from django.utils import timezone
 from netbox.urls import urlpatterns as netbox_urlpatterns
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.harness import free_port, redis_server_binary
 from netbox_safejobs import compat, health, liveness, metrics
 from netbox_safejobs.models import JobDispatch, WorkerHeartbeat
+from netbox_safejobs.testing.processes import RedisServer, free_port, stop_process_group
+from netbox_safejobs.testing.queues import override_rq_queues, queues_on
 from netbox_safejobs.version import __version__
 
 from .base import SafeJobsTransactionTestCase, Worker, netbox_command, worker_env
@@ -53,39 +53,13 @@ def lively_settings():
     return override_settings(PLUGINS_CONFIG={**settings.PLUGINS_CONFIG, 'netbox_safejobs': dict(LIVELY)})
 
 
-def queues_on(port, db=0):
-    return {name: dict(config, PORT=port, DB=db) for name, config in settings.RQ_QUEUES.items()}
-
-
-class PrivateRedis:
-    """A redis-server of its own on a free port, with extra configuration arguments."""
-
-    def __init__(self, *args):
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix='safejobs-health-redis-')
-        self.process = subprocess.Popen(
-            [redis_server_binary(), '--bind', '127.0.0.1', '--port', str(self.port), '--dir', self.dir, *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        from redis import Redis
-
-        client = Redis(port=self.port, socket_connect_timeout=1)
-        for _ in range(200):
-            try:
-                client.ping()
-                return
-            except Exception:
-                self.process.poll()
-                if self.process.returncode is not None:
-                    raise RuntimeError('private redis-server exited')
-                time.sleep(0.05)
-        raise RuntimeError('private redis-server did not start')
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+def private_redis(test, *options):
+    """A redis-server of its own on a free port, with these configuration arguments; stopped after ``test``."""
+    workdir = tempfile.mkdtemp(prefix='safejobs-health-redis-')
+    test.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
+    redis = RedisServer(workdir, options=options).start()
+    test.addCleanup(redis.stop)
+    return redis
 
 
 def findings(report, check=None, level=None):
@@ -102,9 +76,8 @@ def run_check_command(*args, **env):
 class RedisSettingsTest(SafeJobsTransactionTestCase):
 
     def test_allkeys_lru_without_persistence_warns_with_why_and_fix(self):
-        redis = PrivateRedis('--maxmemory-policy', 'allkeys-lru', '--save', '', '--appendonly', 'no')
-        self.addCleanup(redis.stop)
-        with compat.override_rq_queues(queues_on(redis.port)):
+        redis = private_redis(self, '--maxmemory-policy', 'allkeys-lru', '--save', '', '--appendonly', 'no')
+        with override_rq_queues(queues_on(redis.port)):
             report = health.check()
         warnings = findings(report, 'redis', 'warning')
         self.assertEqual(len(warnings), 2, report.as_text())
@@ -119,19 +92,17 @@ class RedisSettingsTest(SafeJobsTransactionTestCase):
         self.assertEqual(report.exit_code, 1)
 
     def test_noeviction_with_append_only_file_is_ok(self):
-        redis = PrivateRedis('--maxmemory-policy', 'noeviction', '--appendonly', 'yes', '--save', '')
-        self.addCleanup(redis.stop)
-        with compat.override_rq_queues(queues_on(redis.port)):
+        redis = private_redis(self, '--maxmemory-policy', 'noeviction', '--appendonly', 'yes', '--save', '')
+        with override_rq_queues(queues_on(redis.port)):
             report = health.check()
         self.assertEqual(findings(report, 'redis', 'warning') + findings(report, 'redis', 'error'), [],
                          report.as_text())
         self.assertIn('append-only file', report.as_text())
 
     def test_config_disabled_is_reported_not_raised(self):
-        redis = PrivateRedis('--rename-command', 'CONFIG', '', '--maxmemory-policy', 'volatile-lru', '--save', '',
-                             '--appendonly', 'no')
-        self.addCleanup(redis.stop)
-        with compat.override_rq_queues(queues_on(redis.port)):
+        redis = private_redis(self, '--rename-command', 'CONFIG', '', '--maxmemory-policy', 'volatile-lru',
+                              '--save', '', '--appendonly', 'no')
+        with override_rq_queues(queues_on(redis.port)):
             report = health.check()
         redis_findings = findings(report, 'redis')
         # The policy is read from INFO; persistence cannot be told apart from "off" without CONFIG.
@@ -268,7 +239,7 @@ class BacklogGaugesTest(SafeJobsTransactionTestCase):
         worker.kill()
         # Owed: Redis refuses the push after the commit; the dispatch stores it as owed (one event each). No worker
         # is left to relay them.
-        with compat.override_rq_queues(queues_on(free_port())):
+        with override_rq_queues(queues_on(free_port())):
             owed = [CountingJob.enqueue() for _ in range(2)]
         self.assertEqual(JobDispatch.objects.filter(owed__isnull=False).count(), 2)
         with lively_settings():
@@ -294,7 +265,7 @@ class BacklogGaugesTest(SafeJobsTransactionTestCase):
         self.assertEqual(health.backlog()['owed'], len(owed))
 
     def test_old_owed_push_warns(self):
-        with compat.override_rq_queues(queues_on(free_port())):
+        with override_rq_queues(queues_on(free_port())):
             job = CountingJob.enqueue()
         JobDispatch.objects.filter(job=job).update(created=JobDispatch.objects.get(job=job).created.replace(
             year=2000))
@@ -399,7 +370,7 @@ class MetricsProcessModesTest(SafeJobsTransactionTestCase):
     """
 
     def owe_one_push(self):
-        with compat.override_rq_queues(queues_on(free_port())):
+        with override_rq_queues(queues_on(free_port())):
             CountingJob.enqueue()
 
     def scrape(self):
@@ -467,12 +438,7 @@ class MetricsProcessModesTest(SafeJobsTransactionTestCase):
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
-        def stop():
-            if server.poll() is None:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-
-        self.addCleanup(stop)
+        self.addCleanup(stop_process_group, [server], sig=signal.SIGKILL)
 
         def get(path):
             try:

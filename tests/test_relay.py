@@ -15,16 +15,16 @@ from core.models import Job
 from django.db import connection, transaction
 from rq.job import Job as RQJob
 
-from benchmarks import harness
-from netbox_safejobs import compat, relay
+from netbox_safejobs import relay
 from netbox_safejobs.choices import RetryEventKindChoices as Kind
 from netbox_safejobs.models import JobDispatch, RetryEvent
+from netbox_safejobs.queues import get_push_queue
 from netbox_safejobs.recovery import run_pass
+from netbox_safejobs.testing.processes import RedisServer
+from netbox_safejobs.testing.queues import closed_port_queues, override_rq_queues, queues_on
 
 from .base import SafeJobsTransactionTestCase, Worker, netbox_command, run_burst_worker, worker_env
 from .jobs import CountingJob, run_count
-from .test_dispatch import closed_port_queues
-from .test_harness import private_queues
 
 
 class RelayTest(SafeJobsTransactionTestCase):
@@ -77,7 +77,7 @@ class RelayTest(SafeJobsTransactionTestCase):
         report = run_pass()
         self.assertEqual(report.reowed, 2)
         self.assertEqual(sorted(report.pushed), sorted([lost.job_id, scheduled.job_id]))
-        self.assertIn(str(scheduled.job_id), compat.get_push_queue('default').scheduled_job_registry.get_job_ids())
+        self.assertIn(str(scheduled.job_id), get_push_queue('default').scheduled_job_registry.get_job_ids())
         self.assertEqual(run_pass().pushed, [])
         run_burst_worker()
         for job in (lost, kept):
@@ -86,7 +86,7 @@ class RelayTest(SafeJobsTransactionTestCase):
         self.assertFalse(RetryEvent.objects.filter(kind=Kind.KIND_DUPLICATE_SKIPPED).exists())
 
     def test_bad_stored_push_errors_its_job_and_blocks_nothing(self):
-        with compat.override_rq_queues(closed_port_queues()):
+        with override_rq_queues(closed_port_queues()):
             bad = CountingJob.enqueue()
             truncated = CountingJob.enqueue()
             good = CountingJob.enqueue()
@@ -107,7 +107,7 @@ class RelayTest(SafeJobsTransactionTestCase):
         self.assertFalse(JobDispatch.objects.filter(job__in=[bad, truncated]).exists())
 
     def test_dry_run_changes_nothing(self):
-        with compat.override_rq_queues(closed_port_queues()):
+        with override_rq_queues(closed_port_queues()):
             job = CountingJob.enqueue()
         report = run_pass(dry_run=True)
         self.assertEqual(report.pushed, [job.job_id])
@@ -116,7 +116,7 @@ class RelayTest(SafeJobsTransactionTestCase):
         self.assertFalse(self.in_redis(job.job_id))
 
     def test_management_command(self):
-        with compat.override_rq_queues(closed_port_queues()):
+        with override_rq_queues(closed_port_queues()):
             job = CountingJob.enqueue()
         result = subprocess.run(netbox_command('safejobs_recover', '-v', '2'), env=worker_env(), capture_output=True,
                                 text=True, timeout=120)
@@ -126,7 +126,7 @@ class RelayTest(SafeJobsTransactionTestCase):
         self.assertTrue(self.in_redis(job.job_id))
 
     def test_finished_jobs_leave_no_dispatch_rows(self):
-        with compat.override_rq_queues(closed_port_queues()):
+        with override_rq_queues(closed_port_queues()):
             done = CountingJob.enqueue()
         Job.objects.filter(pk=done.pk).update(status='completed')
         report = run_pass()
@@ -136,7 +136,7 @@ class RelayTest(SafeJobsTransactionTestCase):
 
     def test_concurrent_relays_send_each_push_once(self):
         """8 relays in 8 processes at once over 200 owed pushes: each task reaches Redis exactly once."""
-        with compat.override_rq_queues(closed_port_queues()):
+        with override_rq_queues(closed_port_queues()):
             with transaction.atomic():
                 jobs = [CountingJob.enqueue() for _ in range(200)]
         self.assertEqual(JobDispatch.objects.filter(owed__isnull=False).count(), 200)
@@ -146,7 +146,7 @@ class RelayTest(SafeJobsTransactionTestCase):
                                       stderr=subprocess.STDOUT, text=True) for _ in range(8)]
         outputs = [p.communicate(timeout=180)[0] for p in processes]
         self.assertTrue(all(p.returncode == 0 for p in processes), outputs)
-        queued = compat.get_push_queue('default').get_job_ids()
+        queued = get_push_queue('default').get_job_ids()
         self.assertEqual(len(queued), 200)
         self.assertEqual(set(queued), {str(job.job_id) for job in jobs})
         self.assertEqual(RetryEvent.objects.filter(kind=Kind.KIND_RECOVERED).count(), 200)
@@ -173,9 +173,9 @@ class RelayInWorkerTest(SafeJobsTransactionTestCase):
     def setUp(self):
         super().setUp()
         self.workdir = Path(tempfile.mkdtemp(prefix='safejobs-relay-test-'))
-        self.server = harness.RedisServer(self.workdir)
+        self.server = RedisServer(self.workdir)
         self.server.start()
-        self.queues = compat.override_rq_queues(private_queues(self.server))
+        self.queues = override_rq_queues(queues_on(self.server.port))
         self.queues.__enter__()
         self.addCleanup(self.server.stop)
         self.addCleanup(self.queues.__exit__, None, None, None)

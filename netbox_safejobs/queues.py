@@ -1,0 +1,84 @@
+"""
+The RQ queues the plugin pushes to: one per queue name and process, pushing at once and failing fast while Redis is
+down (the push is stored, and the relay sends it once Redis answers); and the worker's own Redis connection, which
+must notice Redis again quickly.
+"""
+
+import functools
+import logging
+
+from django.core.signals import setting_changed
+
+from . import compat
+
+__all__ = (
+    'bound_redis_retries',
+    'get_push_queue',
+)
+
+logger = logging.getLogger('netbox_safejobs.queues')
+
+
+@functools.cache
+def get_push_queue(name):
+    """
+    An RQ queue that pushes when asked, whatever django-rq's ``COMMIT_MODE``: the plugin calls it only after the
+    commit, so a further deferral (to a later commit, or to the end of the request) would only lose the error.
+
+    One queue (and so one Redis connection pool) per queue name and process, rather than a new Redis client for every
+    push as ``django_rq.get_queue()`` makes; redis-py resets a pool inherited across a fork. Dropped when the RQ
+    settings change (``override_settings`` in tests).
+    """
+    import django_rq
+
+    kwargs = compat.push_queue_kwargs()
+    queue = django_rq.get_queue(name, **kwargs)
+    return django_rq.get_queue(name, connection=_fail_fast(queue.connection), **kwargs)
+
+
+def _forget_queues(setting=None, **kwargs):
+    if setting in (None, 'RQ_QUEUES', 'RQ'):
+        get_push_queue.cache_clear()
+
+
+setting_changed.connect(_forget_queues, dispatch_uid='netbox_safejobs.queues.forget')
+
+
+def bound_redis_retries(connection, interval):
+    """
+    The worker's own Redis connection: redis-py 6+ retries a refused connection three times with backoff (3.6 s in
+    all) before RQ sees the error, and a worker caught in those retries when Redis comes back waits them out before it
+    takes a task. Two retries ``interval / 5`` apart keep a blip invisible and let the worker notice Redis again within
+    ``interval``. Its work horses inherit it; pushes use their own connection (``_fail_fast``). redis-py before 4.3
+    (no ``set_retry``) retries nothing by default, and is left as it is.
+    """
+    try:
+        from redis.backoff import ConstantBackoff
+        from redis.retry import Retry
+
+        connection.set_retry(Retry(ConstantBackoff(interval / 5), 2))
+    except (ImportError, AttributeError) as e:
+        logger.debug('worker connection retries left as they are: %s', e)
+
+
+def _fail_fast(connection):
+    """
+    The same Redis, without redis-py's retries (redis-py 6+ retries a refused connection three times with backoff,
+    3.6 s in all): a push the plugin makes may fail, since it is stored and the relay sends it as soon as Redis
+    answers, but it must not hold a web request for seconds per job while Redis is down. A connection that hangs is
+    given up after 5 seconds. Left as it is with redis-py before 4.3 (no ``Retry``), which retries nothing.
+    """
+    from redis import ConnectionPool, Redis
+
+    try:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        return connection
+    pool = connection.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs['retry'] = Retry(NoBackoff(), 0)
+    kwargs.pop('retry_on_timeout', None)
+    if kwargs.get('socket_connect_timeout') is None:
+        kwargs['socket_connect_timeout'] = 5
+    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
