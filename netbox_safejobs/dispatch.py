@@ -275,6 +275,10 @@ def wrap_delete_task(original):
 # The outbox row
 # --------------------------------------------------------------------------------------------------------------------
 
+# The columns of a JobDispatch row that plain SQL writes when it makes one (the enqueue below, the worker's claim in
+# guard.py) and that the relay reads back, in this order.
+ROW_COLUMNS = ('job_id', 'job_uuid', 'queue_name', 'runner', 'method', 'payload', 'created', 'recoveries')
+
 _sql = {}
 
 
@@ -285,8 +289,8 @@ def _statements():
         table = JobDispatch._meta.db_table
         # The database's clock, never the application host's: the relay compares these stamps with it.
         _sql['insert'] = (
-            f'INSERT INTO {table} (job_id, job_uuid, queue_name, runner, method, payload, created, recoveries, '
-            f"worker_host) VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp(), 0, '') RETURNING id"
+            f'INSERT INTO {table} ({", ".join(ROW_COLUMNS)}, worker_host) '
+            f"VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp(), 0, '') RETURNING id"
         )
         _sql['sent'] = (
             f'UPDATE {table} SET sent = clock_timestamp(), owed = NULL '

@@ -86,8 +86,7 @@ def _statements():
             RETURNING {columns}
         ), lease AS (
             INSERT INTO {dispatch_table}
-                (job_id, job_uuid, queue_name, runner, method, payload, created, recoveries, claimed, token,
-                 worker, worker_host, worker_pid)
+                ({', '.join(dispatch.ROW_COLUMNS)}, claimed, token, worker, worker_host, worker_pid)
             SELECT id, job_id, %(queue)s, %(runner)s, '', %(next_run)s, clock_timestamp(), 0, clock_timestamp(),
                    %(token)s, %(worker)s, %(host)s, %(pid)s FROM claimed
             ON CONFLICT (job_id) DO UPDATE SET

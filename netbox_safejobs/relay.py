@@ -28,7 +28,7 @@ from django.db import connections, transaction
 
 from . import compat, events
 from .choices import RetryEventKindChoices
-from .dispatch import CapturedPush
+from .dispatch import ROW_COLUMNS, CapturedPush
 from .payload import BadPayload, Push, unseal
 from .queues import get_push_queue
 from .settings import get_settings
@@ -174,14 +174,18 @@ def _anything_owed(using, age):
         return cursor.fetchone() is not None
 
 
+# The owed rows as the relay reads them: the dispatch row, whether it is owed, its job's status and name.
+_SELECTED = ('id', *ROW_COLUMNS, 'failed', 'status', 'name')
+
+
 def _select_sql():
     from core.models import Job
 
     from .models import JobDispatch
 
+    columns = ', '.join(f'd.{column}' for column in ('id', *ROW_COLUMNS))
     return (
-        f'SELECT d.id, d.job_id, d.job_uuid, d.queue_name, d.runner, d.payload, d.recoveries, d.owed IS NOT NULL, '
-        f'j.status, j.name '
+        f'SELECT {columns}, d.owed IS NOT NULL, j.status, j.name '
         f'FROM {JobDispatch._meta.db_table} d JOIN {Job._meta.db_table} j ON j.id = d.job_id '
         f'WHERE {_OWED_CONDITION} '
         f'ORDER BY d.created, d.id LIMIT %s '
@@ -213,9 +217,7 @@ def _send_batch(report, using, age, limit, dry_run):
     recovered, rejected = [], []
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute(_select_sql(), [age, limit])
-        columns = ('id', 'job_id', 'job_uuid', 'queue_name', 'runner', 'payload', 'recoveries', 'failed', 'status',
-                   'name')
-        rows = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
+        rows = [dict(zip(_SELECTED, values, strict=True)) for values in cursor.fetchall()]
         if not rows:
             return 0
         if dry_run:
