@@ -5,6 +5,7 @@ Tables of retry events (the list page, and the compact table of the Job page pan
 
 import math
 from functools import partial
+from typing import NamedTuple
 
 import django_tables2 as tables
 from django.db.models import Count, QuerySet
@@ -28,20 +29,15 @@ __all__ = (
     'count_at_least',
     'JobDispatchTable',
     'JobRetryEventTable',
+    'JobEvents',
     'JobRetryEventsColumn',
     'RetryEventTable',
+    'job_events',
 )
 
-EVENT_VIEW = 'plugins:netbox_safejobs:retryevent'
-DISPATCH_VIEW = 'plugins:netbox_safejobs:jobdispatch'
 DETAIL_LENGTH = 120
 # The list pages count the matching rows only this far past the page shown (rounded up to a multiple of it).
 COUNT_STEP = 1000
-
-
-def event_link():
-    """Link a column to the event's page (by view name: the model is plain and has no ``get_absolute_url``)."""
-    return (EVENT_VIEW, {'pk': tables.A('pk')})
 
 
 class JobColumn(tables.Column):
@@ -197,12 +193,12 @@ class RetryEventTable(BoundedCountMixin, ViewableJobsMixin, NetBoxTable):
     """
     id = tables.Column(
         verbose_name=_('ID'),
-        linkify=event_link(),
+        linkify=True,
     )
     time = columns.DateTimeColumn(
         verbose_name=_('Time'),
         timespec='seconds',
-        linkify=event_link(),
+        linkify=True,
         order_by=('time', 'id'),
     )
     kind = KindColumn(
@@ -272,7 +268,7 @@ class JobRetryEventTable(BaseTable):
     time = columns.DateTimeColumn(
         verbose_name=_('Time'),
         timespec='milliseconds',
-        linkify=event_link(),
+        linkify=True,
         orderable=False,
     )
     kind = columns.ChoiceFieldColumn(
@@ -358,7 +354,7 @@ class JobDispatchTable(BoundedCountMixin, ViewableJobsMixin, NetBoxTable):
     """
     id = tables.Column(
         verbose_name=_('ID'),
-        linkify=(DISPATCH_VIEW, {'pk': tables.A('pk')}),
+        linkify=True,
     )
     job = JobColumn(
         verbose_name=_('Job'),
@@ -367,7 +363,7 @@ class JobDispatchTable(BoundedCountMixin, ViewableJobsMixin, NetBoxTable):
     )
     job_uuid = tables.Column(
         verbose_name=_('Job UUID'),
-        linkify=(DISPATCH_VIEW, {'pk': tables.A('pk')}),
+        linkify=True,
     )
     runner = tables.Column(
         verbose_name=_('Runner'),
@@ -492,3 +488,27 @@ class JobRetryEventsColumn(tables.Column):
 
     def value(self, record, table):
         return self.counts(table).get(record.job_id, 0)
+
+
+# How many of a job's events its Job page panel and each event's page show; the others are a link away.
+JOB_EVENTS_SHOWN = 10
+
+
+class JobEvents(NamedTuple):
+    table: JobRetryEventTable
+    count: int
+    shown: int
+    url: str
+
+
+def job_events(user, job_uuid):
+    """
+    The events of one job that ``user`` may view, newest first, as the Job page panel and an event's page show them:
+    a table of the newest ``JOB_EVENTS_SHOWN``, how many there are, and the URL of the event list of all of them. The
+    job_uuid index answers both queries, whatever the number of events; the count is made only when the table is full.
+    """
+    events = RetryEvent.objects.restrict(user, 'view').filter(job_uuid=job_uuid)
+    shown = list(events[:JOB_EVENTS_SHOWN])
+    count = len(shown) if len(shown) < JOB_EVENTS_SHOWN else events.count()
+    url = f"{reverse('plugins:netbox_safejobs:retryevent_list')}?job_uuid={job_uuid}"
+    return JobEvents(JobRetryEventTable(shown, orderable=False), count, len(shown), url)

@@ -6,19 +6,14 @@ plugin alerts, while its left/right/full-width plugin slots exist only on the pa
 for a job without events, nor to a user who may not view events.
 """
 
-from django.urls import reverse
 from netbox.plugins import PluginTemplateExtension
 
-from .models import RetryEvent
-from .tables import JobRetryEventTable
+from .tables import job_events
 
 __all__ = (
     'JobRetryEvents',
     'template_extensions',
 )
-
-PANEL_EVENTS = 10
-
 
 class JobRetryEvents(PluginTemplateExtension):
     models = ['core.job']
@@ -30,20 +25,10 @@ class JobRetryEvents(PluginTemplateExtension):
             return ''
         if not request.user.has_perm('netbox_safejobs.view_retryevent'):
             return ''
-        # The job_uuid index answers both queries, whatever the number of events.
-        events = RetryEvent.objects.restrict(request.user, 'view').filter(job_uuid=job.job_id)
-        shown = list(events[:PANEL_EVENTS])
-        if not shown:
+        events = job_events(request.user, job.job_id)
+        if not events.shown:
             return ''
-        count = len(shown) if len(shown) < PANEL_EVENTS else events.count()
-        table = JobRetryEventTable(shown, orderable=False)
-        list_url = reverse('plugins:netbox_safejobs:retryevent_list')
-        return self.render('netbox_safejobs/inc/job_panel.html', extra_context={
-            'safejobs_table': table,
-            'safejobs_count': count,
-            'safejobs_shown': len(shown),
-            'safejobs_url': f'{list_url}?job_uuid={job.job_id}',
-        })
+        return self.render('netbox_safejobs/inc/job_panel.html', extra_context={'safejobs_events': events})
 
 
 template_extensions = [JobRetryEvents]

@@ -38,7 +38,6 @@ EXPORT_FIELDS = (
     'id', 'time', 'kind', 'job_id', 'job_uuid', 'job_name', 'runner', 'queue', 'attempt', 'delay', 'detail',
     'worker_host', 'worker_pid',
 )
-RELATED_EVENTS_SHOWN = 10
 # What the event page shows of its Job.
 JOB_FIELDS_SHOWN = ('pk', 'name', 'status', 'created', 'started', 'completed')
 
@@ -104,10 +103,6 @@ class RetryEventView(generic.ObjectView):
     actions = compat.view_actions('delete')
 
     def get_extra_context(self, request, instance):
-        # The other events of the same job, newest first: the job_uuid index answers this.
-        related = RetryEvent.objects.restrict(request.user, 'view').filter(job_uuid=instance.job_uuid)
-        related_count = related.count()
-        table = tables.JobRetryEventTable(list(related[:RELATED_EVENTS_SHOWN]), orderable=False)
         list_url = reverse('plugins:netbox_safejobs:retryevent_list')
         # The job as it is now, for a user who may view it: its Job page and current status.
         job = None
@@ -121,10 +116,8 @@ class RetryEventView(generic.ObjectView):
             # Not looked up in Redis: this page must answer while Redis does not; the task page says if RQ dropped it.
             'rq_task_url': (reverse('core:background_task', kwargs={'job_id': str(instance.job_uuid)})
                             if compat.may_view_background_tasks(request) else None),
-            'related_table': table,
-            'related_count': related_count,
-            'related_shown': min(related_count, RELATED_EVENTS_SHOWN),
-            'related_url': f'{list_url}?job_uuid={instance.job_uuid}',
+            # The events of the same job, newest first, as the panel on its Job page shows them.
+            'related': tables.job_events(request.user, instance.job_uuid),
             'list_url': list_url,
         }
 
