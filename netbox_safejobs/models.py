@@ -1,7 +1,7 @@
 """The plugin's models: an append-only log of what happened to jobs on their way to a worker."""
 
 from django.contrib.postgres.indexes import GinIndex, OpClass
-from django.contrib.postgres.search import SearchVector
+from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from django.db.models import Value
 from django.db.models.functions import Replace, Upper
@@ -106,6 +106,17 @@ class RetryEvent(EventRulesMixin, models.Model):
         null=True,
         editable=False,
     )
+    # The words of the quick search (``filtersets.RetryEventFilterSet.search``): those of the job name, the runner's
+    # dotted path, the worker host and the detail, computed by PostgreSQL when the row is written and stored with it
+    # (a generated column). Checking an event against a search reads them (about 1 µs) instead of parsing its text
+    # again (10 to 30 µs), so a search that matches many events is answered newest first, and ANALYZE keeps
+    # statistics of the frequent words. Never shown, exported or serialized.
+    search_words = models.GeneratedField(
+        expression=SearchVector('job_name', Replace('runner', Value('.'), Value(' ')), 'worker_host', 'detail',
+                                config='simple'),
+        output_field=SearchVectorField(),
+        db_persist=True,
+    )
 
     objects = RestrictedQuerySet.as_manager()
 
@@ -128,15 +139,9 @@ class RetryEvent(EventRulesMixin, models.Model):
             models.Index(fields=('worker_pid', '-time'), name='netbox_safejobs_worker_pid_idx'),
             models.Index(fields=('attempt', '-time'), name='netbox_safejobs_attempt_idx'),
             models.Index(fields=('delay', '-time'), name='netbox_safejobs_delay_idx'),
-            # The quick search (``filtersets.RetryEventFilterSet.search``, which reads this expression from here): the
-            # words of the job name, the runner's dotted path, the worker host and the detail, in one full-text index
-            # (PostgreSQL's own, no extension). GIN answers a search for a rare word among frequent ones from the
-            # rare word's entries alone.
-            GinIndex(
-                SearchVector('job_name', Replace('runner', Value('.'), Value(' ')), 'worker_host', 'detail',
-                             config='simple'),
-                name='netbox_safejobs_search_idx',
-            ),
+            # The quick search: the full-text index of ``search_words`` (PostgreSQL's own, no extension). GIN answers
+            # a search for a rare word among frequent ones from the rare word's entries alone.
+            GinIndex(fields=('search_words',), name='netbox_safejobs_search_idx'),
             # Partial text of one column (the ``__ic``/``__isw``/``__iew``/``__ie`` lookups of the filter set and the
             # API, which Django writes as ``UPPER(column::text) LIKE UPPER(…)``): trigram indexes of pg_trgm on that
             # expression. Migration 0004 creates them only where it could create the extension (see
@@ -209,6 +214,9 @@ class JobDispatch(models.Model):
     class Meta:
         ordering = ('created', 'pk')
         indexes = (
+            # The default order (oldest first) and sorting by age, of the jobs in flight page and API: their first
+            # page reads 50 entries instead of sorting every row.
+            models.Index(fields=('created', 'id'), name='netbox_safejobs_created_idx'),
             # The relay, once a second in every worker: rows written or owed, oldest first. Partial, so an idle relay
             # reads an empty index however many jobs are queued or running.
             models.Index(
@@ -232,6 +240,9 @@ class JobDispatch(models.Model):
 
     def __str__(self):
         return f'{self.job_uuid} ({self.state})'
+
+    def get_absolute_url(self):
+        return reverse('plugins:netbox_safejobs:jobdispatch', args=[self.pk])
 
     @property
     def state(self):

@@ -1,21 +1,33 @@
-"""The retry event filter set, one test per filter, on the fixture of ui_helpers.make_events()."""
+"""
+The filter sets: NetBox's own checks (``test_missing_filters``: a model field without a filter fails), and one test
+per retry event filter, on the fixture of ui_helpers.make_events().
+"""
 
 from datetime import timedelta
 from unittest import mock
 
 from django.test import TestCase
 from django.utils import timezone
+from utilities import testing as netbox_testing
 
 from netbox_safejobs import filtersets, tables
-from netbox_safejobs.filtersets import RetryEventFilterSet
-from netbox_safejobs.models import RetryEvent
+from netbox_safejobs.filtersets import JobDispatchFilterSet, RetryEventFilterSet
+from netbox_safejobs.models import JobDispatch, RetryEvent
 
+from .test_in_flight import make_dispatches
 from .ui_helpers import make_events
 
+# NetBox's filter set test mixin (BaseFilterSetTests in older releases).
+BaseFilterSetTestMixin = (getattr(netbox_testing, 'BaseFilterSetTestMixin', None)
+                          or netbox_testing.BaseFilterSetTests)
 
-class RetryEventFilterSetTest(TestCase):
+
+class RetryEventFilterSetTest(TestCase, BaseFilterSetTestMixin):
     queryset = RetryEvent.objects.all()
     filterset = RetryEventFilterSet
+    # The detail text is found by its words, through the quick search ``q`` (``search_words``, its full-text index):
+    # a filter of its own would read every event (no index serves a part of a free text).
+    ignore_fields = ('detail', 'search_words')
 
     @classmethod
     def setUpTestData(cls):
@@ -85,6 +97,24 @@ class RetryEventFilterSetTest(TestCase):
             # Two matches are read as IDs: counted.
             self.assertEqual(tables.count_at_least(self.filterset({'q': 'lost job'}, self.queryset).qs), 0)
 
+    def test_q_frequent_among_the_newest_events_is_read_newest_first(self):
+        # RECENT_MATCHES of the newest RECENT_EVENTS match: the condition is the search, and those matches are known.
+        with mock.patch.object(filtersets, 'RECENT_MATCHES', 2):
+            qs = self.filterset({'q': 'worker'}, self.queryset).qs
+            self.assertEqual(tables.count_at_least(qs), 5)
+            self.assertNotIn('"id" IN', str(qs.query))
+            self.assertFilter({'q': 'worker'}, 0, 1, 2, 4, 5)
+            self.assertFilter({'q': 'worker-2'}, 4, 5)
+            # Only the newest are checked: 'worker' is in 3 of the newest 3, 'nightly' in none of them.
+            with mock.patch.object(filtersets, 'RECENT_EVENTS', 3):
+                newest = sorted(self.events, key=lambda event: (event.time, event.pk))[-3:]
+                self.assertEqual(tables.count_at_least(self.filterset({'q': 'worker'}, self.queryset).qs),
+                                 sum(1 for event in newest if 'worker' in event.worker_host))
+            # Fewer than RECENT_MATCHES: read from the full-text index, as IDs, and counted.
+            qs = self.filterset({'q': 'ScriptJob'}, self.queryset).qs
+            self.assertEqual(tables.count_at_least(qs), 0)
+            self.assertIn('"id" IN', str(qs.query))
+
     def test_lookups_never_add_distinct(self):
         for params in ({'runner__ic': ['sync']}, {'worker_host': ['worker-1']}, {'attempt__gte': [2]}, {'q': 'x'}):
             self.assertFalse(self.filterset(params, self.queryset).qs.query.distinct, params)
@@ -141,3 +171,17 @@ class RetryEventFilterSetTest(TestCase):
 
     def test_filters_combine(self):
         self.assertFilter({'kind': ['retry'], 'worker': ['worker-1'], 'attempt': [2]}, 1)
+
+
+class JobDispatchFilterSetTest(TestCase, BaseFilterSetTestMixin):
+    """Jobs in flight: every field has its filter, but what must never be searched for (docs/ui.md)."""
+    queryset = JobDispatch.objects.all()
+    filterset = JobDispatchFilterSet
+    # The stored push and the claim's token are never shown, so never filtered on; the heartbeat is shown, and
+    # filtering on it would be filtering on a clock that moves every few seconds: the state filter (stuck or not)
+    # is the question an operator asks of it.
+    ignore_fields = ('payload', 'token', 'heartbeat')
+
+    @classmethod
+    def setUpTestData(cls):
+        make_dispatches()
