@@ -32,9 +32,10 @@ SEARCH_WORDS = 8
 SEARCH_PREFIX_LENGTH = 3
 NUMBER = re.compile(r'[-+]?[\d.]+')
 # How a quick search is read (``word_matches``): how many of the newest events are checked first, how many of them
-# must match for the search to be read newest first, and the most matches kept as a list of IDs.
+# must match for the search to be read newest first (enough that the first pages need not count them), and the most
+# matches kept as a list of IDs.
 RECENT_EVENTS = 10_000
-RECENT_MATCHES = 200
+RECENT_MATCHES = tables.COUNT_STEP + 1
 SEARCH_IDS = 2000
 
 
@@ -172,10 +173,12 @@ def word_matches(queryset, terms):
 
     1. the newest ``RECENT_EVENTS`` events are checked, from the time index and their stored words (about 1.7 µs
        each). When ``RECENT_MATCHES`` of them match, the search is frequent among the events an operator pages
-       through: the condition is the search itself, read newest first, and the matches found are known;
+       through: the condition is the search itself, read newest first, and the matches found are known (more than
+       the first page's count would count). The full-text index is not read: for words in a large share of the
+       events, it would read every one of their entries (160 ms for a worker host's words at 1,000,000 events);
     2. otherwise the matches are read from the full-text index alone (a bitmap scan, forced for that one statement;
-       fast for rare words), up to ``SEARCH_IDS``: when that is all of them, the condition is those IDs (the primary
-       key answers the page and its count). More matches, few of them recent, are read as the search itself.
+       fast for rarer words), up to ``SEARCH_IDS``: when that is all of them, the condition is those IDs (the
+       primary key answers the page and its count). More matches are read as the search itself, and are known.
     """
     query = SearchQuery(terms, search_type='raw', config='simple')
     condition = Q(search_words=query)
