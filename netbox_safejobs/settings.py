@@ -4,6 +4,7 @@ The plugin's settings: their defaults, their validation, and one typed object to
 This is the only module that knows setting names. Everything else asks ``get_settings()``.
 """
 
+import functools
 from dataclasses import dataclass, fields
 from numbers import Real
 
@@ -168,22 +169,16 @@ def retired_keys_warnings(config):
     ]
 
 
-_cached = None
-
-
+@functools.cache
 def get_settings():
     """The validated settings. Cached; dropped whenever Django's settings change (``override_settings``)."""
-    global _cached
-    if _cached is None:
-        from django.conf import settings
+    from django.conf import settings
 
-        _cached = validate_settings(settings.PLUGINS_CONFIG.get(PLUGIN_NAME, {}))
-    return _cached
+    return validate_settings(settings.PLUGINS_CONFIG.get(PLUGIN_NAME, {}))
 
 
 def _forget(**kwargs):
-    global _cached
-    _cached = None
+    get_settings.cache_clear()
 
 
 def connect_signals():
