@@ -54,11 +54,8 @@ STOCK_CONFIG = {
 # scenario that deletes rows in bulk does not spend minutes waiting; everything else is the default.
 PLUGIN_CONFIG = {'lookup_base_delay': 0.1}
 MODES = ('stock', 'plugin')
-SCENARIOS = (
-    'race', 'redis_outage', 'redis_outages', 'redis_flushed', 'crash_after_commit', 'deleted_rows',
-    'deleted_mid_run', 'worker_killed', 'worker_sigkill', 'db_terminated', 'duplicate_push', 'concurrent_relays',
-    'lost_claim_reply', 'caller_catches', 'cost',
-)
+# Name -> scenario, filled by @scenario; a full run takes them in the order they are defined.
+SCENARIOS = {}
 QUEUES = ('high', 'default', 'low')
 # Seconds Redis stays down in each outage of the redis_outages scenario.
 OUTAGES = (1, 3, 5, 7, 10)
@@ -602,6 +599,16 @@ def enqueue_many(count, threads=8, hold=0.0, rollback=None, rate=None, until=Non
 # Scenarios: each runs once per mode and returns the outcome
 # --------------------------------------------------------------------------------------------------------------------
 
+def scenario(function):
+    """
+    Register ``function(ctx, mode, opts, runs_file)`` (which returns the outcome as a dict) as the scenario named
+    after it, without the ``scenario_`` prefix: ``--scenarios`` accepts it and a full run includes it.
+    """
+    SCENARIOS[function.__name__.removeprefix('scenario_')] = function
+    return function
+
+
+@scenario
 def scenario_race(ctx, mode, opts, runs_file):
     """N jobs, each enqueued in a transaction held open ``hold`` s, a share rolled back, K workers racing."""
     rng = random.Random(42)
@@ -619,6 +626,7 @@ def scenario_race(ctx, mode, opts, runs_file):
     return collect(committed, rolled_back, runs_file, caller_exceptions=exceptions)
 
 
+@scenario
 def scenario_redis_outage(ctx, mode, opts, runs_file):
     """Redis stopped during a burst of enqueues, then started again, empty (no persistence)."""
     pool = WorkerPool(ctx, mode, runs_file)
@@ -650,6 +658,78 @@ def scenario_redis_outage(ctx, mode, opts, runs_file):
                    extra={'all_ran_s_after_redis_back': all_ran_after, 'outage_s': down})
 
 
+def _outage(ctx, seconds, enqueue):
+    """Stop Redis, run ``enqueue()`` while it is down, keep it down ``seconds`` in all, start it (empty)."""
+    ctx.redis.stop()
+    started = time.monotonic()
+    result = enqueue()
+    time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+    ctx.redis.start()
+    return result, time.time()
+
+
+@scenario
+def scenario_redis_outages(ctx, mode, opts, runs_file):
+    """
+    Five Redis outages of 1 to 10 s, jobs enqueued during each, Redis back empty each time, workers running and never
+    restarted by hand: the time from Redis answering again to every job of that outage having run.
+    """
+    per_outage = max(1, opts.outage_jobs // len(OUTAGES))
+    pool = WorkerPool(ctx, mode, runs_file)
+    committed, exceptions, latencies = [], Counter(), []
+    try:
+        pool.wait_ready()
+        for seconds in OUTAGES:
+            (jobs, _, errors, _), back = _outage(ctx, seconds, lambda: enqueue_many(per_outage, threads=1))
+            committed += jobs
+            exceptions.update(errors)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                _, starts = read_runs(runs_file)
+                if all(u in starts for u in jobs):
+                    latencies.append(max(starts[u] for u in jobs) - back)
+                    break
+                time.sleep(0.02)
+        wait_until_settled(committed, timeout=60, idle=10, pool=pool)
+    finally:
+        pool.stop()
+    complete = len(latencies) == len(OUTAGES)
+    return collect(committed, [], runs_file, caller_exceptions=exceptions, extra={
+        'outages': ', '.join(f'{s}' for s in OUTAGES),
+        'ran_s_after_redis_back_p50': round(percentile(latencies, .5), 2) if complete else None,
+        'ran_s_after_redis_back_max': round(max(latencies), 2) if complete else None,
+    })
+
+
+@scenario
+def scenario_redis_flushed(ctx, mode, opts, runs_file):
+    """
+    Redis loses its data without an outage (FLUSHALL, a failover to an empty replica) while every worker runs a slow
+    job and other jobs wait in the queue: the waiting ones must be sent again, the running ones finish once and are
+    not closed.
+    """
+    from django_rq import get_connection
+
+    from benchmarks.runners import HarnessJob
+
+    slow = [HarnessJob.enqueue(sleep=6).job_id for _ in range(ctx.workers)]
+    pool = WorkerPool(ctx, mode, runs_file, count=ctx.workers)
+    try:
+        pool.wait_ready()
+        wait_running(runs_file, slow)
+        waiting, _, _, _ = enqueue_many(opts.fault_jobs, threads=2)  # queued behind the slow jobs
+        get_connection('default').flushall()
+        flushed = time.time()
+        settled = wait_until_settled(waiting + slow, timeout=opts.timeout, idle=20, pool=pool)
+        after = None
+        if settled:
+            _, starts = read_runs(runs_file)
+            after = round(max(starts.get(u, 0) for u in waiting) - flushed, 2)
+    finally:
+        pool.stop()
+    return collect(waiting + slow, [], runs_file, extra={'all_ran_s_after_flush': after})
+
+
 CRASH_SCRIPT = """
 import os, signal
 from django.db import transaction
@@ -662,6 +742,7 @@ with transaction.atomic():
 """
 
 
+@scenario
 def scenario_crash_after_commit(ctx, mode, opts, runs_file):
     """Processes SIGKILLed between COMMIT and the push to Redis; the workers' relay owes them after 10 s."""
     procs = [
@@ -681,6 +762,7 @@ def scenario_crash_after_commit(ctx, mode, opts, runs_file):
     return collect(committed, [], runs_file)
 
 
+@scenario
 def scenario_deleted_rows(ctx, mode, opts, runs_file):
     """Job rows deleted (as housekeeping does, a queryset delete) after the push, before a worker takes the task."""
     from core.models import Job
@@ -695,6 +777,31 @@ def scenario_deleted_rows(ctx, mode, opts, runs_file):
     })
 
 
+@scenario
+def scenario_deleted_mid_run(ctx, mode, opts, runs_file):
+    """Periodic jobs whose rows are deleted (a queryset delete) while they run."""
+    from core.models import Job
+
+    from benchmarks.runners import HarnessJob
+
+    jobs = [HarnessJob.enqueue(sleep=3, interval=60).job_id for _ in range(ctx.workers)]
+    pool = WorkerPool(ctx, mode, runs_file)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            _, starts = read_runs(runs_file)
+            if all(u in starts for u in jobs):
+                break
+            time.sleep(0.05)
+        Job.objects.filter(job_id__in=jobs).delete()
+        time.sleep(6)
+    finally:
+        pool.stop()
+    successors = Job.objects.filter(name=HarnessJob.name, interval=60).exclude(job_id__in=jobs).count()
+    return collect([], [], runs_file, deleted=jobs, extra={'deleted': len(jobs), 'next_runs_of_deleted': successors})
+
+
+@scenario
 def scenario_worker_killed(ctx, mode, opts, runs_file):
     """The work horses SIGKILLed mid-job (what the OOM killer does); their workers live on."""
     from core.models import Job
@@ -725,6 +832,45 @@ def scenario_worker_killed(ctx, mode, opts, runs_file):
     return collect(committed, [], runs_file, extra={'killed': killed, 'closed_s_after_kill': closed_after})
 
 
+@scenario
+def scenario_worker_sigkill(ctx, mode, opts, runs_file):
+    """Whole workers SIGKILLed with their work horses mid-job (a host lost); another worker is started."""
+    from core.models import Job
+    from django.db import transaction
+
+    from benchmarks.runners import HarnessJob
+
+    committed = []
+    for _ in range(ctx.workers):
+        with transaction.atomic():
+            committed.append(HarnessJob.enqueue(sleep=60).job_id)
+    pool = WorkerPool(ctx, mode, runs_file)
+    pids = {}
+    try:
+        pids = wait_running(runs_file, committed)
+    finally:
+        pool._stopping.set()
+        for p in pool.processes:
+            os.kill(p.pid, signal.SIGKILL)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+        for p in pool.processes:
+            p.wait()
+    killed_at = time.monotonic()
+    survivor = WorkerPool(ctx, mode, runs_file, count=1)
+    closed_after = None
+    try:
+        while time.monotonic() - killed_at < 240:
+            if not Job.objects.filter(job_id__in=committed, status='running').exists():
+                closed_after = round(time.monotonic() - killed_at, 1)
+                break
+            time.sleep(0.5)
+    finally:
+        survivor.stop()
+    return collect(committed, [], runs_file, extra={'killed': len(pids), 'closed_s_after_kill': closed_after})
+
+
+@scenario
 def scenario_db_terminated(ctx, mode, opts, runs_file):
     """Database connections of the workers terminated (pg_terminate_backend) every 0.5 s while they take jobs."""
     from django.db import connection
@@ -767,6 +913,7 @@ def scenario_db_terminated(ctx, mode, opts, runs_file):
     return collect(committed, [], runs_file, extra={'connections_terminated': terminated[0]})
 
 
+@scenario
 def scenario_duplicate_push(ctx, mode, opts, runs_file):
     """Every task pushed twice (a requeue, a recovery racing a slow push)."""
     from core.models import Job
@@ -781,136 +928,7 @@ def scenario_duplicate_push(ctx, mode, opts, runs_file):
     return collect(committed, [], runs_file)
 
 
-def _outage(ctx, seconds, enqueue):
-    """Stop Redis, run ``enqueue()`` while it is down, keep it down ``seconds`` in all, start it (empty)."""
-    ctx.redis.stop()
-    started = time.monotonic()
-    result = enqueue()
-    time.sleep(max(0.0, seconds - (time.monotonic() - started)))
-    ctx.redis.start()
-    return result, time.time()
-
-
-def scenario_redis_outages(ctx, mode, opts, runs_file):
-    """
-    Five Redis outages of 1 to 10 s, jobs enqueued during each, Redis back empty each time, workers running and never
-    restarted by hand: the time from Redis answering again to every job of that outage having run.
-    """
-    per_outage = max(1, opts.outage_jobs // len(OUTAGES))
-    pool = WorkerPool(ctx, mode, runs_file)
-    committed, exceptions, latencies = [], Counter(), []
-    try:
-        pool.wait_ready()
-        for seconds in OUTAGES:
-            (jobs, _, errors, _), back = _outage(ctx, seconds, lambda: enqueue_many(per_outage, threads=1))
-            committed += jobs
-            exceptions.update(errors)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                _, starts = read_runs(runs_file)
-                if all(u in starts for u in jobs):
-                    latencies.append(max(starts[u] for u in jobs) - back)
-                    break
-                time.sleep(0.02)
-        wait_until_settled(committed, timeout=60, idle=10, pool=pool)
-    finally:
-        pool.stop()
-    complete = len(latencies) == len(OUTAGES)
-    return collect(committed, [], runs_file, caller_exceptions=exceptions, extra={
-        'outages': ', '.join(f'{s}' for s in OUTAGES),
-        'ran_s_after_redis_back_p50': round(percentile(latencies, .5), 2) if complete else None,
-        'ran_s_after_redis_back_max': round(max(latencies), 2) if complete else None,
-    })
-
-
-def scenario_redis_flushed(ctx, mode, opts, runs_file):
-    """
-    Redis loses its data without an outage (FLUSHALL, a failover to an empty replica) while every worker runs a slow
-    job and other jobs wait in the queue: the waiting ones must be sent again, the running ones finish once and are
-    not closed.
-    """
-    from django_rq import get_connection
-
-    from benchmarks.runners import HarnessJob
-
-    slow = [HarnessJob.enqueue(sleep=6).job_id for _ in range(ctx.workers)]
-    pool = WorkerPool(ctx, mode, runs_file, count=ctx.workers)
-    try:
-        pool.wait_ready()
-        wait_running(runs_file, slow)
-        waiting, _, _, _ = enqueue_many(opts.fault_jobs, threads=2)  # queued behind the slow jobs
-        get_connection('default').flushall()
-        flushed = time.time()
-        settled = wait_until_settled(waiting + slow, timeout=opts.timeout, idle=20, pool=pool)
-        after = None
-        if settled:
-            _, starts = read_runs(runs_file)
-            after = round(max(starts.get(u, 0) for u in waiting) - flushed, 2)
-    finally:
-        pool.stop()
-    return collect(waiting + slow, [], runs_file, extra={'all_ran_s_after_flush': after})
-
-
-def scenario_deleted_mid_run(ctx, mode, opts, runs_file):
-    """Periodic jobs whose rows are deleted (a queryset delete) while they run."""
-    from core.models import Job
-
-    from benchmarks.runners import HarnessJob
-
-    jobs = [HarnessJob.enqueue(sleep=3, interval=60).job_id for _ in range(ctx.workers)]
-    pool = WorkerPool(ctx, mode, runs_file)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            _, starts = read_runs(runs_file)
-            if all(u in starts for u in jobs):
-                break
-            time.sleep(0.05)
-        Job.objects.filter(job_id__in=jobs).delete()
-        time.sleep(6)
-    finally:
-        pool.stop()
-    successors = Job.objects.filter(name=HarnessJob.name, interval=60).exclude(job_id__in=jobs).count()
-    return collect([], [], runs_file, deleted=jobs, extra={'deleted': len(jobs), 'next_runs_of_deleted': successors})
-
-
-def scenario_worker_sigkill(ctx, mode, opts, runs_file):
-    """Whole workers SIGKILLed with their work horses mid-job (a host lost); another worker is started."""
-    from core.models import Job
-    from django.db import transaction
-
-    from benchmarks.runners import HarnessJob
-
-    committed = []
-    for _ in range(ctx.workers):
-        with transaction.atomic():
-            committed.append(HarnessJob.enqueue(sleep=60).job_id)
-    pool = WorkerPool(ctx, mode, runs_file)
-    pids = {}
-    try:
-        pids = wait_running(runs_file, committed)
-    finally:
-        pool._stopping.set()
-        for p in pool.processes:
-            os.kill(p.pid, signal.SIGKILL)
-        for pid in pids.values():
-            os.kill(pid, signal.SIGKILL)
-        for p in pool.processes:
-            p.wait()
-    killed_at = time.monotonic()
-    survivor = WorkerPool(ctx, mode, runs_file, count=1)
-    closed_after = None
-    try:
-        while time.monotonic() - killed_at < 240:
-            if not Job.objects.filter(job_id__in=committed, status='running').exists():
-                closed_after = round(time.monotonic() - killed_at, 1)
-                break
-            time.sleep(0.5)
-    finally:
-        survivor.stop()
-    return collect(committed, [], runs_file, extra={'killed': len(pids), 'closed_s_after_kill': closed_after})
-
-
+@scenario
 def scenario_concurrent_relays(ctx, mode, opts, runs_file):
     """
     ``opts.owed`` pushes owed (Redis was down at their commit), then 8 relay passes in 8 processes at once: each task
@@ -940,6 +958,7 @@ def scenario_concurrent_relays(ctx, mode, opts, runs_file):
     }
 
 
+@scenario
 def scenario_lost_claim_reply(ctx, mode, opts, runs_file):
     """
     A worker's database connection lost after the server committed the statement that starts a job (the plugin's
@@ -973,6 +992,7 @@ def scenario_lost_claim_reply(ctx, mode, opts, runs_file):
 HARNESS_TAG = 'safejobs-harness-'
 
 
+@scenario
 def scenario_caller_catches(ctx, mode, opts, runs_file):
     """
     Callers that, inside ``transaction.atomic()``, save an object (a Tag), enqueue a job, call an enqueue that raises
@@ -1033,6 +1053,7 @@ def scenario_caller_catches(ctx, mode, opts, runs_file):
     })
 
 
+@scenario
 def scenario_cost(ctx, mode, opts, runs_file):
     """Enqueue+commit latency, commit→start latency and throughput with K workers, on trivial jobs."""
     from core.models import Job
@@ -1126,25 +1147,6 @@ def recovery_at_scale(ctx, opts):
             'pass_seconds': round(elapsed, 3)}
 
 
-SCENARIO_FUNCS = {
-    'race': scenario_race,
-    'redis_outage': scenario_redis_outage,
-    'redis_outages': scenario_redis_outages,
-    'redis_flushed': scenario_redis_flushed,
-    'crash_after_commit': scenario_crash_after_commit,
-    'deleted_rows': scenario_deleted_rows,
-    'deleted_mid_run': scenario_deleted_mid_run,
-    'worker_killed': scenario_worker_killed,
-    'worker_sigkill': scenario_worker_sigkill,
-    'db_terminated': scenario_db_terminated,
-    'duplicate_push': scenario_duplicate_push,
-    'concurrent_relays': scenario_concurrent_relays,
-    'lost_claim_reply': scenario_lost_claim_reply,
-    'caller_catches': scenario_caller_catches,
-    'cost': scenario_cost,
-}
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Running and reporting
 # --------------------------------------------------------------------------------------------------------------------
@@ -1175,7 +1177,7 @@ def run(opts, ctx):
             started, restarts = time.monotonic(), len(ctx.restarts)
             print(f'--- {scenario} / {mode}', flush=True)
             try:
-                outcome = SCENARIO_FUNCS[scenario](ctx, mode, opts, runs_file)
+                outcome = SCENARIOS[scenario](ctx, mode, opts, runs_file)
             finally:
                 set_mode('plugin')
                 if not ctx.redis.running():
