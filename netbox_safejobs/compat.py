@@ -227,8 +227,8 @@ def rq_queue_name(job):
 
 def known_rq_queue_name(job):
     """
-    The RQ queue of a job for a retry event, without raising and without a query of its own (the database may be
-    what failed): ``Job.queue_name`` where NetBox stores it (4.5+), else NetBox's mapping of the job's object type
+    The RQ queue of a job as far as it is known without a query and without raising (for an event: the database may
+    be what failed): ``Job.queue_name`` where NetBox stores it (4.5+), else NetBox's mapping of the job's object type
     (content types are cached); '' when unknown.
     """
     if _job_has_field('queue_name'):
