@@ -217,6 +217,9 @@ class JobDispatch(models.Model):
             # The default order (oldest first) and sorting by age, of the jobs in flight page and API: their first
             # page reads 50 entries instead of sorting every row.
             models.Index(fields=('created', 'id'), name='netbox_safejobs_created_idx'),
+            # A job's row in flight by its UUID (the UUID pasted in the quick search, the job_uuid filter): the only
+            # other way to it is through the Job row.
+            models.Index(fields=('job_uuid',), name='netbox_safejobs_dispatch_uuid'),
             # The relay, once a second in every worker: rows written or owed, oldest first. Partial, so an idle relay
             # reads an empty index however many jobs are queued or running.
             models.Index(
