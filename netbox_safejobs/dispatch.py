@@ -25,6 +25,7 @@ The capture is scoped to the calling thread and to the call of ``Job.enqueue``: 
 ``transaction.on_commit``, as seen by the module defining ``Job.enqueue``, behave exactly as before for everyone else.
 """
 
+import functools
 import logging
 import threading
 from contextlib import contextmanager
@@ -279,30 +280,30 @@ def wrap_delete_task(original):
 # guard.py) and that the relay reads back, in this order.
 ROW_COLUMNS = ('job_id', 'job_uuid', 'queue_name', 'runner', 'method', 'payload', 'created', 'recoveries')
 
-_sql = {}
-
-
+@functools.cache
 def _statements():
-    if not _sql:
-        from .models import JobDispatch
+    """The outbox row's statements, built once from the model's metadata."""
+    from .models import JobDispatch
 
-        table = JobDispatch._meta.db_table
-        # The database's clock, never the application host's: the relay compares these stamps with it.
-        _sql['insert'] = (
+    table = JobDispatch._meta.db_table
+    # The database's clock, never the application host's: the relay compares these stamps with it.
+    sql = {
+        'insert': (
             f'INSERT INTO {table} ({", ".join(ROW_COLUMNS)}, worker_host) '
             f"VALUES (%s, %s, %s, %s, %s, %s, clock_timestamp(), 0, '') RETURNING id"
-        )
-        _sql['sent'] = (
+        ),
+        'sent': (
             f'UPDATE {table} SET sent = clock_timestamp(), owed = NULL '
             f'WHERE id = %s AND sent IS NULL AND claimed IS NULL'
-        )
-        _sql['owed'] = (
+        ),
+        'owed': (
             f'UPDATE {table} SET owed = clock_timestamp() '
             f'WHERE id = %s AND sent IS NULL AND claimed IS NULL AND owed IS NULL'
-        )
-        for name in ('sent', 'owed'):
-            _sql[name + '_async'] = f'{_sql[name]} AND {ASYNC_COMMIT}'
-    return _sql
+        ),
+    }
+    for name in ('sent', 'owed'):
+        sql[name + '_async'] = f'{sql[name]} AND {ASYNC_COMMIT}'
+    return sql
 
 
 def _insert(using, values):

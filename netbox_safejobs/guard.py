@@ -29,7 +29,7 @@ import logging
 import os
 import time
 import uuid
-from functools import lru_cache, wraps
+from functools import cache, lru_cache, wraps
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, router
 
@@ -63,13 +63,9 @@ class ClaimResult:
     TAKEN = 'taken'
 
 
-_sql = {}
-
-
+@cache
 def _statements():
     """The claim and release statements, built once from the models' metadata."""
-    if _sql:
-        return _sql
     from core.models import Job
 
     from .models import JobDispatch
@@ -78,8 +74,9 @@ def _statements():
     columns = ', '.join(connections['default'].ops.quote_name(f.column) for f in fields)
     job_table = Job._meta.db_table
     dispatch_table = JobDispatch._meta.db_table
-    _sql['attnames'] = [f.attname for f in fields]
-    _sql['claim'] = f"""
+    sql = {}
+    sql['attnames'] = [f.attname for f in fields]
+    sql['claim'] = f"""
         WITH claimed AS (
             UPDATE {job_table} SET status = %(running)s
             WHERE job_id = %(uuid)s AND status = ANY(%(claimable)s) {{commit}}
@@ -96,17 +93,17 @@ def _statements():
         SELECT {columns} FROM claimed
     """
     # Why the claim found nothing: no row, or a row already claimed (by this very attempt, if its reply was lost).
-    _sql['status'] = f"""
+    sql['status'] = f"""
         SELECT j.status, d.token FROM {job_table} j LEFT JOIN {dispatch_table} d ON d.job_id = j.id
         WHERE j.job_id = %s
     """
-    _sql['reread'] = f'SELECT {columns} FROM {job_table} WHERE job_id = %s'
+    sql['reread'] = f'SELECT {columns} FROM {job_table} WHERE job_id = %s'
     # Only this attempt's lease: a lease closed by the liveness check (and perhaps taken again) is not ours any more.
-    _sql['release'] = f'DELETE FROM {dispatch_table} WHERE job_id = %s AND token = %s {{commit}}'
+    sql['release'] = f'DELETE FROM {dispatch_table} WHERE job_id = %s AND token = %s {{commit}}'
     for name in ('claim', 'release'):
-        _sql[name + '_async'] = _sql[name].replace('{commit}', f'AND {dispatch.ASYNC_COMMIT}')
-        _sql[name] = _sql[name].replace('{commit}', '')
-    return _sql
+        sql[name + '_async'] = sql[name].replace('{commit}', f'AND {dispatch.ASYNC_COMMIT}')
+        sql[name] = sql[name].replace('{commit}', '')
+    return sql
 
 
 def _lease_sql(name, using):
