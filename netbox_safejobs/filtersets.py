@@ -8,7 +8,8 @@ from core.models import Job
 from django import forms
 from django.contrib.postgres.search import SearchQuery
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import BooleanField, Q
+from django.db.models.expressions import RawSQL
 from django.utils.translation import gettext as _
 from netbox.filtersets import BaseFilterSet
 from utilities.filters import MultiValueCharFilter, MultiValueDecimalFilter, multivalue_field_factory
@@ -181,7 +182,6 @@ def word_matches(queryset, terms):
        primary key answers the page and its count). More matches are read as the search itself, and are known.
     """
     query = SearchQuery(terms, search_type='raw', config='simple')
-    condition = Q(search_words=query)
     newest = queryset.order_by('-time', '-pk').values('search_words')[:RECENT_EVENTS]
     sql, params = newest.query.sql_with_params()
     with connection.cursor() as cursor:
@@ -192,9 +192,9 @@ def word_matches(queryset, terms):
         )
         recent = cursor.fetchone()[0]
     if recent >= RECENT_MATCHES:
-        return condition, recent
+        return read_newest_first(terms), recent
     ids = None
-    matches = queryset.filter(condition).order_by()
+    matches = queryset.filter(search_words=query).order_by()
     try:
         with transaction.atomic(using=matches.db), connection.cursor() as cursor:
             # Only for this statement: the savepoint (or transaction) is rolled back, which undoes SET LOCAL.
@@ -206,7 +206,25 @@ def word_matches(queryset, terms):
         pass
     if len(ids) <= SEARCH_IDS:
         return Q(pk__in=ids), 0
-    return condition, SEARCH_IDS + 1
+    return read_newest_first(terms), SEARCH_IDS + 1
+
+
+def read_newest_first(terms):
+    """
+    The condition "the stored words match ``terms``" for a search known to match many events, written so that
+    PostgreSQL reads events by the order or the other filters asked for and checks their words, rather than reading
+    every match from the full-text index and sorting them. As a plain ``@@`` it estimates the share of events matching
+    several words as the product of their shares, and words that come together (``timeout expired``, 3 % of the
+    events, each word 3 %) look rare to it: the first page then sorted 30,000 matches (55 to 90 ms at 1,000,000
+    events), and worse without the index (a whole-table scan). Inside a ``CASE`` the condition has no estimate and is
+    taken to match half of the events, nearer the truth for such a search: the first page reads events newest first
+    (2 ms), a count of 1,000 among ``kind=retry`` reads 13,000 events (14 ms), a rare kind's index is still used.
+    """
+    table = RetryEvent._meta.db_table
+    return Q(RawSQL(
+        f'CASE WHEN "{table}"."search_words" @@ to_tsquery(\'simple\'::regconfig, %s) THEN true ELSE false END',
+        [terms], output_field=BooleanField(),
+    ))
 
 
 def search_terms(value):
