@@ -57,20 +57,7 @@ class WorkerPoolTest(SafeJobsTransactionTestCase):
 class ShortHarnessTest(SafeJobsTransactionTestCase):
 
     def test_plugin_keeps_every_guarantee_where_stock_netbox_does_not(self):
-        opts = harness.parse_args(['--short', '--scenarios', SCENARIOS, '--timeout', '300'])
-        workdir = Path(tempfile.mkdtemp(prefix='safejobs-harness-test-'))
-        redis = RedisServer(workdir)
-        redis.start()
-        try:
-            with override_rq_queues(queues_on(redis.port)):
-                ctx = harness.Context(redis=redis, workdir=workdir, workers=2,
-                                      db_name=connection.settings_dict['NAME'], redis_db=0)
-                results = harness.run(opts, ctx)
-        finally:
-            redis.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
-        report = harness.markdown(results)
-
+        results, report = run_harness(['--short', '--scenarios', SCENARIOS, '--timeout', '300'], workers=2)
         self.assertEqual(harness.broken_guarantees(results), [], report)
         for scenario in SCENARIOS.split(','):
             plugin = results[scenario]['plugin']
