@@ -12,6 +12,7 @@ from netbox.models.features import EventRulesMixin
 from utilities.querysets import RestrictedQuerySet
 
 from .choices import RetryEventKindChoices
+from .fields import StoredGeneratedField
 
 __all__ = (
     'JobDispatch',
@@ -111,7 +112,7 @@ class RetryEvent(EventRulesMixin, models.Model):
     # (a generated column). Checking an event against a search reads them (about 1 µs) instead of parsing its text
     # again (10 to 30 µs), so a search that matches many events is answered newest first, and ANALYZE keeps
     # statistics of the frequent words. Never shown, exported or serialized.
-    search_words = models.GeneratedField(
+    search_words = StoredGeneratedField(
         expression=SearchVector('job_name', Replace('runner', Value('.'), Value(' ')), 'worker_host', 'detail',
                                 config='simple'),
         output_field=SearchVectorField(),

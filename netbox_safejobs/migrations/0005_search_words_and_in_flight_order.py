@@ -18,6 +18,8 @@ import django.contrib.postgres.search
 import django.db.models.functions.text
 from django.db import migrations, models
 
+import netbox_safejobs.fields
+
 
 class Migration(migrations.Migration):
 
@@ -34,7 +36,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='retryevent',
             name='search_words',
-            field=models.GeneratedField(
+            field=netbox_safejobs.fields.StoredGeneratedField(
                 db_persist=True,
                 expression=django.contrib.postgres.search.SearchVector(
                     'job_name',
