@@ -36,7 +36,7 @@ from django.db import DatabaseError, connections, router, transaction
 
 from . import compat, events
 from .choices import RetryEventKindChoices
-from .payload import Push, seal
+from .payload import Push, runner_path, seal
 from .queues import get_push_queue
 
 __all__ = (
@@ -348,7 +348,7 @@ def defer(job, runner, captured):
     # Pickled here, inside the caller's transaction: a task that cannot be serialized fails the enqueue now, and
     # the transaction with it, rather than after commit. RQ pickles the same objects when it receives the push.
     blob = seal(Push(captured.method, captured.args, captured.kwargs))
-    dispatch_id = _insert(using, [job.pk, job.job_id, captured.queue_name[:100], events.runner_path(runner)[:255],
+    dispatch_id = _insert(using, [job.pk, job.job_id, captured.queue_name[:100], runner_path(runner)[:255],
                                   captured.method, blob])
     transaction.on_commit(partial(push, job, runner, captured, using, dispatch_id), using=using, robust=True)
 

@@ -16,6 +16,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 
 from . import compat, event_types, metrics, workers
 from .choices import RetryEventKindChoices
+from .payload import runner_path
 
 __all__ = (
     'describe',
@@ -23,7 +24,6 @@ __all__ = (
     'record',
     'record_many',
     'redact',
-    'runner_path',
 )
 
 logger = logging.getLogger('netbox_safejobs.events')
@@ -65,15 +65,6 @@ def describe(exc):
     """An exception as one line of text for an event: type and message, without a trailing full stop."""
     text = ' '.join(str(exc).split()).rstrip('.')
     return f'{type(exc).__name__}: {text}' if text else type(exc).__name__
-
-
-def runner_path(runner):
-    """The dotted path of a JobRunner class (a path given as text is returned as it is; ``None`` gives '')."""
-    if runner is None:
-        return ''
-    if isinstance(runner, str):
-        return runner
-    return f'{runner.__module__}.{runner.__qualname__}'
 
 
 def _build(kind, job, job_uuid, job_name, runner, queue, attempt, delay, detail):

@@ -35,7 +35,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 
 from . import backoff, compat, dispatch, events, workers
 from .choices import RetryEventKindChoices
-from .payload import seal_next_run
+from .payload import runner_path, seal_next_run
 from .settings import get_settings
 
 __all__ = (
@@ -137,7 +137,7 @@ def _claim_once(job, runner, using, token, next_run):
             'uuid': job.job_id,
             'claimable': list(compat.CLAIMABLE_STATES),
             'queue': compat.rq_queue_name(job)[:100],
-            'runner': events.runner_path(runner)[:255],
+            'runner': runner_path(runner)[:255],
             'next_run': next_run,
             'token': token,
             'worker': worker.id if worker else None,

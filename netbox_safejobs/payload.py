@@ -21,10 +21,23 @@ __all__ = (
     'BadPayload',
     'NextRun',
     'Push',
+    'runner_path',
     'seal',
     'seal_next_run',
     'unseal',
 )
+
+def runner_path(runner):
+    """
+    The dotted path of a JobRunner class, as the stored push, the dispatch row and each event name it (a path given
+    as text is returned as it is; ``None`` gives '').
+    """
+    if runner is None:
+        return ''
+    if isinstance(runner, str):
+        return runner
+    return f'{runner.__module__}.{runner.__qualname__}'
+
 
 _SALT = 'netbox_safejobs.payload.v1'
 _MAC_SIZE = 32  # SHA-256
