@@ -1,7 +1,8 @@
 """
 Scale benchmark of the plugin's pages: the retry event list page, REST API list and panel on NetBox's Job page with
 1,000,000 retry events in the table; the jobs in flight page, REST API list and dashboard counts with 100,000 jobs
-in flight.
+in flight, beside NetBox's own Jobs list of those 100,000 Job rows as the reference of what a page of 50 rows costs
+NetBox on the same machine in the same run.
 
     scripts/dev bench ui_scale                      # both parts, 15 timed requests per case
     scripts/dev bench ui_scale --events 200000 --repeat 30 --keep
@@ -510,6 +511,8 @@ def run_in_flight(opts):
     ui = reverse('plugins:netbox_safejobs:jobdispatch_list')
     api = reverse('plugins-api:netbox_safejobs-api:jobdispatch-list')
     cases = [
+        # The reference: NetBox's own list of the same Job rows (50 a page, as on the plugin's pages), in this run.
+        ("NetBox's Jobs list, first page (reference)", reverse('core:job_list')),
         ('in flight: list page, first page', ui),
         ('in flight: list page, state=owed', f'{ui}?state=owed'),
         ('in flight: list page, state=stuck', f'{ui}?state=stuck'),
