@@ -6,6 +6,7 @@ from utilities.choices import ChoiceSet
 __all__ = (
     'JobDispatchStateChoices',
     'KIND_HELP',
+    'KIND_LABELS',
     'RetryEventKindChoices',
     'kind_help',
 )
@@ -147,6 +148,11 @@ def kind_help(kind, plain=False):
     if plain:
         meaning, action = (text.replace('`', '').replace('**', '') for text in (meaning, action))
     return {'written_by': written_by, 'meaning': meaning, 'action': action}
+
+
+# Each kind's label (translated when shown): what ``get_kind_display()`` finds by building a dict of the choices on
+# every call, which a list page of 50 events made 50 times over (each row's checkbox is labelled with the event).
+KIND_LABELS = {value: label for value, label, *_color in RetryEventKindChoices.CHOICES}
 
 
 class JobDispatchStateChoices(ChoiceSet):

@@ -17,6 +17,7 @@ Every age is measured with the database's clock, as the relay and the liveness c
 what the Prometheus gauges read (``metrics.py``): one statement.
 """
 
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -152,6 +153,19 @@ def _check_settings(report):
 # database: reachable, migrations, this host's clock
 # --------------------------------------------------------------------------------------------------------------------
 
+@functools.cache
+def migrations_on_disk():
+    """
+    The names of the plugin's migrations installed with this process's code, read once: they change only with a new
+    release, which restarts the process. The health panel of the jobs in flight page asks on every view, and building
+    Django's whole migration graph each time cost more than the page's own queries.
+    """
+    from django.db.migrations.loader import MigrationLoader
+
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    return frozenset(name for app, name in loader.disk_migrations if app == PLUGIN_NAME)
+
+
 def _check_database(report, using):
     """PostgreSQL's clock, or None when the database does not answer."""
     try:
@@ -168,19 +182,18 @@ def _check_database(report, using):
         return None
     skew = (before + after) / 2 - db_now
     _clock_finding(report, 'this host', skew, precision=(after - before) / 2, host='this host')
+    on_disk = migrations_on_disk()
     try:
-        from django.db.migrations.loader import MigrationLoader
-
-        loader = MigrationLoader(connections[using], ignore_no_migrations=True)
-        on_disk = {key for key in loader.disk_migrations if key[0] == PLUGIN_NAME}
-        applied = {key for key in loader.applied_migrations if key[0] == PLUGIN_NAME}
+        with connections[using].cursor() as cursor:
+            cursor.execute('SELECT name FROM django_migrations WHERE app = %s', [PLUGIN_NAME])
+            applied = {row[0] for row in cursor.fetchall()}
     except DatabaseError as e:
         report.add('database', 'error', f'Cannot read the applied migrations: {_describe(e)}',
                    fix='Check the database user may read django_migrations.')
         _close(using)
         return db_now
-    missing = sorted(name for _app, name in on_disk - applied)
-    unknown = sorted(name for _app, name in applied - on_disk)
+    missing = sorted(on_disk - applied)
+    unknown = sorted(applied - on_disk)
     if missing:
         report.add('database', 'error', f'Migrations of netbox_safejobs not applied: {", ".join(missing)}.',
                    fix='Run `netbox migrate netbox_safejobs` (or `manage.py migrate`), then restart the web server '

@@ -11,7 +11,7 @@ from django.utils.translation import gettext_lazy as _
 from netbox.models.features import EventRulesMixin
 from utilities.querysets import RestrictedQuerySet
 
-from .choices import RetryEventKindChoices
+from .choices import KIND_LABELS, RetryEventKindChoices
 from .fields import StoredGeneratedField
 
 __all__ = (
@@ -155,7 +155,7 @@ class RetryEvent(EventRulesMixin, models.Model):
         verbose_name_plural = _('retry events')
 
     def __str__(self):
-        return f'{self.get_kind_display()}: {self.job_name or self.job_uuid}'
+        return f'{KIND_LABELS.get(self.kind, self.kind)}: {self.job_name or self.job_uuid}'
 
     def get_absolute_url(self):
         return reverse('plugins:netbox_safejobs:retryevent', args=[self.pk])

@@ -4,7 +4,7 @@ Tables of retry events (the list page, and the compact table of the Job page pan
 """
 
 import math
-from functools import partial
+from functools import lru_cache, partial
 from typing import NamedTuple
 
 import django_tables2 as tables
@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import Truncator
+from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 from netbox.tables import BaseTable, NetBoxTable, columns
 from utilities.paginator import EnhancedPaginator
@@ -72,11 +73,19 @@ class KindColumn(columns.ChoiceFieldColumn):
 
     def render(self, record, bound_column, value):
         badge = super().render(record, bound_column, value)
-        help_text = kind_help(record.kind, plain=True)
-        if not help_text['meaning']:
+        tooltip = kind_tooltip(record.kind, get_language())
+        if not tooltip:
             return badge
-        return format_html('<span title="{}" data-bs-toggle="tooltip">{}</span>',
-                           f'{help_text["meaning"]}\n{_("What to do")}: {help_text["action"]}', badge)
+        return format_html('<span title="{}" data-bs-toggle="tooltip">{}</span>', tooltip, badge)
+
+
+@lru_cache(maxsize=128)
+def kind_tooltip(kind, language):
+    """The tooltip of a kind's badge in ``language``: made once per kind and language, not once per row."""
+    help_text = kind_help(kind, plain=True)
+    if not help_text['meaning']:
+        return ''
+    return f'{help_text["meaning"]}\n{_("What to do")}: {help_text["action"]}'
 
 
 class DetailColumn(tables.Column):

@@ -22,7 +22,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connection
 from django.template import Context, Template
-from django.test import RequestFactory, override_settings
+from django.test import RequestFactory, TestCase, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import include, path
 from django.utils import timezone
@@ -529,3 +529,24 @@ class BadInputTest(SafeJobsTransactionTestCase):
         with self.assertRaises(SystemExit) as raised, open(os.devnull, 'w') as sink:
             call_command('safejobs_check', stdout=sink)
         self.assertEqual(raised.exception.code, health.check().exit_code)
+
+
+class MigrationsFindingTest(TestCase):
+    """The database check compares the plugin's migrations on disk (read once) with those applied (read each time)."""
+
+    def database_findings(self):
+        return [f for f in health.check().findings if f.check == 'database']
+
+    def test_all_applied(self):
+        self.assertIn('ok', [f.level for f in self.database_findings()])
+
+    def test_missing_and_unknown_migrations_are_named(self):
+        latest = max(health.migrations_on_disk())
+        with connection.cursor() as cursor:
+            cursor.execute('DELETE FROM django_migrations WHERE app = %s AND name = %s', ['netbox_safejobs', latest])
+            cursor.execute('INSERT INTO django_migrations (app, name, applied) VALUES (%s, %s, now())',
+                           ['netbox_safejobs', '9999_from_a_newer_release'])
+        findings = {f.level: f for f in self.database_findings()}
+        self.assertEqual(findings['error'].data['migrations'], [latest])
+        self.assertEqual(findings['warning'].data['migrations'], ['9999_from_a_newer_release'])
+        self.assertNotIn('ok', findings)
