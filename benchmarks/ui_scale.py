@@ -4,13 +4,15 @@ Scale benchmark of the plugin's pages: the retry event list page, REST API list 
 in flight, beside NetBox's own Jobs list of those 100,000 Job rows as the reference of what a page of 50 rows costs
 NetBox on the same machine in the same run.
 
-    scripts/dev bench ui_scale                      # both parts, 15 timed requests per case
+    scripts/dev bench ui_scale                      # both parts, 15 rounds
     scripts/dev bench ui_scale --events 200000 --repeat 30 --keep
     scripts/dev bench ui_scale --part in-flight --dispatches 100000
 
 Requests go through Django's test client in this process: the whole NetBox middleware and view stack (login,
 permissions, filters, templates, serializers) and real PostgreSQL, without the network or a web server in front.
-Prints the p50 and p95 of each case and the p50 of the time its SQL statements took, in milliseconds.
+The cases are timed in rounds, NetBox's Jobs list among them: each round requests every case once, in alternating
+order, so that whatever else the machine does falls on all of them alike. Prints the p50 and p95 of each case and
+the p50 of the time its SQL statements took, in milliseconds.
 
 The events are inserted with one INSERT ... SELECT generate_series (marked worker_host = 'ui-scale-bench') and
 removed afterwards unless --keep is given (a later run with --keep reuses them). So are the jobs in flight: their Job
@@ -103,7 +105,6 @@ def prepare(count):
     """Make sure ``count`` marked events exist; a Job with PANEL_EVENTS events of its own; a superuser."""
     from core.models import Job
     from django.db import connection
-    from users.models import User
 
     from netbox_safejobs.models import RetryEvent
 
@@ -125,18 +126,15 @@ def prepare(count):
                        worker_host=MARKER)
             for i in range(1, PANEL_EVENTS + 1)
         ])
-    user = User.objects.filter(username=USERNAME).first() or User.objects.create_user(
-        username=USERNAME, is_superuser=True)
     with connection.cursor() as cursor:
         cursor.execute(f'SELECT count(*) FROM {RetryEvent._meta.db_table}')
         total = cursor.fetchone()[0]
-    return job, user, total
+    return job, total
 
 
 def cleanup():
     from core.models import Job
     from django.db import connection
-    from users.models import User
 
     from netbox_safejobs.models import RetryEvent
 
@@ -144,7 +142,6 @@ def cleanup():
         cursor.execute(f'DELETE FROM {RetryEvent._meta.db_table} WHERE worker_host = %s OR worker_host LIKE %s',
                        [MARKER, f'{MARKER}-%'])
     Job.objects.filter(name=MARKER).delete()
-    User.objects.filter(username=USERNAME).delete()
 
 
 # state -> share of the jobs in flight (a busy installation: most claimed or sent, a few owed and stuck)
@@ -260,9 +257,13 @@ def cleanup_dispatches():
     from core.models import Job
     from django.db import connection
 
-    from netbox_safejobs.models import WorkerHeartbeat
+    from netbox_safejobs.models import RetryEvent, WorkerHeartbeat
 
     with connection.cursor() as cursor:
+        # Events of these jobs (a worker's relay or liveness pass may have written some while the rows were here)
+        # keep their UUID and lose the link, as Django's SET_NULL does; the schema has no ON DELETE.
+        cursor.execute(f'UPDATE {RetryEvent._meta.db_table} SET job_id = NULL WHERE job_id IN '
+                       f'(SELECT id FROM {Job._meta.db_table} WHERE name LIKE %s)', [f'{MARKER} %'])
         # The dispatch rows go with their Job rows (ON DELETE CASCADE in Django, not in the schema: delete both).
         cursor.execute(f'DELETE FROM netbox_safejobs_jobdispatch WHERE job_id IN '
                        f'(SELECT id FROM {Job._meta.db_table} WHERE name LIKE %s)', [f'{MARKER} %'])
@@ -297,27 +298,43 @@ class QueryTimer:
             self.total += time.perf_counter() - started
 
 
-def measure(client, url, repeat, warmup=2, **headers):
-    """p50 and p95 of the whole request, and p50 of the time spent in SQL statements, in milliseconds."""
+def measure_rounds(client, cases, repeat, warmup=2):
+    """
+    Time every case in rounds: each round requests every case once, forwards in even rounds and backwards in odd
+    ones, so that the machine's drift (another process, a garbage collection, a warm or cold cache) falls on every
+    case alike rather than on the cases timed while it lasted. Returns {name: (p50, p95, p50 of the SQL time)} in
+    milliseconds. After a sorted URL, the ordering NetBox saved as the user's preference for that table is cleared
+    (untimed), so that the next case reads the table in its default order.
+    """
     from django.db import connection
 
-    for _ in range(warmup):
-        response = client.get(url, **headers)
-        if response.status_code != 200:
-            raise SystemExit(f'{url} answered {response.status_code}: {response.content[:500]!r}')
-    timings = []
-    sql_timings = []
-    for _ in range(repeat):
+    def request(url):
         timer = QueryTimer()
         with connection.execute_wrapper(timer):
             started = time.perf_counter()
-            response = client.get(url, **headers)
-            timings.append((time.perf_counter() - started) * 1000)
-        sql_timings.append(timer.total * 1000)
-        assert response.status_code == 200, url
-    timings.sort()
-    p95 = timings[min(len(timings) - 1, int(round(0.95 * (len(timings) - 1))))]
-    return statistics.median(timings), p95, statistics.median(sql_timings)
+            response = client.get(url)
+            elapsed = (time.perf_counter() - started) * 1000
+        if 'sort=' in url:
+            client.get(f'{url.split("?")[0]}?sort=')
+        if response.status_code != 200:
+            raise SystemExit(f'{url} answered {response.status_code}: {response.content[:500]!r}')
+        return elapsed, timer.total * 1000
+
+    for _ in range(warmup):
+        for _name, url in cases:
+            request(url)
+    timings = {name: ([], []) for name, _url in cases}
+    for round_number in range(repeat):
+        for name, url in (cases if round_number % 2 == 0 else cases[::-1]):
+            elapsed, sql = request(url)
+            timings[name][0].append(elapsed)
+            timings[name][1].append(sql)
+    results = {}
+    for name, (elapsed, sql) in timings.items():
+        elapsed.sort()
+        p95 = elapsed[min(len(elapsed) - 1, int(round(0.95 * (len(elapsed) - 1))))]
+        results[name] = (statistics.median(elapsed), p95, statistics.median(sql))
+    return results
 
 
 def main(argv=None):
@@ -344,40 +361,66 @@ def main(argv=None):
     load = ', '.join(f'{value:.2f}' for value in os.getloadavg())
     print(f'PostgreSQL {pg_version}; DEBUG={settings.DEBUG}; {opts.repeat} timed requests per case; '
           f'{os.cpu_count()} CPUs; load average {load}', flush=True)
-    code = 0
-    if opts.part in ('all', 'events'):
-        code = run_events(opts) or code
-    if opts.part in ('all', 'in-flight'):
-        code = run_in_flight(opts) or code
     if opts.part == 'insert':
-        code = run_insert_cost(opts) or code
+        code = run_insert_cost(opts)
+    else:
+        code = run_pages(opts)
     print(f'load average at the end: {", ".join(f"{value:.2f}" for value in os.getloadavg())}', flush=True)
     return code
 
 
-def print_results(cases, timer, opts):
-    if opts.only:
-        cases = [(name, target) for name, target in cases if re.search(opts.only, name)]
+def run_pages(opts):
+    """Prepare the rows of the parts asked for, time their cases in rounds with NetBox's Jobs list, print."""
+    from django.test import Client, RequestFactory
+    from django.urls import reverse
+    from users.models import User
+
+    from netbox_safejobs.widgets import RetryEventsWidget
+
+    user = User.objects.filter(username=USERNAME).first() or User.objects.create_user(
+        username=USERNAME, is_superuser=True)
+    # The reference: NetBox's own list of Job rows (50 a page, as on the plugin's pages), timed in the same rounds.
+    cases = [("NetBox's Jobs list, first page (reference)", reverse('core:job_list'))]
+    try:
+        if opts.part in ('all', 'events'):
+            cases += events_part(opts)
+        if opts.part in ('all', 'in-flight'):
+            cases += in_flight_part(opts)
+        if opts.only:
+            cases = [case for case in cases if case[0] == cases[0][0] or re.search(opts.only, case[0])]
+        # One session for the pages and the API (NetBox's REST API accepts the session of a logged-in user).
+        client = Client()
+        client.force_login(user)
+        for url in {url.split('?')[0] for _name, url in cases}:
+            client.get(f'{url}?sort=')
+        print(f'{len(cases)} cases, {opts.repeat} rounds', flush=True)
+        print_results(measure_rounds(client, cases, opts.repeat), opts)
+        if opts.part in ('all', 'in-flight'):
+            request = RequestFactory().get('/')
+            request.user = user
+            p50, p95 = measure_call(lambda: RetryEventsWidget().render(request), opts.repeat)
+            print_results({'in flight: dashboard widget (owed, stuck counts)': (p50, p95)}, opts)
+    finally:
+        if not opts.keep:
+            if opts.part in ('all', 'events'):
+                cleanup()
+            if opts.part in ('all', 'in-flight'):
+                cleanup_dispatches()
+            User.objects.filter(username=USERNAME).delete()
+            print('removed the benchmark events, jobs in flight and user', flush=True)
+    return 0
+
+
+def print_results(results, opts):
+    """Print {name: (p50, p95[, SQL])} in the order given."""
     if not opts.markdown:
         print(f'{"case":64} {"p50 ms":>8} {"p95 ms":>8} {"SQL ms":>8}')
-    for name, target in cases:
-        p50, p95, *sql = timer(target)
+    for name, (p50, p95, *sql) in results.items():
         sql = f'{sql[0]:.1f}' if sql else ''
         if opts.markdown:
             print(f'| {name} | {p50:.1f} | {p95:.1f} | {sql} |', flush=True)
         else:
             print(f'{name:64} {p50:8.1f} {p95:8.1f} {sql:>8}', flush=True)
-
-
-def timer_for(client, list_url, repeat):
-    """Time a URL; after a sorted one, clear the ordering NetBox saved as the user's preference for the table."""
-    def timer(url):
-        try:
-            return measure(client, url, repeat)
-        finally:
-            if 'sort=' in url:
-                client.get(f'{list_url}?sort=')
-    return timer
 
 
 def event_cases(ui, api, job, sample_uuid, sample_name, now):
@@ -468,51 +511,30 @@ def event_cases(ui, api, job, sample_uuid, sample_name, now):
     return cases
 
 
-def run_events(opts):
-    from django.test import Client
+def events_part(opts):
+    """Prepare the retry events; return the cases of the retry event list, its API and the Job page panel."""
     from django.urls import reverse
     from django.utils import timezone
 
-    job, user, total = prepare(opts.events)
-    # One session for the pages and the API (NetBox's REST API accepts the session of a logged-in user).
-    client = Client()
-    client.force_login(user)
-
+    job, total = prepare(opts.events)
     # A job in the middle of the table (its events are ~45 days old), as generated by insert_events().
     sample_job = opts.events // 2 // 5
     sample_uuid = str(uuid.UUID(hashlib.md5(f'job{sample_job}'.encode()).hexdigest()))
     ui = reverse('plugins:netbox_safejobs:retryevent_list')
     api = reverse('plugins-api:netbox_safejobs-api:retryevent-list')
-    cases = event_cases(ui, api, job, sample_uuid, f'bench job {sample_job}', timezone.now())
     print(f'{total:,} retry events in the table', flush=True)
-    client.get(f'{ui}?sort=')
-    try:
-        print_results(cases, timer_for(client, ui, opts.repeat), opts)
-    finally:
-        if not opts.keep:
-            cleanup()
-            print('removed the benchmark events, job and user', flush=True)
-    return 0
+    return event_cases(ui, api, job, sample_uuid, f'bench job {sample_job}', timezone.now())
 
 
-def run_in_flight(opts):
-    from django.test import Client, RequestFactory
+def in_flight_part(opts):
+    """Prepare the jobs in flight; return the cases of the jobs in flight page and API."""
     from django.urls import reverse
-    from users.models import User
-
-    from netbox_safejobs.widgets import RetryEventsWidget
 
     total = prepare_dispatches(opts.dispatches)
-    user = User.objects.filter(username=USERNAME).first() or User.objects.create_user(
-        username=USERNAME, is_superuser=True)
-    client = Client()
-    client.force_login(user)
     sample_uuid = str(uuid.UUID(hashlib.md5(f'inflight{opts.dispatches // 2}'.encode()).hexdigest()))
     ui = reverse('plugins:netbox_safejobs:jobdispatch_list')
     api = reverse('plugins-api:netbox_safejobs-api:jobdispatch-list')
     cases = [
-        # The reference: NetBox's own list of the same Job rows (50 a page, as on the plugin's pages), in this run.
-        ("NetBox's Jobs list, first page (reference)", reverse('core:job_list')),
         ('in flight: list page, first page', ui),
         ('in flight: list page, state=owed', f'{ui}?state=owed'),
         ('in flight: list page, state=stuck', f'{ui}?state=stuck'),
@@ -543,19 +565,7 @@ def run_in_flight(opts):
         ('in flight: API list, worker_host (62 %)', f'{api}?worker_host={MARKER}'),
     ]
     print(f'{total:,} jobs in flight in the table', flush=True)
-    request = RequestFactory().get('/')
-    request.user = user
-    try:
-        client.get(f'{ui}?sort=')
-        print_results(cases, timer_for(client, ui, opts.repeat), opts)
-        print_results((('in flight: dashboard widget (owed, stuck counts)', None),),
-                      lambda _: measure_call(lambda: RetryEventsWidget().render(request), opts.repeat), opts)
-    finally:
-        if not opts.keep:
-            cleanup_dispatches()
-            User.objects.filter(username=USERNAME).delete()
-            print('removed the benchmark jobs in flight and user', flush=True)
-    return 0
+    return cases
 
 
 # The indexes migration 0004 added to the retry event table.
