@@ -133,6 +133,37 @@ class RetryEventPageTest(TestCase):
             paginator = tables.BoundedCountPaginator(queryset, 1, queryset=queryset, page_number='x')
             self.assertEqual(paginator.page_number, 1)
 
+    def test_bounded_count_reads_ids_in_the_page_order_where_an_index_leads(self):
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        from netbox_safejobs.api.views import RetryEventPagination
+        from netbox_safejobs.in_flight import dispatch_queryset
+
+        self.assertTrue(tables.RetryEventTable.count_in_page_order)
+        self.assertTrue(RetryEventPagination.count_in_page_order)
+        self.assertFalse(tables.JobDispatchTable.count_in_page_order)
+        cases = (
+            # (queryset, counted in its order when asked to)
+            (RetryEvent.objects.all(), True),  # the default order, the time index
+            (RetryEvent.objects.order_by('-delay', '-time'), True),  # the delay index
+            (RetryEvent.objects.order_by('-detail'), False),  # no index on the detail
+            (RetryEvent.objects.order_by('job__name'), False),  # through a join
+            (RetryEvent.objects.order_by(), False),
+            (dispatch_queryset(), True),  # oldest first, the created index
+            (dispatch_queryset().order_by('dispatch_state'), False),  # computed per row
+        )
+        for queryset, ordered in cases:
+            for in_page_order in (True, False):
+                with (self.subTest(sql=str(queryset.query)[-80:], in_page_order=in_page_order),
+                      CaptureQueriesContext(connection) as queries):
+                    self.assertEqual(tables.bounded_count(queryset, 1, in_page_order), queryset.count())
+                    sql = queries.captured_queries[0]['sql']
+                    self.assertEqual('ORDER BY' in sql, ordered and in_page_order)
+                    # Only the IDs: neither the event's columns nor the in-flight state and subqueries.
+                    inner = sql[sql.index('(SELECT') + 1:sql.index(' FROM ')]
+                    self.assertNotIn(',', inner)
+
     def test_list_sorted_by_a_column_then_newest_first(self):
         self.add_permissions('netbox_safejobs.view_retryevent')
         content = self.client.get(reverse(LIST_URL), {'sort': 'delay'}).content.decode()

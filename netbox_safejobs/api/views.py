@@ -19,6 +19,7 @@ from .serializers import JobDispatchSerializer, RetryEventSerializer
 
 __all__ = (
     'BoundedCountPagination',
+    'RetryEventPagination',
     'JobDispatchViewSet',
     'RetryEventViewSet',
     'SafeJobsRootView',
@@ -38,12 +39,19 @@ class BoundedCountPagination(api_settings.DEFAULT_PAGINATION_CLASS):
     to the next multiple of ``tables.COUNT_STEP`` past the end of the page asked for (``offset + limit``), and that
     bound when more events match, so that a page of a million events does not cost a pass over all of them. ``next``
     is set whenever more events follow. Without a limit (``limit=0`` where allowed) every row is read: exact.
+    ``count_in_page_order``: see ``tables.bounded_count``.
     """
+    count_in_page_order = False
 
     def get_queryset_count(self, queryset):
         if not self.limit:
             return super().get_queryset_count(queryset)
-        return int(tables.bounded_count(queryset, self.get_offset(self.request) + self.limit))
+        return int(tables.bounded_count(queryset, self.get_offset(self.request) + self.limit, self.count_in_page_order))
+
+
+class RetryEventPagination(BoundedCountPagination):
+    """Retry events are counted in the page's order, as on the list page (``RetryEventTable``)."""
+    count_in_page_order = True
 
 
 class RetryEventViewSet(DestroyModelMixin, NetBoxReadOnlyModelViewSet):
@@ -54,7 +62,7 @@ class RetryEventViewSet(DestroyModelMixin, NetBoxReadOnlyModelViewSet):
     queryset = RetryEvent.objects.all()
     serializer_class = RetryEventSerializer
     filterset_class = filtersets.RetryEventFilterSet
-    pagination_class = BoundedCountPagination
+    pagination_class = RetryEventPagination
     # ``?ordering=`` by the columns the list page sorts by, each read from an index (not by the detail text).
     ordering_fields = (
         'id', 'time', 'kind', 'job', 'job_uuid', 'job_name', 'runner', 'queue', 'attempt', 'delay', 'worker_host',
