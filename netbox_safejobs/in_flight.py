@@ -23,7 +23,6 @@ from django.db.models import (
     CharField,
     DateTimeField,
     DurationField,
-    Exists,
     ExpressionWrapper,
     F,
     Func,
@@ -70,12 +69,15 @@ def _ago(seconds):
 def _stuck_q(stuck_after):
     """``liveness.stale_leases``'s rule: neither the lease nor its worker heartbeated within ``stuck_after``."""
     cutoff = _ago(stuck_after)
-    live_worker = WorkerHeartbeat.objects.filter(pk=OuterRef('worker'), seen__gte=cutoff).order_by()
+    # The live workers as one uncorrelated subquery (``worker NOT IN (…)``), which PostgreSQL hashes once per
+    # statement, in the state's CASE as in a filter. A correlated ``NOT EXISTS`` was costed per row: sorting 100,000
+    # rows by state was estimated expensive enough to be JIT-compiled, and took 142 ms of SQL instead of 65.
+    live_workers = WorkerHeartbeat.objects.filter(seen__gte=cutoff).order_by().values('pk')
     return (
         Q(claimed__isnull=False, worker__isnull=False)
         & Q(claimed__lt=cutoff)
         & (Q(heartbeat__isnull=True) | Q(heartbeat__lt=cutoff))
-        & ~Exists(live_worker)
+        & ~Q(worker__in=live_workers)
     )
 
 
