@@ -150,7 +150,7 @@ def bounded_count(queryset, page_end, in_page_order=False):
     that multiple when more match), without a query when the queryset is known to have more (``count_at_least``).
 
     With ``in_page_order``, the rows are counted in the page's order where an index of the table leads it
-    (``ordered_along_an_index``): for a table with an index on every column it is filtered and sorted by, as the
+    (``_ordered_along_an_index``): for a table with an index on every column it is filtered and sorted by, as the
     retry events have. Left unordered, PostgreSQL may count along another index that holds the matches last:
     ``worker_host__ic`` of one host, counted along the worker index, read 375,000 events to find 1,001 (166 ms);
     along the time index, as the page is read, 8,000 (8 ms). The jobs in flight have few indexes, on purpose (each
@@ -161,7 +161,7 @@ def bounded_count(queryset, page_end, in_page_order=False):
     bound = math.ceil((page_end + 1) / COUNT_STEP) * COUNT_STEP
     if count_at_least(queryset) > bound:
         return CountAtLeast(bound)
-    if not (in_page_order and ordered_along_an_index(queryset)):
+    if not (in_page_order and _ordered_along_an_index(queryset)):
         queryset = queryset.order_by()
     # Only the rows' IDs: the columns computed for showing them (the jobs in flight's state, job name, heartbeats)
     # would be computed for every row counted.
@@ -183,7 +183,7 @@ def _index_leading_columns(model):
     return frozenset(leading)
 
 
-def ordered_along_an_index(queryset):
+def _ordered_along_an_index(queryset):
     """
     Whether ``queryset``'s order begins with a column that leads one of its table's indexes: counted in that order,
     its rows are read along the index the page is read from, at most as many as the pages up to the bound would

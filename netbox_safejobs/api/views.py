@@ -19,8 +19,8 @@ from .serializers import JobDispatchSerializer, RetryEventSerializer
 
 __all__ = (
     'BoundedCountPagination',
-    'RetryEventPagination',
     'JobDispatchViewSet',
+    'RetryEventPagination',
     'RetryEventViewSet',
     'SafeJobsRootView',
 )
