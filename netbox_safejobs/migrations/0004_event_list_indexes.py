@@ -55,8 +55,18 @@ def add_trigram_indexes(apps, schema_editor):
     if not pg_trgm_available(schema_editor.connection):
         return
     model = apps.get_model('netbox_safejobs', 'RetryEvent')
+    quote = schema_editor.quote_name
     for index in TRIGRAM_INDEXES:
-        schema_editor.add_index(model, index)
+        # Written out rather than through schema_editor.add_index(): Django learns that OpClass is an index wrapper
+        # only in django.contrib.postgres's AppConfig.ready(), and NetBox 4.2 - 4.5 does not install that app, so Django
+        # wrapped the opclass into the expression's parentheses (``USING gin ((UPPER("job_name") gin_trgm_ops))``, a
+        # syntax error that stopped this migration on NetBox 4.2). The same index as Django writes with the app.
+        (expression,) = index.expressions
+        column = expression.get_source_expressions()[0].get_source_expressions()[0].name
+        schema_editor.execute(
+            f'CREATE INDEX {quote(index.name)} ON {quote(model._meta.db_table)} '
+            f'USING gin ((UPPER({quote(column)}::text)) gin_trgm_ops)'
+        )
 
 
 def remove_trigram_indexes(apps, schema_editor):
