@@ -34,6 +34,7 @@ __all__ = (
     'register_filterset',
     'register_job_table_column',
     'rq_queue_name',
+    'rq_stop_requested',
     'rq_task_deleters',
     'rq_worker_class',
     'rq_worker_names',
@@ -145,6 +146,17 @@ def rq_worker_class():
     if not callable(getattr(Worker, 'work', None)):
         return None, 'rq.worker.Worker has no work() method'
     return Worker, None
+
+
+def rq_stop_requested():
+    """
+    The exception RQ's signal handler raises when a worker that is not busy is asked to stop:
+    ``rq.worker.StopRequested`` in the RQ of NetBox 4.2.9 (RQ 2.3), ``rq.exceptions.StopRequested`` in later ones
+    (RQ 2.10 of NetBox 4.6.8, RQ 2.12 of NetBox 4.7.3).
+    """
+    from rq import exceptions, worker
+
+    return getattr(exceptions, 'StopRequested', None) or worker.StopRequested
 
 
 def rq_workers(connection):

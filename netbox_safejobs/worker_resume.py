@@ -86,7 +86,9 @@ def _stopping(worker):
 
 def _wait_for_redis(worker):
     """Wait until Redis answers again. False when the worker is asked to stop meanwhile."""
-    from rq.exceptions import StopRequested
+    from . import compat
+
+    StopRequested = compat.rq_stop_requested()  # noqa: N806 (a class)
 
     try:
         while not _stopping(worker):
