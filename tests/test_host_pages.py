@@ -42,7 +42,10 @@ PLUGIN_EVENT_TYPES = (event_types.JOB_GAVE_UP, event_types.DISPATCH_FAILED)
 
 
 class HostPageTestCase(TestCase):
-    """A superuser (Background Tasks and the plugin list are for superusers only) and some retry events."""
+    """
+    A superuser who is also staff, as an administrator is (Background Tasks and the plugin list are for superusers
+    from NetBox 4.5, for staff users on 4.2 - 4.4), and some retry events.
+    """
 
     @classmethod
     def setUpTestData(cls):
@@ -51,6 +54,7 @@ class HostPageTestCase(TestCase):
     def setUp(self):
         super().setUp()
         self.user.is_superuser = True
+        self.user.is_staff = True
         self.user.save()
 
     @contextmanager

@@ -12,7 +12,7 @@ from core.models import Job
 from django.db import connection
 from django.test import override_settings
 
-from netbox_safejobs import liveness, workers
+from netbox_safejobs import compat, liveness, workers
 from netbox_safejobs.choices import RetryEventKindChoices as Kind
 from netbox_safejobs.models import JobDispatch, RetryEvent, WorkerHeartbeat
 from netbox_safejobs.recovery import run_pass
@@ -191,8 +191,8 @@ class LeaseTest(SafeJobsTransactionTestCase):
     """Leases without a worker, and two passes at once, without worker processes."""
 
     def lease(self, worker_id=None, seen_ago=None):
-        job = Job.objects.create(name=CountingJob.name, job_id=uuid.uuid4(), status='running',
-                                 queue_name='default')
+        job = Job.objects.create(**compat.job_field_values(
+            name=CountingJob.name, job_id=uuid.uuid4(), status='running', queue_name='default'))
         if worker_id is not None and seen_ago is not None:
             with connection.cursor() as cursor:
                 cursor.execute(
