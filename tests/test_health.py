@@ -432,8 +432,12 @@ class MetricsProcessModesTest(SafeJobsTransactionTestCase):
         )
         log = open(os.path.join(work, 'gunicorn.log'), 'w+')
         self.addCleanup(log.close)
+        # gunicorn 26 (NetBox 4.7) opens a control socket unless told not to; gunicorn 23 (NetBox 4.2) has no such
+        # option and refuses to start with it.
+        usage = subprocess.run([sys.executable, '-m', 'gunicorn', '--help'], capture_output=True, text=True).stdout
+        control_socket = ['--no-control-socket'] if '--no-control-socket' in usage else []
         server = subprocess.Popen(
-            [sys.executable, '-m', 'gunicorn', '--workers', '2', '--bind', f'127.0.0.1:{port}', '--no-control-socket',
+            [sys.executable, '-m', 'gunicorn', '--workers', '2', '--bind', f'127.0.0.1:{port}', *control_socket,
              '--graceful-timeout', '1', 'netbox.wsgi'],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
