@@ -25,6 +25,8 @@ from functools import wraps
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import compat
+
 __all__ = (
     'REDIS_ERRORS',
     'work',
@@ -86,8 +88,6 @@ def _stopping(worker):
 
 def _wait_for_redis(worker):
     """Wait until Redis answers again. False when the worker is asked to stop meanwhile."""
-    from . import compat
-
     StopRequested = compat.rq_stop_requested()  # noqa: N806 (a class)
 
     try:

@@ -44,17 +44,15 @@ class BoundedCountPagination(api_settings.DEFAULT_PAGINATION_CLASS):
     count_in_page_order = False
 
     def paginate_queryset(self, queryset, request, view=None):
-        # NetBox 4.2 - 4.5 count before they read the request's limit and offset (and set ``self.request``): the
-        # count reads them from the request itself.
-        self._count_request = request
+        # NetBox 4.2 - 4.5 count before they set ``self.request`` and read its limit: the count reads them itself.
+        self.request = request
         return super().paginate_queryset(queryset, request, view)
 
     def get_queryset_count(self, queryset):
-        request = self._count_request
-        limit = self.get_limit(request)
+        limit = self.get_limit(self.request)
         if not limit:
             return super().get_queryset_count(queryset)
-        return int(tables.bounded_count(queryset, self.get_offset(request) + limit, self.count_in_page_order))
+        return int(tables.bounded_count(queryset, self.get_offset(self.request) + limit, self.count_in_page_order))
 
 
 class RetryEventPagination(BoundedCountPagination):

@@ -9,20 +9,18 @@ from django.db import DatabaseError, migrations, models, transaction
 
 logger = logging.getLogger('netbox_safejobs.migrations')
 
-TRIGRAM_INDEXES = (
+# (index, column): trigram indexes of UPPER(column), for NetBox's case-insensitive partial-text lookups.
+TRIGRAMS = (
+    ('netbox_safejobs_name_trgm', 'job_name'),
+    ('netbox_safejobs_runner_trgm', 'runner'),
+    ('netbox_safejobs_worker_trgm', 'worker_host'),
+)
+TRIGRAM_INDEXES = tuple(
     django.contrib.postgres.indexes.GinIndex(
-        django.contrib.postgres.indexes.OpClass(django.db.models.functions.text.Upper('job_name'), name='gin_trgm_ops'),
-        name='netbox_safejobs_name_trgm',
-    ),
-    django.contrib.postgres.indexes.GinIndex(
-        django.contrib.postgres.indexes.OpClass(django.db.models.functions.text.Upper('runner'), name='gin_trgm_ops'),
-        name='netbox_safejobs_runner_trgm',
-    ),
-    django.contrib.postgres.indexes.GinIndex(
-        django.contrib.postgres.indexes.OpClass(
-            django.db.models.functions.text.Upper('worker_host'), name='gin_trgm_ops'),
-        name='netbox_safejobs_worker_trgm',
-    ),
+        django.contrib.postgres.indexes.OpClass(django.db.models.functions.text.Upper(column), name='gin_trgm_ops'),
+        name=name,
+    )
+    for name, column in TRIGRAMS
 )
 
 
@@ -54,18 +52,15 @@ def pg_trgm_available(connection):
 def add_trigram_indexes(apps, schema_editor):
     if not pg_trgm_available(schema_editor.connection):
         return
-    model = apps.get_model('netbox_safejobs', 'RetryEvent')
+    table = apps.get_model('netbox_safejobs', 'RetryEvent')._meta.db_table
     quote = schema_editor.quote_name
-    for index in TRIGRAM_INDEXES:
-        # Written out rather than through schema_editor.add_index(): Django learns that OpClass is an index wrapper
-        # only in django.contrib.postgres's AppConfig.ready(), and NetBox 4.2 - 4.5 does not install that app, so Django
-        # wrapped the opclass into the expression's parentheses (``USING gin ((UPPER("job_name") gin_trgm_ops))``, a
-        # syntax error that stopped this migration on NetBox 4.2). The same index as Django writes with the app.
-        (expression,) = index.expressions
-        column = expression.get_source_expressions()[0].get_source_expressions()[0].name
+    # Written out rather than through schema_editor.add_index(): Django learns that OpClass is an index wrapper
+    # only in django.contrib.postgres's AppConfig.ready(), and NetBox 4.2 - 4.5 does not install that app, so Django
+    # wrapped the opclass into the expression's parentheses (``USING gin ((UPPER("job_name") gin_trgm_ops))``, a
+    # syntax error that stopped this migration on NetBox 4.2). The same index as Django writes with the app.
+    for name, column in TRIGRAMS:
         schema_editor.execute(
-            f'CREATE INDEX {quote(index.name)} ON {quote(model._meta.db_table)} '
-            f'USING gin ((UPPER({quote(column)}::text)) gin_trgm_ops)'
+            f'CREATE INDEX {quote(name)} ON {quote(table)} USING gin ((UPPER({quote(column)}::text)) gin_trgm_ops)'
         )
 
 
