@@ -7,14 +7,19 @@ A daemon thread started when RQ's ``Worker.work()`` starts and stopped when it r
 and RQ's ``monitor_work_horse()``). Each tick, every ``relay_interval`` seconds:
 
 1. the relay (``relay.send_owed``): one Redis ``GET`` per Redis and, when Redis answers, one indexed query that finds
-   nothing when nothing is owed. While Redis does not answer, the loop asks it every ``REDIS_POLL`` seconds instead
-   (no database query), so that the owed pushes of an outage leave within a fraction of a second of its end;
+   nothing when nothing is owed. Every ``SWEEP_INTERVAL`` seconds (and on the first tick) it also owes again the
+   sent, unclaimed rows whose task RQ no longer holds runnable (``relay.sweep_sent``). While Redis does not answer,
+   the loop asks it every ``REDIS_POLL`` seconds instead (no database query), so that the owed pushes of an outage
+   leave within a fraction of a second of its end;
 2. every ``heartbeat_interval`` seconds, the worker's heartbeat (one statement), the stale-worker check
    (``liveness.close_stale``, one indexed query when nothing is stale) and the check of its own work horses
-   (``liveness.close_dead_horses``, one indexed query).
+   (``liveness.close_dead_horses``, one indexed query). The stale-worker check runs only once the loop itself has
+   worked for ``stuck_after`` seconds without a failure (``WorkerLoop.may_judge``): after a database outage every
+   heartbeat is stale, and none of them means a dead worker.
 
 The thread has its own database connection (Django's connections are per thread) and never touches the worker's
-Redis connection objects. Work horses fork from the worker's main thread and run none of this.
+Redis connection objects. Work horses fork from the worker's main thread and run none of this; that thread keeps no
+database session across a fork (``sessions.py``).
 """
 
 import logging
@@ -23,7 +28,7 @@ import time
 
 from django.db import close_old_connections, connections
 
-from . import liveness, relay, workers
+from . import liveness, relay, sessions, workers
 from .choices import RetryEventKindChoices
 from .queues import bound_redis_retries
 from .settings import get_settings
@@ -41,6 +46,10 @@ logger = logging.getLogger('netbox_safejobs.worker_loop')
 # Seconds between two looks at a Redis that does not answer (a PING; no database query).
 REDIS_POLL = 0.1
 
+# Seconds between two sweeps of the sent, unclaimed rows against what RQ holds (``relay.sweep_sent``); the first tick
+# of a worker sweeps at once.
+SWEEP_INTERVAL = 2.0
+
 
 class WorkerLoop(threading.Thread):
 
@@ -51,6 +60,9 @@ class WorkerLoop(threading.Thread):
         self._stopping = threading.Event()
         self._failing = False
         self.redis_down = False
+        # Since when (monotonic) every tick of this loop has worked: the time over which it may judge others' staleness.
+        self.working_since = None
+        self._next_sweep = 0.0
 
     def stop(self, timeout=10):
         self._stopping.set()
@@ -64,7 +76,7 @@ class WorkerLoop(threading.Thread):
         failures = []
         parts = [('heartbeat', self._beat)] if beat else []
         parts.append(('relay', self._relay))
-        if beat and self.settings.stuck_job_detection:
+        if beat and self.settings.stuck_job_detection and self.may_judge():
             parts.append(('liveness', self._liveness))
         for name, part in parts:
             try:
@@ -75,12 +87,26 @@ class WorkerLoop(threading.Thread):
             name, error = failures[0]
             raise RuntimeError(f'{name}: {error}') from error
 
+    def may_judge(self, now=None):
+        """
+        Whether this loop may close jobs whose worker stopped heartbeating: only once it has itself reached the database
+        without a failure for ``stuck_after`` seconds. A heartbeat that went stale while the database was away (a
+        restart, a failover, a partition) says nothing about its worker, which could not write it either; by then every
+        live worker has heartbeated again. Staleness across an outage is not death.
+        """
+        now = time.monotonic() if now is None else now
+        return self.working_since is not None and now - self.working_since >= self.settings.stuck_after
+
     def _beat(self):
         workers.beat(self.identity)
 
     def _relay(self):
-        report = relay.send_owed()
+        now = time.monotonic()
+        sweep = now >= self._next_sweep
+        report = relay.send_owed(sweep=sweep)
         self.redis_down = report.redis_down
+        if sweep and not report.redis_down and not report.errors:
+            self._next_sweep = now + SWEEP_INTERVAL
         if report.pushed or report.reowed or report.rejected:
             logger.warning('relay: sent %d owed push(es)%s%s', len(report.pushed),
                            f', {report.reowed} owed again after Redis lost its data' if report.reowed else '',
@@ -108,11 +134,14 @@ class WorkerLoop(threading.Thread):
                     self.tick(beat)
                     if beat:
                         next_beat = now + self.settings.heartbeat_interval
+                    if self.working_since is None:
+                        self.working_since = now
                     if self._failing:
                         logger.warning('worker loop working again')
                         self._failing = False
                 except Exception:
                     # The database or Redis is away: say it once, keep trying every tick.
+                    self.working_since = None
                     if not self._failing:
                         logger.exception('worker loop tick failed; trying again every %ss (said once while it '
                                          'lasts)', self.settings.relay_interval)
@@ -166,8 +195,10 @@ def start(worker):
         from .patches import installed
 
         identity = workers.set_current(getattr(worker, 'name', ''), guard='guard' in installed())
+        # This thread forks the work horses: it must hold no database session when it does (sessions.py).
+        sessions.install_fork_hook()
         try:
-            workers.beat(identity)
+            sessions.run_in_own_session(workers.beat, identity)
         except Exception:
             logger.exception('worker heartbeat not written at start-up; the loop will try again')
         _loop = WorkerLoop(identity, settings)
@@ -188,17 +219,18 @@ def stop():
         return
     try:
         loop.stop()
-        workers.forget(loop.identity)
+        sessions.run_in_own_session(workers.forget, loop.identity)
     except Exception:
         logger.exception('worker heartbeat not removed; it is forgotten once stale')
     finally:
-        connections.close_all()
+        sessions.install_fork_hook(enabled=False)
 
 
 def horse_ended(worker, horse_pid, stopped):
     """
     RQ's worker saw its work horse end abnormally (killed, out of memory, or stopped from Background Tasks): close
-    the job that horse held, now, rather than waiting for a heartbeat to go stale. Never raises.
+    the job that horse held, now, rather than waiting for a heartbeat to go stale. Runs in a session of its own
+    (``sessions.run_in_own_session``): the worker's main thread, which forks the next horse, keeps none. Never raises.
     """
     identity = workers.current()
     if identity is None or not horse_pid:
@@ -210,9 +242,8 @@ def horse_ended(worker, horse_pid, stopped):
         reason = 'The work horse running this job died (killed by a signal or out of memory)'
         kind = RetryEventKindChoices.KIND_STUCK_ERRORED
     try:
-        return liveness.close_horse(identity, horse_pid, reason, kind=kind)
+        return sessions.run_in_own_session(liveness.close_horse, identity, horse_pid, reason, kind=kind)
     except Exception:
-        logger.exception('job of dead work horse %s not closed; the stale-worker check will not see it while this '
-                         'worker lives', horse_pid)
-        connections['default'].close()
+        logger.exception('job of dead work horse %s not closed now; the worker loop closes it on its next check',
+                         horse_pid)
         return []

@@ -2,16 +2,24 @@
 
 import time
 
+from django.db import connection, transaction
 from django_rq import get_connection
 from netbox.jobs import JobRunner
 
 __all__ = (
     'CountingJob',
     'FailingJob',
+    'SESSIONS_KEY',
+    'SessionJob',
     'run_count',
 )
 
 COUNTER_KEY = 'safejobs-tests:runs:{}'
+
+# The PostgreSQL session each SessionJob ran in, in order ("<pg_backend_pid()> tls|plain"); the jobs now holding a
+# transaction.
+SESSIONS_KEY = 'safejobs-tests:sessions'
+HOLDING_KEY = 'safejobs-tests:holding'
 
 
 def run_count(job_uuid):
@@ -40,3 +48,28 @@ class FailingJob(JobRunner):
     def run(self, **kwargs):
         get_connection('default').incr(COUNTER_KEY.format(self.job.job_id))
         raise RuntimeError('boom')
+
+
+class SessionJob(JobRunner):
+    """
+    Records the PostgreSQL session its work horse queries in; with ``hold``, then writes a tag inside a transaction
+    and sleeps there (to be killed with its transaction open).
+    """
+
+    class Meta:
+        name = 'Session job'
+
+    def run(self, hold=0, **kwargs):
+        from extras.models import Tag
+
+        redis = get_connection('default')
+        with connection.cursor() as cursor:
+            cursor.execute('SELECT pg_backend_pid(), coalesce((SELECT ssl FROM pg_stat_ssl '
+                           'WHERE pid = pg_backend_pid()), false)')
+            pid, tls = cursor.fetchone()
+            redis.rpush(SESSIONS_KEY, f'{pid} {"tls" if tls else "plain"}')
+        if hold:
+            with transaction.atomic():
+                Tag.objects.create(name=f'held {self.job.job_id}', slug=f'held-{self.job.job_id}')
+                redis.rpush(HOLDING_KEY, str(self.job.job_id))
+                time.sleep(hold)
