@@ -227,7 +227,14 @@ def wrap_delete(original):
 
     @wraps(original)
     def delete(self, *args, **kwargs):
-        with deferred_cancel(kwargs.get('using') or self._state.db or router.db_for_write(type(self))):
+        using = kwargs.get('using') or self._state.db or router.db_for_write(type(self))
+        with deferred_cancel(using), transaction.atomic(using=using):
+            # The Job row first, then its dispatch row (Django's cascade deletes that one first): the order the
+            # worker's claim takes them in. In the other order a delete and a claim of one job deadlock, and
+            # PostgreSQL aborts one of them: the operator's delete answered 500.
+            if self.pk is not None:
+                list(type(self)._base_manager.using(using).select_for_update().filter(pk=self.pk)
+                     .values_list('pk', flat=True))
             return original(self, *args, **kwargs)
 
     delete.__safejobs_original__ = original
@@ -245,11 +252,14 @@ def _close_deleted_task(job_id):
 
     using = router.db_for_write(Job)
     try:
-        job = Job.objects.using(using).filter(job_id=job_id, status__in=compat.CLAIMABLE_STATES).first()
-        if job is None:
-            return
         with transaction.atomic(using=using):
-            JobDispatch.objects.using(using).filter(job=job).delete()
+            # Locked as it waits: a worker's claim of it now either committed first (the job runs, and keeps its
+            # lease) or waits for this close and then finds the job failed, and does not run it.
+            job = (Job.objects.using(using).select_for_update(of=('self',))
+                   .filter(job_id=job_id, status__in=compat.CLAIMABLE_STATES).first())
+            if job is None:
+                return
+            JobDispatch.objects.using(using).filter(job=job, claimed__isnull=True).delete()
             job.terminate(status='failed', error='Its task was deleted from Background Tasks by an operator; '
                                                   'netbox-safejobs does not send it again.')
         events.record(RetryEventKindChoices.KIND_OPERATOR_STOPPED, job=job, using=using,
@@ -396,12 +406,16 @@ def push(job, runner, captured, using, dispatch_id):
 # --------------------------------------------------------------------------------------------------------------------
 
 class HeldRun:
-    """One run of a job in this thread; ``row_deleted`` once a save found its row gone."""
+    """
+    One run of a job in this thread; ``row_deleted`` once a save found its row gone, ``lease_lost`` once a save found
+    the job closed by the liveness check: either way its next run is not this run's to schedule.
+    """
 
     def __init__(self, job, runner):
         self.job = job
         self.runner = runner
         self.row_deleted = False
+        self.lease_lost = False
         self.successor_dropped = False
 
 
@@ -427,7 +441,7 @@ def _successor_of_deleted(cls, kwargs):
     if not stack:
         return None
     held = stack[-1]
-    if held.row_deleted and held.job.interval and kwargs.get('interval') == held.job.interval:
+    if (held.row_deleted or held.lease_lost) and held.job.interval and kwargs.get('interval') == held.job.interval:
         return held
     return None
 
@@ -455,7 +469,8 @@ def wrap_enqueue(original):
         held = _successor_of_deleted(cls, kwargs)
         if held is not None:
             held.successor_dropped = True
-            logger.info('job %s: its row was deleted while it ran; its next run is not scheduled', held.job.job_id)
+            logger.info('job %s: its row was deleted, or the job was closed, while it ran; its next run is not '
+                        'scheduled by this run', held.job.job_id)
             return None
         # immediate=True runs the job synchronously in this process: there is no push to make safe.
         if kwargs.get('immediate'):

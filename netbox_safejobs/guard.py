@@ -40,6 +40,8 @@ from .settings import get_settings
 
 __all__ = (
     'ClaimResult',
+    'JobLeaseLost',
+    'JobNotSaved',
     'JobRowDeleted',
     'claim',
     'release',
@@ -53,8 +55,19 @@ logger = logging.getLogger('netbox_safejobs.guard')
 _DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
-class JobRowDeleted(Exception):
+class JobNotSaved(Exception):
+    """A save of the running job that must not happen: its row is gone, or its run is no longer this attempt's."""
+
+
+class JobRowDeleted(JobNotSaved):
     """The running job's row was deleted: saving it would re-create it, so the save is refused."""
+
+
+class JobLeaseLost(JobNotSaved):
+    """
+    The running job was closed by the liveness check (its worker was judged dead) and its lease removed: this run's
+    saves would reopen a closed job (``completed`` over ``errored``) and schedule a periodic job's next run twice.
+    """
 
 
 class ClaimResult:
@@ -277,36 +290,90 @@ def release(job, token=None):
         logger.warning('job %s: lease not removed (%s); the liveness check will clean it up', job.job_id, e)
 
 
-def _update_only(job, held):
+def _saving_through_blips(job, runner, save):
+    """
+    ``save()``, reconnecting and trying again on the ``database_retries`` schedule when the database fails (a blip,
+    a restart, a failover): NetBox's ``start()`` failing on a claimed job would leave it neither run nor closed.
+    Saving the same full row again is harmless if the first save had committed. Inside a transaction nothing is
+    retried: the transaction itself is lost with its connection.
+    """
+    using = job._state.db
+    failures = 0
+    while True:
+        try:
+            return save()
+        except _DATABASE_ERRORS as e:
+            _, reconnects = _schedules(get_settings())
+            if connections[using].in_atomic_block or failures >= len(reconnects):
+                raise
+            _close(using)
+            delay = reconnects[failures]
+            failures += 1
+            events.record(RetryEventKindChoices.KIND_DATABASE_ERROR, job=job, runner=runner, attempt=failures,
+                          delay=delay, using=using,
+                          detail=f'{events.describe(e)} while saving the running job. Reconnecting and trying again.')
+            time.sleep(delay)
+
+
+def _update_only(job, held, token=None, runner=None):
     """
     Make every save of ``job`` an UPDATE: ``Model.save()`` falls back to INSERT when the UPDATE touches no row,
     which re-creates a row deleted while the job ran (NetBox's ``start()`` and ``terminate()`` both save).
+
+    With this attempt's lease ``token``, the UPDATE also requires the lease: a job the liveness check closed while
+    this run went on (its worker was judged dead, as across a partition) keeps the outcome the check gave it. The
+    condition is part of the UPDATE itself, so it costs no statement, and the lease row's lock orders it against the
+    check's close (``liveness._take_lease``).
     """
     model_save = type(job).save
+    if token is not None:
+        from django.db.models import Exists, OuterRef
+
+        from .models import JobDispatch
+
+        leased = Exists(JobDispatch.objects.filter(job_id=OuterRef('pk'), token=token))
+        model_do_update = job._do_update
+
+        def _do_update(base_qs, *args, **kwargs):
+            return model_do_update(base_qs.filter(leased), *args, **kwargs)
+
+        job._do_update = _do_update
 
     def save(*args, **kwargs):
         if not kwargs.get('force_insert'):
             kwargs['force_update'] = True
         try:
-            return model_save(job, *args, **kwargs)
+            return _saving_through_blips(job, runner, lambda: model_save(job, *args, **kwargs))
         except DatabaseError as e:
             if not compat.is_not_updated(e):
                 raise
-            held.row_deleted = True
-            raise JobRowDeleted(f'job {job.job_id}: its row was deleted while it ran; not re-created') from None
+        if token is not None and type(job)._base_manager.using(job._state.db).filter(pk=job.pk).exists():
+            held.lease_lost = True
+            raise JobLeaseLost(f"job {job.job_id}: closed by the liveness check while it ran; this run's result is "
+                               f'not saved over it') from None
+        held.row_deleted = True
+        raise JobRowDeleted(f'job {job.job_id}: its row was deleted while it ran; not re-created') from None
 
     job.save = save
 
 
-def _run_held(original, runner, job, args, kwargs):
-    """NetBox's own ``handle()`` on ``job``, saved UPDATE-only; ``None`` and one event if the row goes."""
+def _run_held(original, runner, job, args, kwargs, token=None):
+    """
+    NetBox's own ``handle()`` on ``job``, saved UPDATE-only (and, with ``token``, only while this attempt holds the
+    lease); ``None`` and one event if the row goes.
+    """
     using = job._state.db
     with dispatch.successors_held(job, runner) as held:
-        _update_only(job, held)
+        _update_only(job, held, token, runner)
         try:
             return original(runner, job, *args, **kwargs)
-        except JobRowDeleted:
+        except JobNotSaved:
             pass
+        if held.lease_lost and not held.row_deleted:
+            logger.warning('job %s: closed by the liveness check while its work horse ran on; the run ended here, its '
+                           'result was not saved over the close%s', job.job_id,
+                           ', and no second next run was scheduled' if job.interval else '')
+            return None
         if not held.row_deleted:
             return None
         detail = 'Job row deleted while the job ran: the run ended, the row was not re-created'
@@ -328,11 +395,23 @@ def run(original, runner, job, args, kwargs):
         heartbeat = workers.LeaseHeartbeat(fresh.pk, token, get_settings().heartbeat_interval, fresh._state.db)
         heartbeat.start()
     try:
-        return _run_held(original, runner, fresh, args, kwargs)
+        return _run_held(original, runner, fresh, args, kwargs, token=token)
     finally:
         if heartbeat is not None:
             heartbeat.stop()
         release(fresh, token)
+        # The caller's instance ends as NetBox's handle() leaves it: an immediate run (``netbox runscript``, a plugin
+        # that reads ``job.status`` after ``enqueue(immediate=True)``) sees the finished job, not the one it passed.
+        _copy_state(fresh, job)
+
+
+def _copy_state(source, target):
+    if source is target:
+        return
+    for field in type(source)._meta.concrete_fields:
+        setattr(target, field.attname, getattr(source, field.attname))
+    target._state.db = source._state.db
+    target._state.adding = False
 
 
 class WorkerLost(Exception):

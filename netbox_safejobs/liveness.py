@@ -11,6 +11,12 @@ from PostgreSQL alone, as Oban's Lifeline and Procrastinate's stalled-job detect
   refreshes while a job runs longer than ``heartbeat_interval`` (a worker killed alone leaves its work horse
   running). ``close_stale``. Clocks of worker hosts play no part.
 
+Staleness across a database outage is not death: no heartbeat counts as stale from before the database server's
+own start (``pg_postmaster_start_time()``: a restart), and the worker loop judges only once it has itself worked
+for ``stuck_after`` seconds (``worker_loop.WorkerLoop.may_judge``: an outage of the network, a failover). A job
+closed here whose work horse runs on after all cannot be reopened by it: the horse saves the job only while its
+lease exists (``guard._update_only``).
+
 A job whose worker keeps heartbeating is never closed, however long it runs and whatever happens to Redis. A lease
 without a worker (``immediate`` jobs, run by ``netbox runscript`` in its own process) is never closed.
 
@@ -216,7 +222,8 @@ def stale_leases(using='default', limit=BATCH, stuck_after=None):
         cursor.execute(
             f'SELECT d.id FROM {table} d LEFT JOIN {workers_table} w ON w.id = d.worker '
             f'WHERE d.claimed IS NOT NULL AND d.worker IS NOT NULL '
-            f"AND greatest(d.claimed, d.heartbeat) < clock_timestamp() - %s * interval '1 second' "
+            f'AND greatest(d.claimed, d.heartbeat, pg_postmaster_start_time()) '
+            f"< clock_timestamp() - %s * interval '1 second' "
             f"AND (w.id IS NULL OR w.seen < clock_timestamp() - %s * interval '1 second') "
             f'ORDER BY d.claimed LIMIT %s',
             [stuck_after, stuck_after, limit],

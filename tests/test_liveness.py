@@ -5,11 +5,12 @@ real PostgreSQL and Redis; processes are killed with SIGKILL, Redis is flushed u
 
 import os
 import signal
+import threading
 import time
 import uuid
 
 from core.models import Job
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test import override_settings
 
 from netbox_safejobs import compat, liveness, workers
@@ -145,6 +146,26 @@ class LivenessTest(SafeJobsTransactionTestCase):
         self.assertIn('not scheduled', event.detail)
         self.assertEqual(RetryEvent.objects.count(), 1)
 
+    def test_job_closed_while_its_horse_runs_on_is_not_reopened(self):
+        """
+        The liveness check closes a job whose work horse in fact runs on (its worker was judged dead across a database
+        outage or a partition): the horse's end does not turn it back to completed, nor schedule a second next run.
+        """
+        job = CountingJob.enqueue(interval=30, sleep=5)
+        worker = self.start_worker()
+        lease = self.wait_running(job, worker)
+        judged = workers.WorkerIdentity(id=lease.worker, name='', host=lease.worker_host, pid=0)
+        closed = liveness.close_horse(judged, lease.worker_pid, 'The worker was judged dead (test)')
+        self.assertEqual(closed, [job.job_id])
+        self.wait_for(lambda: lease.worker_pid not in worker.children(), timeout=60, message='the work horse ended')
+        time.sleep(0.5)
+        job.refresh_from_db()
+        self.assertEqual(job.status, 'errored', 'the horse reopened a closed job')
+        self.assertIn('judged dead', job.error)
+        self.assertEqual(run_count(job.job_id), 1)
+        # One next run: NetBox's own, from the close; none from the horse.
+        self.assertEqual(Job.objects.filter(name=CountingJob.name, status='scheduled').count(), 1)
+        self.assertFalse(JobDispatch.objects.filter(job=job).exists())
 
     def test_stopped_from_background_tasks_is_closed_not_resent(self):
         from core.utils import stop_rq_job
@@ -187,6 +208,97 @@ class OperatorTest(SafeJobsTransactionTestCase):
         self.assertEqual(Job.objects.get(pk=job.pk).status, 'failed')
 
 
+    def test_task_deleted_while_a_worker_claims_its_job(self):
+        """
+        The operator deletes the task from Background Tasks as a worker claims it: the claim committed first, so the
+        job runs, keeps its lease, and is not marked failed under it.
+        """
+        from core.utils import delete_rq_job
+
+        from netbox_safejobs import guard
+
+        job = CountingJob.enqueue()
+        token = uuid.uuid4()
+        claimed, release = threading.Event(), threading.Event()
+        errors = []
+
+        def claim():
+            try:
+                with transaction.atomic():
+                    self.assertIsNotNone(guard.claim(CountingJob, job, token=token))
+                    claimed.set()
+                    release.wait(10)
+            except Exception as e:
+                errors.append(e)
+            finally:
+                connections.close_all()
+
+        def delete():
+            try:
+                delete_rq_job(str(job.job_id))
+            except Exception as e:
+                errors.append(e)
+            finally:
+                connections.close_all()
+
+        claimer = threading.Thread(target=claim)
+        claimer.start()
+        self.assertTrue(claimed.wait(10))
+        deleter = threading.Thread(target=delete)
+        deleter.start()
+        time.sleep(1)  # the delete now waits on the claim's locks
+        release.set()
+        claimer.join(30)
+        deleter.join(30)
+        self.assertEqual(errors, [])
+        job.refresh_from_db()
+        self.assertEqual(job.status, 'running')
+        self.assertTrue(JobDispatch.objects.filter(job=job, token=token).exists(), 'the running job lost its lease')
+        self.assertFalse(RetryEvent.objects.filter(kind=Kind.KIND_OPERATOR_STOPPED).exists())
+
+    def test_job_deleted_while_a_worker_claims_it_does_not_deadlock(self):
+        """Job.delete() and a claim of the same job, in two sessions: both end, no deadlock, no 500."""
+        job = CountingJob.enqueue()
+        locked, go = threading.Event(), threading.Event()
+        errors = []
+
+        def claim():
+            # The claim's order: the Job row, then its dispatch row (one statement in guard.py; two here, to wait
+            # between them).
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute(f'UPDATE {Job._meta.db_table} SET status = %s WHERE id = %s', ['running', job.pk])
+                    locked.set()
+                    go.wait(10)
+                    time.sleep(0.5)
+                    cursor.execute(f'UPDATE {JobDispatch._meta.db_table} SET claimed = clock_timestamp() '
+                                   f'WHERE job_id = %s', [job.pk])
+            except Exception as e:
+                errors.append(e)
+            finally:
+                connections.close_all()
+
+        def delete():
+            try:
+                Job.objects.get(pk=job.pk).delete()
+            except Exception as e:
+                errors.append(e)
+            finally:
+                connections.close_all()
+
+        claimer = threading.Thread(target=claim)
+        claimer.start()
+        self.assertTrue(locked.wait(10))
+        deleter = threading.Thread(target=delete)
+        deleter.start()
+        go.set()
+        claimer.join(30)
+        deleter.join(30)
+        self.assertEqual(errors, [])
+        self.assertFalse(Job.objects.filter(pk=job.pk).exists())
+        self.assertFalse(JobDispatch.objects.filter(job_uuid=job.job_id).exists())
+
+
 class LeaseTest(SafeJobsTransactionTestCase):
     """Leases without a worker, and two passes at once, without worker processes."""
 
@@ -208,6 +320,36 @@ class LeaseTest(SafeJobsTransactionTestCase):
                 [job.pk, job.job_id, uuid.uuid4(), worker_id],
             )
         return job
+
+    def test_worker_loop_judges_only_after_working_for_stuck_after(self):
+        """Staleness across an outage is not death: a loop judges others only once it has itself worked that long."""
+        from netbox_safejobs.settings import get_settings
+        from netbox_safejobs.worker_loop import WorkerLoop
+
+        loop = WorkerLoop(workers.WorkerIdentity(id=uuid.uuid4(), name='t', host='h', pid=1), get_settings())
+        stuck_after = get_settings().stuck_after
+        now = time.monotonic()
+        self.assertFalse(loop.may_judge(now), 'judged before its first working tick')
+        loop.working_since = now - stuck_after + 1
+        self.assertFalse(loop.may_judge(now), 'judged right after the database came back')
+        loop.working_since = now - stuck_after
+        self.assertTrue(loop.may_judge(now))
+
+    def test_no_heartbeat_is_stale_from_before_the_database_server_started(self):
+        """A heartbeat older than stuck_after, but the server restarted since: not stale (a restart, a failover)."""
+        worker_id = uuid.uuid4()
+        job = self.lease(worker_id=worker_id, seen_ago=3600)
+        with connection.cursor() as cursor:
+            # Claimed and last seen an hour before the server started.
+            cursor.execute(f"UPDATE {JobDispatch._meta.db_table} SET claimed = pg_postmaster_start_time() - "
+                           f"interval '1 hour' WHERE job_id = %s", [job.pk])
+            cursor.execute(f"UPDATE {WorkerHeartbeat._meta.db_table} SET seen = pg_postmaster_start_time() - "
+                           f"interval '1 hour' WHERE id = %s", [worker_id])
+            cursor.execute('SELECT extract(epoch FROM clock_timestamp() - pg_postmaster_start_time())')
+            up = float(cursor.fetchone()[0])
+        self.assertEqual(liveness.stale_leases(stuck_after=int(up) + 5), [])
+        self.assertEqual(len(liveness.stale_leases(stuck_after=max(int(up) - 5, 1))), 1)
+        self.assertEqual(Job.objects.get(pk=job.pk).status, 'running')
 
     def test_immediate_job_lease_is_never_closed(self):
         """A lease without a worker (netbox runscript, immediate=True) belongs to no heartbeat: never closed."""
