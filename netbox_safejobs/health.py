@@ -27,6 +27,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
 
 from . import compat
+from .queues import redis_groups
 from .settings import DEFAULT_SETTINGS, PLUGIN_NAME, get_settings, retired_keys_warnings, validate_settings
 from .version import __version__
 
@@ -248,12 +249,6 @@ def _heartbeats(using):
     return rows
 
 
-def _redis_groups():
-    from .relay import _redis_groups as groups
-
-    return groups()
-
-
 def _redis_label(connection, queues):
     kwargs = connection.connection_pool.connection_kwargs
     where = kwargs.get('path') or f'{kwargs.get("host")}:{kwargs.get("port")}'
@@ -414,7 +409,7 @@ def _check_redis(report):
     registered = []
     complete = True
     try:
-        groups = _redis_groups()
+        groups = redis_groups()
     except Exception as e:
         report.add('redis', 'error', f'Cannot connect to the Redis of RQ_QUEUES: {_describe(e)}',
                    fix='Check REDIS["tasks"] in configuration.py.')

@@ -135,11 +135,11 @@ class BacklogCollector:
     def _unguarded(self, live):
         """How many workers RQ lists have no fresh heartbeat; None when a Redis does not answer."""
         from . import compat
-        from .relay import _redis_groups
+        from .queues import redis_groups
 
         try:
             names = set()
-            for connection, _queues in _redis_groups().values():
+            for connection, _queues in redis_groups().values():
                 names |= compat.rq_worker_names(connection)
         except Exception as e:
             logger.warning('netbox_safejobs_workers_without_plugin left out of this scrape: %s', e)

@@ -14,6 +14,7 @@ from . import compat
 __all__ = (
     'bound_redis_retries',
     'get_push_queue',
+    'redis_groups',
 )
 
 logger = logging.getLogger('netbox_safejobs.queues')
@@ -34,6 +35,23 @@ def get_push_queue(name):
     kwargs = compat.push_queue_kwargs()
     queue = django_rq.get_queue(name, **kwargs)
     return django_rq.get_queue(name, connection=_fail_fast(queue.connection), **kwargs)
+
+
+def redis_groups():
+    """
+    ``{connection key: (redis connection, [queue names])}``: the RQ queues NetBox knows, grouped by the Redis (host,
+    port, socket path, database) that holds them. What happens to one Redis (lost data, an outage) happens to all its
+    queues at once.
+    """
+    from django.conf import settings
+
+    groups = {}
+    for name in getattr(settings, 'RQ_QUEUES', {}):
+        connection = get_push_queue(name).connection
+        kwargs = connection.connection_pool.connection_kwargs
+        key = (kwargs.get('host'), kwargs.get('port'), kwargs.get('path'), kwargs.get('db'))
+        groups.setdefault(key, (connection, []))[1].append(name)
+    return groups
 
 
 def _forget_queues(setting=None, **kwargs):
@@ -65,8 +83,9 @@ def _fail_fast(connection):
     """
     The same Redis, without redis-py's retries (redis-py 6+ retries a refused connection three times with backoff,
     3.6 s in all): a push the plugin makes may fail, since it is stored and the relay sends it as soon as Redis
-    answers, but it must not hold a web request for seconds per job while Redis is down. A connection that hangs is
-    given up after 5 seconds. Left as it is with redis-py before 4.3 (no ``Retry``), which retries nothing.
+    answers, but it must not hold a web request for seconds per job while Redis is down. A connection that hangs, or a
+    reply that never comes, is given up after 5 seconds. Left as it is with redis-py before 4.3 (no ``Retry``),
+    which retries nothing.
     """
     from redis import ConnectionPool, Redis
 
@@ -81,4 +100,8 @@ def _fail_fast(connection):
     kwargs.pop('retry_on_timeout', None)
     if kwargs.get('socket_connect_timeout') is None:
         kwargs['socket_connect_timeout'] = 5
+    # A Redis that accepts and never answers (a hung server, a blackholed route) is given up on as fast: the relay
+    # must not hold its rows' locks, nor a worker loop its tick, for as long as the hang lasts.
+    if kwargs.get('socket_timeout') is None:
+        kwargs['socket_timeout'] = 5
     return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))

@@ -57,7 +57,7 @@ def run_pass(dry_run=False, stuck=True):
 
     using = router.db_for_write(Job)
     report = RecoveryReport(dry_run=dry_run)
-    sent = relay.send_owed(using=using, dry_run=dry_run)
+    sent = relay.send_owed(using=using, dry_run=dry_run, sweep=True)
     report.pushed, report.reowed, report.rejected = sent.pushed, sent.reowed, sent.rejected
     report.cleaned, report.redis_down = sent.cleaned, sent.redis_down
     report.errors += sent.errors

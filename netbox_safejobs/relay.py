@@ -30,7 +30,7 @@ from . import compat, events
 from .choices import RetryEventKindChoices
 from .dispatch import ROW_COLUMNS, CapturedPush
 from .payload import BadPayload, Push, unseal
-from .queues import get_push_queue
+from .queues import redis_groups
 from .settings import get_settings
 
 __all__ = (
@@ -39,6 +39,7 @@ __all__ = (
     'check_redis',
     'redis_answers',
     'send_owed',
+    'sweep_sent',
 )
 
 logger = logging.getLogger('netbox_safejobs.relay')
@@ -72,19 +73,6 @@ def _is_connection_error(e):
     return isinstance(e, (RedisError, OSError))
 
 
-def _redis_groups():
-    """{connection key: (redis connection, [queue names])} for the RQ queues NetBox knows."""
-    from django.conf import settings
-
-    groups = {}
-    for name in getattr(settings, 'RQ_QUEUES', {}):
-        connection = get_push_queue(name).connection
-        kwargs = connection.connection_pool.connection_kwargs
-        key = (kwargs.get('host'), kwargs.get('port'), kwargs.get('path'), kwargs.get('db'))
-        groups.setdefault(key, (connection, []))[1].append(name)
-    return groups
-
-
 def _tasks_present(connection, job_uuids):
     """Which of these jobs' RQ tasks Redis holds: one pipelined EXISTS per task."""
     from rq.job import Job as RQJob
@@ -107,7 +95,7 @@ def _reowe(using, connection, queue_names):
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute('SELECT pg_advisory_xact_lock(%s)', [_REOWE_LOCK])
         if connection.get(EPOCH_KEY) is not None:
-            return 0  # another relay got here first
+            return 0  # another relay got here first, and committed
         # Sent rows only. A written row's push is still on its way (it reaches the Redis we see now), or its process
         # died (owed after unknown_push_age); re-owing it would race its own push and send it twice.
         cursor.execute(
@@ -124,19 +112,97 @@ def _reowe(using, connection, queue_names):
                 cursor.execute(f'UPDATE {table} SET sent = NULL, owed = clock_timestamp() WHERE id = ANY(%s)',
                                [lost])
                 count += cursor.rowcount
-        # Set inside the transaction, so that a relay waiting on the lock finds it; at worst (the commit fails) the
-        # rows are owed again next time, and the guard's claim skips a duplicate.
-        connection.set(EPOCH_KEY, uuid.uuid4().hex)
+    # Only once the rows are owed for good: a relay that dies before its commit leaves the marker unset, and the next
+    # relay looks again. A relay that waited on the lock meanwhile finds these rows owed, not sent, and sets it too.
+    connection.set(EPOCH_KEY, uuid.uuid4().hex)
     if count:
         logger.warning('Redis of queues %s lost its data (restarted empty, flushed or failed over): %d unclaimed '
                        'job(s) owed again', ', '.join(queue_names), count)
     return count
 
 
+# RQ task statuses from which the task still runs, or will: its row needs nothing from the relay.
+_RUNNABLE = frozenset({'queued', 'started', 'scheduled', 'deferred'})
+
+# Where the sweep of sent rows goes on next time, per database: (sent, id) of the last row it looked at.
+_sweep_cursor = {}
+
+
+def _task_statuses(connection, job_uuids):
+    """The RQ status of each job's task (``None`` where Redis holds no task): one pipelined HGET per task."""
+    from rq.job import Job as RQJob
+
+    pipe = connection.pipeline(transaction=False)
+    for job_uuid in job_uuids:
+        pipe.hget(RQJob.key_for(str(job_uuid)), 'status')
+    return {job_uuid: (status.decode() if isinstance(status, bytes) else status)
+            for job_uuid, status in zip(job_uuids, pipe.execute(), strict=True)}
+
+
+def _forget_failed(connection, queue_name, job_uuids):
+    """Take re-owed tasks out of RQ's failed registry: the job runs again, it is no longer a failure to look at."""
+    from rq.registry import FailedJobRegistry
+
+    key = FailedJobRegistry(name=queue_name, connection=connection).key
+    connection.zrem(key, *[str(job_uuid) for job_uuid in job_uuids])
+
+
+def sweep_sent(report, using='default', limit=BATCH):
+    """
+    Sent is not safe; claimed is. Owe again every sent, unclaimed row whose task RQ no longer holds runnable: Redis
+    restarted from a snapshot older than the push (its marker survived, so ``_reowe`` does not fire), an AOF that
+    lost its last second, a failover to a replica that lagged, or a task failed in RQ before its claim (the database
+    was away when a worker took it). A task that is queued, started, scheduled or deferred is left alone; a push sent
+    again for a task that runs after all starts once (the guard's claim).
+
+    Looks at up to ``limit`` rows per Redis, oldest first, going on from where the previous sweep stopped: a backlog
+    is covered over several sweeps, never the same first rows each time. Takes no row lock: the UPDATE owes a row
+    only while it is still sent and unclaimed.
+    """
+    from .models import JobDispatch
+
+    table = JobDispatch._meta.db_table
+    for connection, queue_names in redis_groups().values():
+        cursor_key = (using, tuple(queue_names))
+        after = _sweep_cursor.get(cursor_key)
+        with connections[using].cursor() as cursor:
+            cursor.execute(
+                f'SELECT id, job_uuid, queue_name, sent FROM {table} '
+                f'WHERE claimed IS NULL AND sent IS NOT NULL AND queue_name = ANY(%s) '
+                f'AND (sent, id) > (%s, %s) ORDER BY sent, id LIMIT %s',
+                [list(queue_names), after[0] if after else '-infinity', after[1] if after else 0, limit],
+            )
+            rows = cursor.fetchall()
+            _sweep_cursor[cursor_key] = (rows[-1][3], rows[-1][0]) if len(rows) >= limit else None
+            if not rows:
+                continue
+            statuses = _task_statuses(connection, [row[1] for row in rows])
+            lost = [row for row in rows if statuses[row[1]] not in _RUNNABLE]
+            if not lost:
+                continue
+            cursor.execute(
+                f'UPDATE {table} SET sent = NULL, owed = clock_timestamp() '
+                f'WHERE id = ANY(%s) AND claimed IS NULL AND sent IS NOT NULL RETURNING job_uuid, queue_name',
+                [[row[0] for row in lost]],
+            )
+            reowed = cursor.fetchall()
+        report.reowed += len(reowed)
+        failed = {}
+        for job_uuid, queue_name in reowed:
+            if statuses.get(job_uuid) == 'failed':
+                failed.setdefault(queue_name, []).append(job_uuid)
+        for queue_name, job_uuids in failed.items():
+            _forget_failed(connection, queue_name, job_uuids)
+        if reowed:
+            logger.warning('%d sent job(s) of queues %s owed again: RQ no longer holds their task runnable (Redis '
+                           'restored from an older snapshot, a lagging replica, or the task failed before its claim)',
+                           len(reowed), ', '.join(queue_names))
+
+
 def redis_answers():
     """Whether every Redis of the RQ queues answers a PING (never raises)."""
     try:
-        for connection, _queue_names in _redis_groups().values():
+        for connection, _queue_names in redis_groups().values():
             connection.ping()
     except Exception:
         return False
@@ -149,7 +215,7 @@ def check_redis(report, using='default'):
     not answer (nothing can be sent to it now; the caller skips the database query).
     """
     ok = True
-    for connection, queue_names in _redis_groups().values():
+    for connection, queue_names in redis_groups().values():
         try:
             if connection.get(EPOCH_KEY) is None:
                 report.reowed += _reowe(using, connection, queue_names)
@@ -268,13 +334,18 @@ def _send_batch(report, using, age, limit, dry_run):
     return len(rows)
 
 
-def send_owed(report=None, using='default', limit=BATCH, dry_run=False):
-    """Send every owed push (in batches), unless Redis does not answer. Returns the ``RelayReport``."""
+def send_owed(report=None, using='default', limit=BATCH, dry_run=False, sweep=False):
+    """
+    Send every owed push (in batches), unless Redis does not answer. With ``sweep``, first owe again the sent rows
+    whose task RQ lost (``sweep_sent``). Returns the ``RelayReport``.
+    """
     report = report or RelayReport()
     age = get_settings().unknown_push_age
     try:
         if not dry_run and not check_redis(report, using):
             return report
+        if sweep and not dry_run:
+            sweep_sent(report, using)
         # An idle relay stops here: one indexed statement, no transaction.
         if not _anything_owed(using, age):
             return report

@@ -85,6 +85,33 @@ class RelayTest(SafeJobsTransactionTestCase):
             self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
         self.assertFalse(RetryEvent.objects.filter(kind=Kind.KIND_DUPLICATE_SKIPPED).exists())
 
+    def test_task_failed_before_its_claim_is_sent_again(self):
+        """
+        Sent is not safe: a worker took the task while the database was away and RQ failed it before the claim. The
+        row is still sent; the sweep owes it again, the relay sends it, it runs once, and RQ's failed registry lets
+        it go.
+        """
+        from rq.registry import FailedJobRegistry
+
+        relay.check_redis(relay.RelayReport())
+        failed, queued = CountingJob.enqueue(), CountingJob.enqueue()
+        queue = get_push_queue('default')
+        task = queue.fetch_job(str(failed.job_id))
+        queue.remove(task)
+        registry = FailedJobRegistry(queue=queue)
+        registry.add(task, exc_string='OperationalError: the database was away')
+        task.set_status('failed')
+        self.assertEqual(JobDispatch.objects.get(job=failed).state, 'sent')
+        report = run_pass()
+        self.assertEqual(report.reowed, 1)
+        self.assertEqual(report.pushed, [failed.job_id])
+        self.assertNotIn(str(failed.job_id), registry.get_job_ids())
+        self.assertEqual(run_pass().pushed, [], 'sent twice')
+        run_burst_worker()
+        for job in (failed, queued):
+            self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
+            self.assertEqual(run_count(job.job_id), 1)
+
     def test_bad_stored_push_errors_its_job_and_blocks_nothing(self):
         with override_rq_queues(closed_port_queues()):
             bad = CountingJob.enqueue()
@@ -224,6 +251,35 @@ class RelayInWorkerTest(SafeJobsTransactionTestCase):
         # its own).
         self.assertEqual(RetryEvent.objects.filter(kind=Kind.KIND_DISPATCH_FAILED,
                                                    job_uuid__in=[job.job_id for job in jobs]).count(), 10)
+        self.assertFalse(RetryEvent.objects.filter(kind=Kind.KIND_DUPLICATE_SKIPPED).exists())
+
+    def test_redis_restored_from_an_older_snapshot(self):
+        """
+        Redis restarted from a snapshot taken before 20 pushes: its marker survived, the 20 tasks did not. Every job
+        runs once, within 5 s of a worker's first heartbeat.
+        """
+        from netbox_safejobs.models import WorkerHeartbeat
+
+        worker = self.worker()
+        warm = CountingJob.enqueue()
+        self.wait_for(lambda: self.completed([warm]), timeout=60, message='worker ready')
+        worker.kill(signal.SIGTERM)
+        client = get_push_queue('default').connection
+        self.assertIsNotNone(client.get(relay.EPOCH_KEY), 'the relay keeps its marker')
+        client.save()  # the snapshot: the marker, none of the jobs below
+        jobs = [CountingJob.enqueue() for _ in range(20)]
+        self.assertEqual(JobDispatch.objects.filter(job__in=jobs, sent__isnull=False).count(), 20)
+        self.server.stop()  # SIGKILL: no save on the way out
+        self.server.start()
+        self.assertIsNotNone(client.get(relay.EPOCH_KEY), 'the snapshot lost the marker')
+        self.assertEqual(get_push_queue('default').count, 0)
+        self.worker()
+        self.wait_for(lambda: WorkerHeartbeat.objects.exists(), timeout=60, message='worker heartbeat')
+        started = WorkerHeartbeat.objects.get().started.timestamp()
+        self.wait_for(lambda: self.completed(jobs), timeout=60, message='every job completed')
+        starts = Job.objects.filter(pk__in=[job.pk for job in jobs]).values_list('started', flat=True)
+        self.assertLess(max(s.timestamp() for s in starts) - started, 5)
+        self.assertEqual([run_count(job.job_id) for job in jobs], [1] * 20)
         self.assertFalse(RetryEvent.objects.filter(kind=Kind.KIND_DUPLICATE_SKIPPED).exists())
 
     def test_worker_busy_when_redis_goes_away_keeps_working(self):
