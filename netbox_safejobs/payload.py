@@ -6,8 +6,9 @@ must be sent again when the first push fails. For scripts and background API req
 the user's request, so the blob is
 
 - signed: an HMAC-SHA256 of the pickle with a key derived from NetBox's ``SECRET_KEY`` (Django's ``salted_hmac``,
-  with a salt of this module's own), checked before anything is unpickled. A blob written by anyone else, or
-  truncated, raises ``BadPayload`` and is never unpickled;
+  with a salt of this module's own), checked before anything is unpickled, against ``SECRET_KEY`` and then each of
+  ``SECRET_KEY_FALLBACKS`` (a rotated key). A blob written by anyone else, or truncated, raises ``BadPayload`` and is
+  never unpickled. The first release (0.1.0) stored pushes unsigned; migration 0006 signs those it finds;
 - erased as soon as it is not needed: at the worker's claim. A periodic job keeps only the keyword arguments of its
   next run (``seal_next_run``), which NetBox's own ``handle()`` passes on, until its run ends.
 """
@@ -21,6 +22,7 @@ __all__ = (
     'BadPayload',
     'NextRun',
     'Push',
+    'is_signed',
     'runner_path',
     'seal',
     'seal_next_run',
@@ -64,8 +66,21 @@ class NextRun(dict):
     """The keyword arguments NetBox's ``handle()`` passes to the next run of a periodic job."""
 
 
-def _mac(data):
-    return salted_hmac(_SALT, data, algorithm='sha256').digest()
+def _mac(data, secret=None):
+    return salted_hmac(_SALT, data, secret=secret, algorithm='sha256').digest()
+
+
+def _signed(mac, body):
+    """
+    Whether ``mac`` signs ``body`` under ``SECRET_KEY`` or one of ``SECRET_KEY_FALLBACKS``: pushes stored before a
+    key rotation done the way Django documents it (the new key, the old one among the fallbacks) are still ours.
+    """
+    from django.conf import settings
+
+    if hmac.compare_digest(mac, _mac(body)):
+        return True
+    return any(hmac.compare_digest(mac, _mac(body, secret=key))
+               for key in getattr(settings, 'SECRET_KEY_FALLBACKS', None) or ())
 
 
 def seal(push):
@@ -82,6 +97,12 @@ def seal_next_run(kwargs):
     return seal(NextRun({k: v for k, v in kwargs.items() if k not in ('job', 'job_id')}))
 
 
+def is_signed(blob):
+    """Whether ``blob`` carries a valid signature (nothing is unpickled)."""
+    data = bytes(blob) if blob is not None else b''
+    return len(data) > _MAC_SIZE and _signed(data[:_MAC_SIZE], data[_MAC_SIZE:])
+
+
 def unseal(blob):
     """The ``Push`` or ``NextRun`` sealed in ``blob``; ``BadPayload`` when the blob is not ours or is damaged."""
     if blob is None:
@@ -90,8 +111,9 @@ def unseal(blob):
     if len(data) <= _MAC_SIZE:
         raise BadPayload('stored push truncated')
     mac, body = data[:_MAC_SIZE], data[_MAC_SIZE:]
-    if not hmac.compare_digest(mac, _mac(body)):
-        raise BadPayload('stored push has a bad signature (not written by this installation, or altered)')
+    if not _signed(mac, body):
+        raise BadPayload('stored push has a bad signature (not written by this installation, or altered, or signed '
+                         'with a SECRET_KEY that is no longer in SECRET_KEY or SECRET_KEY_FALLBACKS)')
     try:
         value = pickle.loads(body)
     except Exception as e:

@@ -89,6 +89,10 @@ class DispatchTestMixin:
 
     def test_immediate_runs_synchronously_untouched(self):
         job = CountingJob.enqueue(immediate=True)
+        # Returned finished, as NetBox returns it (`netbox runscript` prints its duration from it).
+        self.assertEqual(job.status, 'completed')
+        self.assertIsNotNone(job.completed)
+        self.assertEqual(job.data, {'ran': True})
         job.refresh_from_db()
         self.assertEqual(job.status, 'completed')
         self.assertEqual(run_count(job.job_id), 1)
@@ -175,6 +179,20 @@ class DispatchTestMixin:
             payload.unseal(tampered)
         with self.assertRaisesMessage(payload.BadPayload, 'truncated'):
             payload.unseal(blob[:10])
+
+    def test_stored_push_survives_a_key_rotation(self):
+        """SECRET_KEY rotated as Django documents it: the old key in SECRET_KEY_FALLBACKS still opens stored pushes."""
+        from django.conf import settings
+
+        job = CountingJob.enqueue()
+        blob = bytes(JobDispatch.objects.get(job=job).payload)
+        old_key = settings.SECRET_KEY
+        new_key = 'rotated-' + old_key[::-1]
+        with override_settings(SECRET_KEY=new_key, SECRET_KEY_FALLBACKS=[old_key]):
+            self.assertEqual(payload.unseal(blob).kwargs['job_id'], str(job.job_id))
+        with override_settings(SECRET_KEY=new_key, SECRET_KEY_FALLBACKS=[]):
+            with self.assertRaisesMessage(payload.BadPayload, 'SECRET_KEY_FALLBACKS'):
+                payload.unseal(blob)
 
     def test_caller_transaction_survives_a_failing_enqueue(self):
         """An enqueue that raises inside the caller's transaction leaves it usable, as stock NetBox does."""
@@ -308,3 +326,44 @@ class UnsupportedNetBoxTest(SafeJobsTransactionTestCase):
 
         self.assertIsNone(compat.capture_unsupported_reason())
         self.assertIsNone(compat.handle_unsupported_reason())
+
+
+class FirstReleaseUpgradeTest(SafeJobsTransactionTestCase):
+    """An upgrade from 0.1.0 with pushes stored: migration 0006 signs them, and they run."""
+
+    def test_unsigned_pushes_of_the_first_release_are_signed_and_run(self):
+        import importlib
+
+        from django.apps import apps
+        from django.db import connection
+
+        migration = importlib.import_module('netbox_safejobs.migrations.0006_sign_first_release_pushes')
+        with override_rq_queues(closed_port_queues()):
+            jobs = [CountingJob.enqueue() for _ in range(3)]
+        for job in jobs:
+            push = payload.unseal(JobDispatch.objects.get(job=job).payload)
+            # What 0.1.0 stored: the bare pickle of (method, args, kwargs).
+            legacy = pickle.dumps((push.method, push.args, push.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+            JobDispatch.objects.filter(job=job).update(payload=legacy)
+        foreign = jobs[2]
+        JobDispatch.objects.filter(job=foreign).update(payload=pickle.dumps(['not', 'a', 'push']))
+        with self.assertRaisesMessage(payload.BadPayload, 'bad signature'):
+            payload.unseal(JobDispatch.objects.get(job=jobs[0]).payload)
+
+        class Editor:
+            pass
+
+        editor = Editor()
+        editor.connection = connection
+        migration.sign_first_release_pushes(apps, editor)
+        for job in jobs[:2]:
+            self.assertEqual(payload.unseal(JobDispatch.objects.get(job=job).payload).kwargs['job_id'],
+                             str(job.job_id))
+        self.assertFalse(payload.is_signed(JobDispatch.objects.get(job=foreign).payload), 'a foreign blob was signed')
+        report = run_pass()
+        self.assertEqual(sorted(report.pushed), sorted(job.job_id for job in jobs[:2]))
+        self.assertEqual(report.rejected, [foreign.job_id])
+        run_burst_worker()
+        for job in jobs[:2]:
+            self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
+            self.assertEqual(run_count(job.job_id), 1)
