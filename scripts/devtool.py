@@ -30,6 +30,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -429,10 +430,34 @@ def own_data_dir(path, account):
     path.chmod(0o700)
 
 
-def start_private_postgres(name='pg', port=PRIVATE_PG_PORT):
+def server_certificate(data, account):
+    """
+    A self-signed certificate and key for a private server, made by openssl in its data directory (once), owned by
+    the server's user: what Debian's and Ubuntu's packaged PostgreSQL run with (``ssl = on``, the snakeoil pair).
+    Returns the server options that switch TLS on, or None (and says why) when openssl is missing.
+    """
+    openssl = shutil.which('openssl')
+    if not openssl:
+        say('TLS left off on the private PostgreSQL: no openssl on PATH to make its self-signed certificate')
+        return None
+    crt, key = data / 'server.crt', data / 'server.key'
+    if not (crt.exists() and key.exists()):
+        run([openssl, 'req', '-new', '-x509', '-days', '3650', '-nodes', '-subj', '/CN=127.0.0.1',
+             '-newkey', 'rsa:2048', '-keyout', str(key), '-out', str(crt)], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        key.chmod(0o600)
+        if account:
+            for path in (crt, key):
+                os.chown(path, account.pw_uid, account.pw_gid)
+    return ['-c', 'ssl=on', '-c', 'ssl_cert_file=server.crt', '-c', 'ssl_key_file=server.key']
+
+
+def start_private_postgres(name='pg', port=PRIVATE_PG_PORT, ssl=False):
     """
     Start a private PostgreSQL from the machine's server binaries, its data in .dev/<name> (created with initdb
-    on the first run, kept afterwards), listening on 127.0.0.1:port only; it is stopped when the command ends.
+    on the first run, kept afterwards), listening on 127.0.0.1:port only; it is stopped when the command ends. With
+    ``ssl``, TLS is on (a self-signed certificate, ``server_certificate``), and libpq's default ``sslmode=prefer``
+    makes every NetBox connection a TLS one. Returns whether TLS is on.
     """
     bindir, major = private_pg_server()
     account = pg_run_user()
@@ -458,11 +483,12 @@ def start_private_postgres(name='pg', port=PRIVATE_PG_PORT):
             run(initdb + ['--no-locale'], stdout=log, stderr=subprocess.STDOUT, **as_user(account))
     if port_open(port):
         die(f'127.0.0.1:{port} is taken by another program; the private PostgreSQL cannot listen there')
-    say(f'starting a private PostgreSQL {major} on 127.0.0.1:{port}')
+    tls = server_certificate(data, account) if ssl else None
+    say(f'starting a private PostgreSQL {major} on 127.0.0.1:{port}' + (' with TLS on' if tls else ''))
     proc = subprocess.Popen(
         [str(bindir / 'postgres'), '-D', str(data), '-p', str(port), '-c', 'listen_addresses=127.0.0.1',
          '-c', 'unix_socket_directories=', '-c', 'fsync=off', '-c', 'full_page_writes=off',
-         '-c', 'max_connections=200'],
+         '-c', 'max_connections=200', *(tls or [])],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **as_user(account),
     )
     started.append(('postgres', proc))
@@ -473,7 +499,7 @@ def start_private_postgres(name='pg', port=PRIVATE_PG_PORT):
             die(f'the private PostgreSQL did not start on 127.0.0.1:{port}; the end of {log_path}:\n  '
                 + '\n  '.join(tail))
         time.sleep(0.2)
-    return port
+    return bool(tls)
 
 
 def check_private_postgres(port):
@@ -543,7 +569,9 @@ def ensure_services():
             pg_port, user = 5432, probe['user']
     if pg_port is None:
         # A private server already listening was started by another scripts/dev of this clone.
-        pg_port = PRIVATE_PG_PORT if port_open(PRIVATE_PG_PORT) else start_private_postgres()
+        pg_port = PRIVATE_PG_PORT
+        if not port_open(pg_port):
+            start_private_postgres('pg', pg_port)
         user = check_private_postgres(pg_port)['user']
     redis_port = 6379 if shared and port_open(6379) else (
         PRIVATE_REDIS_PORT if port_open(PRIVATE_REDIS_PORT) else start_private_redis()
@@ -617,7 +645,8 @@ REDIS = {{
 if os.environ.get('SAFEJOBS_RQ_COMMIT_MODE'):
     RQ = {{'COMMIT_MODE': os.environ['SAFEJOBS_RQ_COMMIT_MODE']}}
 
-PLUGINS = ['netbox_safejobs']
+# SAFEJOBS_PLUGIN=0: NetBox alone, on the same database (`scripts/dev netbox-tests` compares the two).
+PLUGINS = [] if os.environ.get('SAFEJOBS_PLUGIN') == '0' else ['netbox_safejobs']
 PLUGINS_CONFIG = {{
     'netbox_safejobs': ast.literal_eval(os.environ.get('SAFEJOBS_PLUGINS_CONFIG') or '{{}}'),
 }}
@@ -871,6 +900,46 @@ def cmd_test(args):
     return code
 
 
+# NetBox's own tests of what the plugin wraps: jobs, background tasks, scripts, event rules.
+NETBOX_TEST_LABELS = ('netbox.tests.test_jobs', 'core.tests', 'extras.tests.test_event_rules',
+                      'extras.tests.test_scripts')
+
+
+def cmd_netbox_tests(args):
+    """
+    Run NetBox's own tests twice on the same test database, with the plugin loaded and without it, and list the tests
+    that fail only with it: each is a bug of the plugin or a difference COMPATIBILITY.md explains.
+    """
+    prepare()
+    labels = args.labels or list(NETBOX_TEST_LABELS)
+    logs = STATE / 'logs'
+    logs.mkdir(exist_ok=True)
+    outcomes = {}
+    for mode in ('without', 'with'):
+        env = netbox_env()
+        env.update(SAFEJOBS_DEBUG='0', SAFEJOBS_PLUGIN='0' if mode == 'without' else '1',
+                   SAFEJOBS_REDIS_TASKS_DB=str(TEST_REDIS_TASKS_DB), SAFEJOBS_REDIS_CACHE_DB=str(TEST_REDIS_CACHE_DB))
+        log = logs / f'netbox-tests-{mode}-plugin.log'
+        say(f'NetBox {netbox_version()}: {" ".join(labels)}, {mode} the plugin (log: {log.relative_to(ROOT)})')
+        step = time.monotonic()
+        with open(log, 'w') as out:
+            code = subprocess.run(netbox_cmd('test', *labels, '--keepdb', '--noinput', '--parallel', '1', '-v', '2'),
+                                  env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+        text = log.read_text(errors='replace')
+        failed = set(re.findall(r'^(?:FAIL|ERROR): (\S+) \((\S+)\)', text, re.M))
+        ran = re.search(r'^Ran (\d+) tests?', text, re.M)
+        outcomes[mode] = {f'{cls}.{name}' for name, cls in failed}
+        say(f'{mode} the plugin: {ran.group(1) if ran else "?"} tests, {len(outcomes[mode])} failed or errored, '
+            f'exit {code}, {elapsed(step)}')
+    only = sorted(outcomes['with'] - outcomes['without'])
+    say(f'{len(only)} test(s) fail only with the plugin' + (':' if only else ''))
+    for name in only:
+        print(f'    {name}', flush=True)
+    for name in sorted(outcomes['without'] - outcomes['with']):
+        print(f'    (fails only without the plugin) {name}', flush=True)
+    return 1 if only and args.strict else 0
+
+
 def check_package():
     """Build the sdist and wheel, run twine check, and make sure every migration, template and static file ships."""
     say('package build and twine check')
@@ -976,7 +1045,9 @@ def cmd_selfcheck_private_pg(args):
         fcntl.flock(lock, fcntl.LOCK_EX)
     held_locks.append(lock)  # until the process exits, after its server has been stopped
     stop_leftover_postgres('pg-check', port)
-    start_private_postgres('pg-check', port)
+    # TLS on, as Debian's and Ubuntu's packaged PostgreSQL run: the work horses' sessions are then TLS streams, which
+    # two processes cannot share (tests.test_sessions runs against it below).
+    tls = start_private_postgres('pg-check', port, ssl=True)
     probe = check_private_postgres(port)
     say(f'ICU collation created (and rolled back) on PostgreSQL {probe["version"] // 10000}.'
         f'{probe["version"] % 10000} from {bindir}, on 127.0.0.1:{port}')
@@ -1040,11 +1111,38 @@ def cmd_selfcheck_private_pg(args):
             f'{(logs / "selfcheck-rqworker.log").relative_to(ROOT)})', code=1)
     say(f'an RQ worker ran a job against it in {elapsed(step)} (its queries reached port {data["port"]}, database '
         f'{data["database"]}, collation natural_sort from ICU)')
+    if tls:
+        step = time.monotonic()
+        out = session_tests_over_tls(services, database, env)
+        if out.returncode != 0:
+            fail('tests.test_sessions over TLS', out)
+        say(f'tests.test_sessions passed over TLS in {elapsed(step)} (every work horse its own TLS session; a horse '
+            f'killed inside its transaction closed at once)')
     if machine_pg and not port_open(5432):
         die("the machine's PostgreSQL on 127.0.0.1:5432 stopped answering during the self-check", code=1)
     say(f'private PostgreSQL self-check passed in {elapsed(began)}'
         + (" (the machine's own PostgreSQL on 5432 kept running next to it)" if machine_pg else ''))
     return 0
+
+
+def session_tests_over_tls(services, database, env):
+    """
+    Run tests.test_sessions against the private server with TLS on, in a copy of its migrated database made with
+    CREATE DATABASE ... TEMPLATE (seconds, not another migrate). Returns the completed process.
+    """
+    test_database = f'{database}_tls_test'
+    code = (
+        'import psycopg\n'
+        f'c = psycopg.connect(host="{services["pg_host"]}", port={services["pg_port"]}, '
+        f'user="{services["pg_user"]}", dbname="postgres", autocommit=True)\n'
+        f'c.execute(\'DROP DATABASE IF EXISTS "{test_database}" WITH (FORCE)\')\n'
+        f'c.execute(\'CREATE DATABASE "{test_database}" TEMPLATE "{database}"\')\n'
+    )
+    run([venv_python(), '-c', code])
+    test_env = dict(env, SAFEJOBS_TEST_DB_NAME=test_database, SAFEJOBS_EXPECT_TLS='1', SAFEJOBS_DEBUG='0',
+                    PYTHONPATH=os.pathsep.join([str(ROOT), env['PYTHONPATH']]))
+    return run(netbox_cmd('test', 'tests.test_sessions', '--keepdb', '--noinput', '--parallel', '1'), check=False,
+               env=test_env, cwd=ROOT, capture_output=True, text=True)
 
 
 def start_selfcheck(args):
@@ -1101,6 +1199,10 @@ def main(argv=None):
                                            'e.g. `manage safejobs_demo` or `manage nbshell`')
     manage.add_argument('args', nargs=argparse.REMAINDER)
     sub.add_parser('env', help='prepare the environment and print the variables to run `netbox` by hand')
+    own = sub.add_parser('netbox-tests', help="run NetBox's own tests of jobs, scripts and event rules with the "
+                                              'plugin and without it; list those that fail only with it')
+    own.add_argument('labels', nargs='*', help=f'NetBox test labels (default: {" ".join(NETBOX_TEST_LABELS)})')
+    own.add_argument('--strict', action='store_true', help='exit 1 when a test fails only with the plugin')
     pgcheck = sub.add_parser('selfcheck-private-pg',
                              help='start the private PostgreSQL scripts/dev falls back to, on a port of its own, and '
                                   'check NetBox on it: ICU collation, full migrate, migrate --check, a worker job '
@@ -1126,6 +1228,8 @@ def main(argv=None):
             return cmd_bench(args)
         if args.command == 'selfcheck-private-pg':
             return cmd_selfcheck_private_pg(args)
+        if args.command == 'netbox-tests':
+            return cmd_netbox_tests(args)
         if args.command == 'manage':
             prepare()
             return subprocess.run(netbox_cmd(*args.args), env=netbox_env(), cwd=ROOT).returncode
