@@ -14,7 +14,8 @@ their own, with the default settings.
 
 The harness uses the development database and a private Redis server it starts on a free port (and stops and
 restarts in the outage scenario); it removes its jobs afterwards. In the lost_claim_reply scenario the workers reach
-PostgreSQL through a TCP proxy of the harness that drops one reply per job (``ReplyCutter``).
+PostgreSQL through a TCP proxy of the harness that drops one reply per job (``ReplyCutter``); in pg_blip and
+pg_outage through one that cuts every connection for a while (``DatabaseGate``).
 It exits with status 1 when a plugin guarantee is broken: a job lost, a ghost row, a resurrected row, a duplicate
 run or an exception in a caller.
 """
@@ -61,7 +62,8 @@ QUEUES = ('high', 'default', 'low')
 OUTAGES = (1, 3, 5, 7, 10)
 
 # Guarantees the plugin must keep in every scenario (the exit status depends on them).
-GUARANTEES = ('lost', 'ghost_rows', 'resurrected', 'duplicate_runs', 'caller_exceptions', 'callers_broken')
+GUARANTEES = ('lost', 'ghost_rows', 'resurrected', 'duplicate_runs', 'caller_exceptions', 'callers_broken',
+              'shared_sessions', 'killed_transactions_committed', 'live_jobs_closed', 'extra_next_runs')
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -400,6 +402,78 @@ class ReplyCutter:
 # --------------------------------------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------------------------------------
+
+class DatabaseGate:
+    """
+    A TCP proxy between rqworker processes and PostgreSQL that can go down: ``down()`` cuts every connection through
+    it and refuses new ones (accepted, then closed at once) until ``up()``, which is what the workers see of a
+    PostgreSQL restart, a failover or a network partition. The harness keeps its own direct connection. Unlike a real
+    restart, the server's start time does not change: the workers' loops must tell the outage by themselves.
+    """
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.port = None
+        self.is_down = False
+        self.lock = threading.Lock()
+        self._sockets = []
+        self._listener = None
+        self._stopping = threading.Event()
+
+    def start(self):
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(('127.0.0.1', 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def down(self):
+        with self.lock:
+            self.is_down = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            ReplyCutter._close(sock)
+
+    def up(self):
+        with self.lock:
+            self.is_down = False
+
+    def stop(self):
+        self._stopping.set()
+        self._listener.close()
+        self.down()
+
+    def _accept(self):
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.is_down:
+                ReplyCutter._close(client)
+                continue
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self._sockets += [client, server]
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, target):
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            ReplyCutter._close(sock)
+
 
 def read_runs(runs_file, pids=None):
     """Runs per job and the time of each job's first run (and, into ``pids``, the process that ran it)."""
@@ -992,6 +1066,192 @@ def scenario_lost_claim_reply(ctx, mode, opts, runs_file):
 HARNESS_TAG = 'safejobs-harness-'
 
 
+def _gate(ctx):
+    """A ``DatabaseGate`` to the harness's own database server, started."""
+    from django.db import connection
+
+    settings = connection.settings_dict
+    return DatabaseGate((settings['HOST'] or '127.0.0.1', int(settings['PORT'] or 5432))).start()
+
+
+def _horse_pid(runs_file, job_uuid, timeout=120):
+    """The pid of the work horse running ``job_uuid`` (once it is inside ``run()``), or None after ``timeout``."""
+    pids = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        read_runs(runs_file, pids)
+        if job_uuid in pids:
+            return pids[job_uuid]
+        time.sleep(0.1)
+    return None
+
+
+@scenario
+def scenario_horse_sessions(ctx, mode, opts, runs_file):
+    """
+    One worker: a work horse killed inside its transaction (SIGKILL, as the OOM killer does), then four jobs, then
+    another horse killed inside its transaction. Each horse must have a PostgreSQL session of its own, each killed job
+    be closed at once, and no killed transaction commit.
+    """
+    from core.models import Job
+    from extras.models import Tag
+
+    from benchmarks.runners import HarnessJob
+
+    sessions_file = Path(f'{runs_file}.sessions')
+    sessions_file.unlink(missing_ok=True)
+    pool = WorkerPool(ctx, mode, runs_file, count=1)
+    killed, closed_after, committed = [], [], []
+
+    def kill_inside_transaction():
+        job = HarnessJob.enqueue(hold=120)
+        committed.append(job.job_id)
+        pid = _horse_pid(runs_file, job.job_id)
+        time.sleep(0.5)  # inside its transaction by now
+        os.kill(pid, signal.SIGKILL)
+        at = time.monotonic()
+        killed.append(job.job_id)
+        deadline = at + 30
+        while time.monotonic() < deadline:
+            if Job.objects.filter(job_id=job.job_id).exclude(status='running').exists():
+                closed_after.append(round(time.monotonic() - at, 2))
+                return
+            time.sleep(0.1)
+        closed_after.append(None)
+
+    try:
+        pool.wait_ready()
+        kill_inside_transaction()
+        jobs = [HarnessJob.enqueue(session=True).job_id for _ in range(4)]
+        committed += jobs
+        wait_until_settled(jobs, timeout=opts.timeout, idle=20, pool=pool)
+        kill_inside_transaction()
+    finally:
+        pool.stop()
+    sessions = {}
+    if sessions_file.exists():
+        for line in sessions_file.read_text().splitlines():
+            job_uuid, backend, tls = line.split()
+            sessions[uuid.UUID(job_uuid)] = (int(backend), tls)
+    distinct = len({sessions[u][0] for u in jobs if u in sessions})
+    return collect(committed, [], runs_file, extra={
+        'killed': len(killed),
+        'closed_s_after_kill': ', '.join('never' if c is None else str(c) for c in closed_after),
+        'shared_sessions': len(jobs) - distinct,
+        'tls_sessions': sum(1 for _, tls in sessions.values() if tls == 'tls'),
+        'killed_transactions_committed': Tag.objects.filter(slug__in=[f'{HARNESS_TAG}{u}' for u in killed]).count(),
+    })
+
+
+@scenario
+def scenario_pg_blip(ctx, mode, opts, runs_file):
+    """
+    PostgreSQL unreachable for ``--db-blip-seconds`` (6) while one worker works through a queue of jobs: every job
+    must run once, soon after the database answers again.
+    """
+    from benchmarks.runners import HarnessJob
+    from netbox_safejobs.models import RetryEvent
+
+    gate = _gate(ctx)
+    committed = [HarnessJob.enqueue(sleep=0.3).job_id for _ in range(opts.fault_jobs)]
+    pool = WorkerPool(ctx, mode, runs_file, count=1, db_port=gate.port)
+    after = None
+    try:
+        _horse_pid(runs_file, committed[0])
+        gate.down()
+        time.sleep(opts.db_blip_seconds)
+        gate.up()
+        back = time.time()
+        if wait_until_settled(committed, timeout=opts.timeout, idle=30, pool=pool):
+            _, starts = read_runs(runs_file)
+            after = round(max(starts.get(u, 0) for u in committed) - back, 2)
+    finally:
+        pool.stop()
+        gate.stop()
+    events = Counter(RetryEvent.objects.filter(job_uuid__in=committed).values_list('kind', flat=True))
+    return collect(committed, [], runs_file, extra={
+        'db_down_s': opts.db_blip_seconds, 'all_ran_s_after_db_back': after, 'events': dict(events),
+    })
+
+
+@scenario
+def scenario_pg_outage(ctx, mode, opts, runs_file):
+    """
+    PostgreSQL unreachable for ``--db-outage-seconds`` (75: longer than ``stuck_after``, as a restart or a failover
+    can be) while a periodic job of ``--long-job-seconds`` (100) runs, two workers: the live job must not be closed,
+    its horse must not undo a close, and the job must get one next run.
+    """
+    from core.models import Job
+
+    from benchmarks.runners import HarnessJob
+    from netbox_safejobs.models import RetryEvent
+
+    gate = _gate(ctx)
+    job = HarnessJob.enqueue(sleep=opts.long_job_seconds, interval=24 * 60)
+    pool = WorkerPool(ctx, mode, runs_file, count=2, db_port=gate.port)
+    try:
+        pool.wait_ready()
+        _horse_pid(runs_file, job.job_id)
+        time.sleep(2)
+        gate.down()
+        time.sleep(opts.db_outage_seconds)
+        gate.up()
+        deadline = time.monotonic() + opts.long_job_seconds + 120
+        while time.monotonic() < deadline and Job.objects.filter(job_id=job.job_id, status='running').exists():
+            time.sleep(1)
+        time.sleep(5)  # whatever the horse's end and the loops still do
+    finally:
+        pool.stop()
+        gate.stop()
+    closed = RetryEvent.objects.filter(job_uuid=job.job_id, kind='stuck_errored').count()
+    next_runs = Job.objects.filter(name=HarnessJob.name, interval=24 * 60, status='scheduled').count()
+    return collect([job.job_id], [], runs_file, extra={
+        'db_down_s': opts.db_outage_seconds,
+        'live_jobs_closed': closed,
+        'next_runs': next_runs,
+        'extra_next_runs': max(0, next_runs - 1),
+    })
+
+
+@scenario
+def scenario_snapshot_restore(ctx, mode, opts, runs_file):
+    """
+    Redis restarted from an RDB snapshot taken before ``--fault-jobs`` pushes (the relay's marker is in it, the jobs
+    are not), while no worker runs; then a worker starts. Every job must run once, soon after the worker starts.
+    """
+    from django_rq import get_connection
+
+    from netbox_safejobs.models import WorkerHeartbeat
+
+    pool = WorkerPool(ctx, mode, runs_file, count=1)
+    pool.wait_ready()
+    time.sleep(2)  # the plugin's relay has set its marker
+    pool.stop()
+    snapshot = ctx.redis.dir / 'dump.rdb'
+    after = None
+    try:
+        get_connection('default').save()
+        committed, _, exceptions, _ = enqueue_many(opts.fault_jobs, threads=2)
+        ctx.redis.stop()  # SIGKILL: nothing saved on the way out
+        ctx.redis.start()  # loads the older snapshot
+        started = time.time()
+        pool = WorkerPool(ctx, mode, runs_file, count=1)
+        try:
+            if wait_until_settled(committed, timeout=opts.timeout, idle=20, pool=pool):
+                _, starts = read_runs(runs_file)
+                after = round(max(starts.get(u, 0) for u in committed) - started, 2)
+            beat = WorkerHeartbeat.objects.order_by('started').values_list('started', flat=True).last()
+        finally:
+            pool.stop()
+    finally:
+        snapshot.unlink(missing_ok=True)
+    return collect(committed, [], runs_file, caller_exceptions=exceptions, extra={
+        'all_ran_s_after_worker_start': after,
+        'all_ran_s_after_first_heartbeat': (round(max(read_runs(runs_file)[1].get(u, 0) for u in committed)
+                                            - beat.timestamp(), 2) if after is not None and beat else None),
+    })
+
+
 @scenario
 def scenario_caller_catches(ctx, mode, opts, runs_file):
     """
@@ -1256,6 +1516,13 @@ ROWS = (
     ('callers', 'callers'), ('enqueue_errors_caught', 'enqueue errors caught'),
     ('callers_broken', 'callers whose transaction broke'), ('saved_kept', 'saved objects kept'),
     ('events', 'plugin events'), ('dispatch_rows_left', 'leases/pushes left in the outbox'),
+    ('shared_sessions', 'work horses sharing a session (of 4)'), ('tls_sessions', 'TLS sessions'),
+    ('killed_transactions_committed', 'killed transactions committed'),
+    ('db_down_s', 'PostgreSQL unreachable, s'), ('all_ran_s_after_db_back', 'all ran, s after PostgreSQL back'),
+    ('live_jobs_closed', 'live job closed'), ('next_runs', 'next runs scheduled'),
+    ('extra_next_runs', 'next runs too many'),
+    ('all_ran_s_after_worker_start', 'all ran, s after the worker process started'),
+    ('all_ran_s_after_first_heartbeat', 'all ran, s after its first heartbeat'),
     ('worker_restarts', 'workers restarted'),
     ('seconds', 'scenario time, s'),
 )
@@ -1355,6 +1622,10 @@ def parse_args(argv=None):
     parser.add_argument('--outage-jobs', type=int, default=100,
                         help='jobs enqueued across the five outages of redis_outages (default 100)')
     parser.add_argument('--timeout', type=int, default=900, help='seconds to wait for a scenario to settle')
+    parser.add_argument('--db-blip-seconds', type=float, default=6, help='PostgreSQL unreachable in pg_blip')
+    parser.add_argument('--db-outage-seconds', type=float, default=75,
+                        help='PostgreSQL unreachable in pg_outage (longer than stuck_after, 60 s by default)')
+    parser.add_argument('--long-job-seconds', type=float, default=100, help='the running job of pg_outage')
     parser.add_argument('--no-recovery-scale', dest='recovery_scale', action='store_false',
                         help='skip the recovery pass timing with 1,000,000 core_job rows')
     parser.add_argument('--core-job-rows', type=int, default=1_000_000)

@@ -32,14 +32,36 @@ class HarnessJob(JobRunner):
     class Meta:
         name = 'safejobs-harness'
 
-    def run(self, sleep=0, **kwargs):
+    def run(self, sleep=0, session=False, hold=0, **kwargs):
         path = os.environ.get(RUNS_FILE_VARIABLE)
         if path:
-            # One write() of a short line to an O_APPEND file: lines from concurrent workers never interleave.
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, f'{self.job.job_id} {time.time():.6f} {os.getpid()}\n'.encode())
-            finally:
-                os.close(fd)
+            _append(path, f'{self.job.job_id} {time.time():.6f} {os.getpid()}')
+            if session:
+                # The PostgreSQL session this work horse queries in, and whether it is a TLS one.
+                from django.db import connection
+
+                with connection.cursor() as cursor:
+                    cursor.execute('SELECT pg_backend_pid(), coalesce((SELECT ssl FROM pg_stat_ssl '
+                                   'WHERE pid = pg_backend_pid()), false)')
+                    backend, tls = cursor.fetchone()
+                _append(path + '.sessions', f'{self.job.job_id} {backend} {"tls" if tls else "plain"}')
+        if hold:
+            # A write left uncommitted while the work horse sleeps (to be killed inside its transaction).
+            from django.db import transaction
+            from extras.models import Tag
+
+            with transaction.atomic():
+                name = f'safejobs-harness-{self.job.job_id}'
+                Tag.objects.create(name=name, slug=name)
+                time.sleep(hold)
         if sleep:
             time.sleep(sleep)
+
+
+def _append(path, line):
+    # One write() of a short line to an O_APPEND file: lines from concurrent workers never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f'{line}\n'.encode())
+    finally:
+        os.close(fd)

@@ -82,9 +82,12 @@ KIND_HELP = {
         'worker guard',
         'The database failed while the worker claimed the job (connection refused, server restarting, connection '
         'terminated, a claim whose reply was lost). The worker reconnected and tried again (a claim that had '
-        'committed is recognised by its token and runs); after `database_retries` it let the task fail in RQ.',
-        "Check PostgreSQL. A task failed this way is in RQ's failed registry; the Job stays pending: requeue it "
-        "from NetBox's Background Tasks page once the database is back.",
+        'committed is recognised by its token and runs); after `database_retries` (about 10 s) it let the task fail '
+        "in RQ. The same event is recorded when a running job's own save meets a database error and is tried "
+        'again.',
+        'Check PostgreSQL. Nothing to requeue: the Job stays pending, and once the database answers the relay in '
+        "every worker sees its task failed in RQ before the claim, takes it out of the failed registry and sends it "
+        "again (within 2 s of a worker's relay reaching the database).",
     ),
     'duplicate_skipped': (
         'worker guard',

@@ -919,6 +919,9 @@ def cmd_netbox_tests(args):
         env = netbox_env()
         env.update(SAFEJOBS_DEBUG='0', SAFEJOBS_PLUGIN='0' if mode == 'without' else '1',
                    SAFEJOBS_REDIS_TASKS_DB=str(TEST_REDIS_TASKS_DB), SAFEJOBS_REDIS_CACHE_DB=str(TEST_REDIS_CACHE_DB))
+        # What NetBox's own test configuration sets: its tests read the RQ queue inside transactions that never
+        # commit. SAFEJOBS_RQ_COMMIT_MODE=on_db_commit runs them under django-rq's default instead.
+        env.setdefault('SAFEJOBS_RQ_COMMIT_MODE', 'auto')
         log = logs / f'netbox-tests-{mode}-plugin.log'
         say(f'NetBox {netbox_version()}: {" ".join(labels)}, {mode} the plugin (log: {log.relative_to(ROOT)})')
         step = time.monotonic()
@@ -928,7 +931,8 @@ def cmd_netbox_tests(args):
         text = log.read_text(errors='replace')
         failed = set(re.findall(r'^(?:FAIL|ERROR): (\S+) \((\S+)\)', text, re.M))
         ran = re.search(r'^Ran (\d+) tests?', text, re.M)
-        outcomes[mode] = {f'{cls}.{name}' for name, cls in failed}
+        # unittest names a test `name (module.Class.name)` since Python 3.11, `name (module.Class)` before.
+        outcomes[mode] = {where if where.endswith(f'.{name}') else f'{where}.{name}' for name, where in failed}
         say(f'{mode} the plugin: {ran.group(1) if ran else "?"} tests, {len(outcomes[mode])} failed or errored, '
             f'exit {code}, {elapsed(step)}')
     only = sorted(outcomes['with'] - outcomes['without'])
