@@ -13,6 +13,7 @@ from . import compat
 
 __all__ = (
     'bound_redis_retries',
+    'fail_fast',
     'get_push_queue',
     'redis_groups',
 )
@@ -34,7 +35,7 @@ def get_push_queue(name):
 
     kwargs = compat.push_queue_kwargs()
     queue = django_rq.get_queue(name, **kwargs)
-    return django_rq.get_queue(name, connection=_fail_fast(queue.connection), **kwargs)
+    return django_rq.get_queue(name, connection=fail_fast(queue.connection), **kwargs)
 
 
 def redis_groups():
@@ -67,7 +68,7 @@ def bound_redis_retries(connection, interval):
     The worker's own Redis connection: redis-py 6+ retries a refused connection three times with backoff (3.6 s in
     all) before RQ sees the error, and a worker caught in those retries when Redis comes back waits them out before it
     takes a task. Two retries ``interval / 5`` apart keep a blip invisible and let the worker notice Redis again within
-    ``interval``. Its work horses inherit it; pushes use their own connection (``_fail_fast``). redis-py before 4.3
+    ``interval``. Its work horses inherit it; pushes use their own connection (``fail_fast``). redis-py before 4.3
     (no ``set_retry``) retries nothing by default, and is left as it is.
     """
     try:
@@ -79,7 +80,7 @@ def bound_redis_retries(connection, interval):
         logger.debug('worker connection retries left as they are: %s', e)
 
 
-def _fail_fast(connection):
+def fail_fast(connection):
     """
     The same Redis, without redis-py's retries (redis-py 6+ retries a refused connection three times with backoff,
     3.6 s in all): a push the plugin makes may fail, since it is stored and the relay sends it as soon as Redis

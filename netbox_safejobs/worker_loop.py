@@ -76,7 +76,7 @@ class WorkerLoop(threading.Thread):
         failures = []
         parts = [('heartbeat', self._beat)] if beat else []
         parts.append(('relay', self._relay))
-        if beat and self.settings.stuck_job_detection and self.may_judge():
+        if beat and self.settings.stuck_job_detection:
             parts.append(('liveness', self._liveness))
         for name, part in parts:
             try:
@@ -115,7 +115,9 @@ class WorkerLoop(threading.Thread):
             raise RuntimeError('; '.join(report.errors))
 
     def _liveness(self):
-        closed = liveness.close_stale()
+        # Its own dead work horses, always (a fact about this host's processes); other workers' staleness only once
+        # this loop may judge it.
+        closed = liveness.close_stale() if self.may_judge() else liveness.LivenessReport()
         if closed.closed:
             logger.warning('closed %d job(s) whose worker stopped heartbeating', len(closed.closed))
         dead = liveness.close_dead_horses(self.identity, monitored=frozenset(monitored))

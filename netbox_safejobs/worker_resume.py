@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import compat
+from .queues import fail_fast
 
 __all__ = (
     'REDIS_ERRORS',
@@ -87,18 +88,25 @@ def _stopping(worker):
 
 
 def _wait_for_redis(worker):
-    """Wait until Redis answers again. False when the worker is asked to stop meanwhile."""
+    """
+    Wait until Redis answers again. False when the worker is asked to stop meanwhile. Asked on a connection of its
+    own that gives up a silent Redis after 5 s (``queues.fail_fast``): the worker's own has no read timeout, and a
+    Redis that accepts and never answers would hold the worker here for good.
+    """
     StopRequested = compat.rq_stop_requested()  # noqa: N806 (a class)
 
+    probe = fail_fast(worker.connection)
     try:
         while not _stopping(worker):
             try:
-                worker.connection.ping()
+                probe.ping()
                 return True
             except REDIS_ERRORS:
                 time.sleep(REDIS_POLL)
     except StopRequested:  # SIGTERM while waiting: RQ's handler raises it when the worker is not busy
         pass
+    finally:
+        probe.connection_pool.disconnect()
     return False
 
 

@@ -112,6 +112,21 @@ class RelayTest(SafeJobsTransactionTestCase):
             self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
             self.assertEqual(run_count(job.job_id), 1)
 
+    def test_silent_redis_is_given_up_after_five_seconds(self):
+        """A Redis that accepts and never answers (hung, blackholed): the relay gives it up as the enqueue does."""
+        import socket
+
+        listener = socket.socket()
+        listener.bind(('127.0.0.1', 0))
+        listener.listen(16)  # the kernel accepts; nobody ever reads or answers
+        self.addCleanup(listener.close)
+        with override_rq_queues(queues_on(listener.getsockname()[1])):
+            started = time.monotonic()
+            report = relay.send_owed(sweep=True)
+            elapsed = time.monotonic() - started
+        self.assertTrue(report.redis_down)
+        self.assertLess(elapsed, 8)
+
     def test_bad_stored_push_errors_its_job_and_blocks_nothing(self):
         with override_rq_queues(closed_port_queues()):
             bad = CountingJob.enqueue()
