@@ -38,14 +38,16 @@ SCHEDULES = {
 }
 
 
-def delays(schedule, base, retries, max_total):
+def delays(schedule, base, retries, max_total, max_each=None):
     """
-    The waits before each retry: at most ``retries`` of them, their sum never above ``max_total`` (the last one is
-    shortened to fit, and nothing follows once the budget is spent).
+    The waits before each retry: at most ``retries`` of them, each at most ``max_each``, their sum never above
+    ``max_total`` (the last one is shortened to fit, and nothing follows once the budget is spent).
     """
     total = 0.0
     result = []
     for delay in islice(SCHEDULES[schedule](base), retries):
+        if max_each is not None:
+            delay = min(delay, max_each)
         delay = min(delay, max_total - total)
         if delay <= 0:
             break

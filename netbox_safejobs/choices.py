@@ -82,7 +82,7 @@ KIND_HELP = {
         'worker guard',
         'The database failed while the worker claimed the job (connection refused, server restarting, connection '
         'terminated, a claim whose reply was lost). The worker reconnected and tried again (a claim that had '
-        'committed is recognised by its token and runs); after `database_retries` (about 10 s) it let the task fail '
+        'committed is recognised by its token and runs); after `database_retries` (about 11.5 s) it let the task fail '
         "in RQ. The same event is recorded when a running job's own save meets a database error and is tried "
         'again.',
         'Check PostgreSQL. Nothing to requeue: the Job stays pending, and once the database answers the relay in '

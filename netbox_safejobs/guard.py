@@ -54,6 +54,9 @@ logger = logging.getLogger('netbox_safejobs.guard')
 
 _DATABASE_ERRORS = (OperationalError, InterfaceError)
 
+# Seconds: the longest wait between two reconnections, so that a database coming back is noticed within it.
+RECONNECT_MAX_DELAY = 2.0
+
 
 class JobNotSaved(Exception):
     """A save of the running job that must not happen: its row is gone, or its run is no longer this attempt's."""
@@ -189,7 +192,7 @@ def _schedules(settings):
     lookups = backoff.delays(settings.backoff_schedule, settings.lookup_base_delay, settings.lookup_retries,
                              settings.lookup_max_wait)
     reconnects = backoff.delays(settings.backoff_schedule, settings.lookup_base_delay, settings.database_retries,
-                                float('inf'))
+                                float('inf'), max_each=RECONNECT_MAX_DELAY)
     return lookups, reconnects
 
 

@@ -36,7 +36,7 @@ DEFAULT_SETTINGS = {
     'backoff_schedule': 'fibonacci',
     'lookup_max_wait': 30.0,
     # Worker guard: how many times to reconnect and retry when the database itself fails.
-    'database_retries': 6,
+    'database_retries': 8,
     # The loop every rqworker runs beside its work: the relay of owed pushes, the worker's heartbeat, stuck jobs.
     'worker_loop': True,
     'relay_interval': 1.0,

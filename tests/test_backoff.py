@@ -28,3 +28,9 @@ class BackoffTest(SimpleTestCase):
 
     def test_small_base(self):
         self.assertEqual(delays('fibonacci', 0.001, 3, 1), [0.001, 0.001, 0.002])
+
+    def test_each_delay_capped(self):
+        # The guard's reconnections: a database that is back is noticed within the cap.
+        self.assertEqual(delays('fibonacci', 0.5, 8, float('inf'), max_each=2.0),
+                         [0.5, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0])
+        self.assertEqual(delays('exponential', 1, 4, 5, max_each=2.0), [1, 2.0, 2.0])
