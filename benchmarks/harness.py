@@ -151,12 +151,12 @@ class WorkerPool:
 
     RESTART_DELAY = 1.0
 
-    def __init__(self, ctx, mode, runs_file, count=None, extra_config=None, burst=False, db_port=None):
+    def __init__(self, ctx, mode, runs_file, count=None, extra_config=None, burst=False, db_port=None, env=None):
         self.ctx, self.mode = ctx, mode
         self.processes, self.logs = [], []
         self._registered = set()  # pids of this pool's workers seen registered with Redis
         self.argv = netbox_command('rqworker', *QUEUES) + (['--burst'] if burst else [])
-        self.env = ctx.env(mode, runs_file, extra_config, db_port=db_port)
+        self.env = env or ctx.env(mode, runs_file, extra_config, db_port=db_port)
         logs = ctx.workdir / 'logs'
         logs.mkdir(exist_ok=True)
         for i in range(count or ctx.workers):
@@ -1215,6 +1215,45 @@ def scenario_pg_outage(ctx, mode, opts, runs_file):
     })
 
 
+ROTATED_SETTINGS = 'safejobs_harness_rotated_settings'
+ROTATED_SETTINGS_TEXT = """\
+# Written by benchmarks/harness.py: NetBox's settings with SECRET_KEY rotated the way Django documents it, a new key
+# and the old one in SECRET_KEY_FALLBACKS (a NetBox operator sets them in netbox/local_settings.py).
+from netbox.settings import *  # noqa: F403
+
+SECRET_KEY_FALLBACKS = [SECRET_KEY]  # noqa: F405
+SECRET_KEY = 'rotated-' + SECRET_KEY[::-1]  # noqa: F405
+"""
+
+
+@scenario
+def scenario_key_rotation(ctx, mode, opts, runs_file):
+    """
+    ``--fault-jobs`` pushes owed while Redis is down; meanwhile ``SECRET_KEY`` is rotated as Django documents it (the
+    workers start with the new key, the old one in ``SECRET_KEY_FALLBACKS``); Redis comes back. Every job must run.
+    """
+    from netbox_safejobs.models import RetryEvent
+
+    settings_dir = ctx.workdir / 'rotated'
+    settings_dir.mkdir(exist_ok=True)
+    (settings_dir / f'{ROTATED_SETTINGS}.py').write_text(ROTATED_SETTINGS_TEXT)
+    ctx.redis.stop()
+    try:
+        committed, _, exceptions, _ = enqueue_many(opts.fault_jobs, threads=2)
+    finally:
+        ctx.redis.start()
+    env = ctx.env(mode, runs_file)
+    env.update(DJANGO_SETTINGS_MODULE=ROTATED_SETTINGS,
+               PYTHONPATH=os.pathsep.join([str(settings_dir), env['PYTHONPATH']]))
+    pool = WorkerPool(ctx, mode, runs_file, count=1, env=env)
+    try:
+        wait_until_settled(committed, timeout=opts.timeout, idle=20, pool=pool)
+    finally:
+        pool.stop()
+    rejected = RetryEvent.objects.filter(job_uuid__in=committed, kind='payload_rejected').count()
+    return collect(committed, [], runs_file, caller_exceptions=exceptions, extra={'pushes_rejected': rejected})
+
+
 @scenario
 def scenario_snapshot_restore(ctx, mode, opts, runs_file):
     """
@@ -1523,6 +1562,7 @@ ROWS = (
     ('db_down_s', 'PostgreSQL unreachable, s'), ('all_ran_s_after_db_back', 'all ran, s after PostgreSQL back'),
     ('live_jobs_closed', 'live job closed'), ('next_runs', 'next runs scheduled'),
     ('extra_next_runs', 'next runs too many'),
+    ('pushes_rejected', 'stored pushes rejected'),
     ('all_ran_s_after_worker_start', 'all ran, s after the worker process started'),
     ('all_ran_s_after_first_heartbeat', 'all ran, s after its first heartbeat'),
     ('worker_restarts', 'workers restarted'),
