@@ -251,29 +251,16 @@ def _recv_exact(sock, count):
     return data
 
 
-class ReplyCutter:
+class LoopbackProxy:
     """
-    A TCP proxy between rqworker processes and PostgreSQL that forwards every byte both ways, except that for the
-    first statement moving each of ``targets`` (job UUIDs) to running, it lets the server execute and commit it, reads
-    the server's whole reply, and then closes the client's connection instead of forwarding the reply: the worker's
-    connection dies after the commit and before the reply, as when a network path or a pooler fails at that instant.
-
-    It answers an SSL or GSSAPI encryption request with 'N' itself, so that it sees the protocol in clear whatever
-    ``sslmode`` the client asks for. Statements are found in simple-protocol Query and extended-protocol Parse
-    messages. A reply is cut only when the server says the statement succeeded and no transaction is open
-    (ReadyForQuery status 'I', no ErrorResponse): the statement committed. The job UUID is looked for in the statement
-    text, where Django's default client-side binding puts it; with ``server_side_binding`` the values travel in Bind
-    messages, nothing is cut, and the scenario says so (``replies_cut`` 0).
+    A TCP proxy on a free loopback port in front of ``upstream`` (host, port); what crosses it is the subclass's
+    ``_accept()``. ``stop()`` closes the port and every connection through it.
     """
 
-    def __init__(self, upstream, targets, pattern=START_STATEMENT):
+    def __init__(self, upstream):
         self.upstream = upstream
-        self.targets = {uuid.UUID(str(u)) for u in targets}
-        self.pattern = pattern
         self.port = None
         self.lock = threading.Lock()
-        self.cut = {}  # job UUID -> the start of the statement whose reply was lost
-        self.connections = 0
         self._listener = None
         self._sockets = []
         self._stopping = threading.Event()
@@ -290,6 +277,9 @@ class ReplyCutter:
     def stop(self):
         self._stopping.set()
         self._listener.close()
+        self._cut_all()
+
+    def _cut_all(self):
         with self.lock:
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
@@ -309,6 +299,9 @@ class ReplyCutter:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if not self._admit():
+                self._close(client)
+                continue
             try:
                 server = socket.create_connection(self.upstream)
             except OSError:
@@ -317,11 +310,46 @@ class ReplyCutter:
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self.lock:
-                self.connections += 1
                 self._sockets += [client, server]
-            state = {'armed': None}
-            threading.Thread(target=self._client_to_server, args=(client, server, state), daemon=True).start()
-            threading.Thread(target=self._server_to_client, args=(server, client, state), daemon=True).start()
+            self._serve(client, server)
+
+    def _admit(self):
+        """Whether a new connection is let through (else it is closed at once)."""
+        return True
+
+    def _serve(self, client, server):
+        """Start whatever forwards the bytes of one connection both ways."""
+        raise NotImplementedError
+
+
+class ReplyCutter(LoopbackProxy):
+    """
+    A TCP proxy between rqworker processes and PostgreSQL that forwards every byte both ways, except that for the
+    first statement moving each of ``targets`` (job UUIDs) to running, it lets the server execute and commit it, reads
+    the server's whole reply, and then closes the client's connection instead of forwarding the reply: the worker's
+    connection dies after the commit and before the reply, as when a network path or a pooler fails at that instant.
+
+    It answers an SSL or GSSAPI encryption request with 'N' itself, so that it sees the protocol in clear whatever
+    ``sslmode`` the client asks for. Statements are found in simple-protocol Query and extended-protocol Parse
+    messages. A reply is cut only when the server says the statement succeeded and no transaction is open
+    (ReadyForQuery status 'I', no ErrorResponse): the statement committed. The job UUID is looked for in the statement
+    text, where Django's default client-side binding puts it; with ``server_side_binding`` the values travel in Bind
+    messages, nothing is cut, and the scenario says so (``replies_cut`` 0).
+    """
+
+    def __init__(self, upstream, targets, pattern=START_STATEMENT):
+        super().__init__(upstream)
+        self.targets = {uuid.UUID(str(u)) for u in targets}
+        self.pattern = pattern
+        self.cut = {}  # job UUID -> the start of the statement whose reply was lost
+        self.connections = 0
+
+    def _serve(self, client, server):
+        with self.lock:
+            self.connections += 1
+        state = {'armed': None}
+        threading.Thread(target=self._client_to_server, args=(client, server, state), daemon=True).start()
+        threading.Thread(target=self._server_to_client, args=(server, client, state), daemon=True).start()
 
     def _arm(self, state, text):
         if not self.pattern.search(text):
@@ -405,7 +433,7 @@ class ReplyCutter:
 # Measuring
 # --------------------------------------------------------------------------------------------------------------------
 
-class DatabaseGate:
+class DatabaseGate(LoopbackProxy):
     """
     A TCP proxy between rqworker processes and PostgreSQL that can go down: ``down()`` cuts every connection through
     it and refuses new ones (accepted, then closed at once) until ``up()``, which is what the workers see of a
@@ -414,57 +442,24 @@ class DatabaseGate:
     """
 
     def __init__(self, upstream):
-        self.upstream = upstream
-        self.port = None
+        super().__init__(upstream)
         self.is_down = False
-        self.lock = threading.Lock()
-        self._sockets = []
-        self._listener = None
-        self._stopping = threading.Event()
-
-    def start(self):
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(('127.0.0.1', 0))
-        self._listener.listen(64)
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
 
     def down(self):
         with self.lock:
             self.is_down = True
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            ReplyCutter._close(sock)
+        self._cut_all()
 
     def up(self):
         with self.lock:
             self.is_down = False
 
-    def stop(self):
-        self._stopping.set()
-        self._listener.close()
-        self.down()
+    def _admit(self):
+        return not self.is_down
 
-    def _accept(self):
-        while not self._stopping.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self.is_down:
-                ReplyCutter._close(client)
-                continue
-            try:
-                server = socket.create_connection(self.upstream)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self._sockets += [client, server]
-            for source, target in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+    def _serve(self, client, server):
+        for source, target in ((client, server), (server, client)):
+            threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
 
     @staticmethod
     def _pump(source, target):
@@ -474,7 +469,7 @@ class DatabaseGate:
         except OSError:
             pass
         for sock in (source, target):
-            ReplyCutter._close(sock)
+            LoopbackProxy._close(sock)
 
 
 def read_runs(runs_file, pids=None):
@@ -1254,6 +1249,82 @@ def scenario_key_rotation(ctx, mode, opts, runs_file):
     return collect(committed, [], runs_file, caller_exceptions=exceptions, extra={'pushes_rejected': rejected})
 
 
+# The first release, numbered 0.1.0 (its code is this repository's own history).
+FIRST_RELEASE = 'c98a7b3'
+
+FIRST_RELEASE_ENQUEUE = """
+from benchmarks.runners import HarnessJob
+for _ in range({count}):
+    print(HarnessJob.enqueue().job_id, flush=True)
+"""
+
+
+@scenario
+def scenario_upgrade_from_0_1(ctx, mode, opts, runs_file):
+    """
+    An upgrade from the first release (0.1.0) with jobs in flight: under 0.1.0, 10 jobs pushed and 5 whose push failed
+    (Redis down); its workers stopped; Redis restarted in the maintenance window (empty); this release installed,
+    ``netbox migrate``, one worker started. Every job must run, once. Plugin mode only: stock NetBox has no upgrade.
+    """
+    if mode == 'stock':
+        return {'note': 'not applicable'}
+    old = ctx.workdir / 'release-0.1.0'
+    if not old.exists():
+        old.mkdir()
+        archive = subprocess.run(['git', '-C', str(ROOT), 'archive', FIRST_RELEASE, 'netbox_safejobs'],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(['tar', '-x', '-C', str(old)], input=archive, check=True)
+    new_env = ctx.env(mode, runs_file)
+    old_env = dict(new_env, SAFEJOBS_PLUGINS_CONFIG='{}',
+                   PYTHONPATH=os.pathsep.join([str(old), new_env['PYTHONPATH']]))
+
+    def netbox(env, *argv, check=True):
+        # Not from the repository root: `python -m` puts the working directory first on sys.path, ahead of
+        # PYTHONPATH, and the old release would be shadowed by this checkout's package.
+        result = subprocess.run(netbox_command(*argv), env=env, capture_output=True, text=True, timeout=900,
+                                cwd=ctx.workdir)
+        if check and result.returncode != 0:
+            raise RuntimeError(f'netbox {" ".join(argv)} failed:\n{(result.stdout + result.stderr)[-3000:]}')
+        return result
+
+    def enqueue_old(count):
+        out = netbox(old_env, 'shell', '--command', FIRST_RELEASE_ENQUEUE.format(count=count)).stdout
+        return [uuid.UUID(line) for line in out.split() if len(line) == 36]
+
+    # The database as 0.1.0 left it (the harness's own connection closed: the schema changes under it).
+    from django.db import connection
+
+    from netbox_safejobs.payload import is_signed
+
+    connection.close()
+    netbox(new_env, 'migrate', 'netbox_safejobs', '0001', '--no-input')
+    try:
+        out = netbox(old_env, 'shell', '--command', 'import netbox_safejobs.version as v; '
+                     'print("VERSION", v.__version__, v.__file__)').stdout
+        version = next(line.split()[1:] for line in out.splitlines() if line.startswith('VERSION '))
+        pushed = enqueue_old(10)
+        ctx.redis.stop()
+        owed = enqueue_old(5)
+        ctx.redis.start()  # the maintenance window: Redis restarted, empty
+        with connection.cursor() as cursor:
+            cursor.execute('SELECT payload FROM netbox_safejobs_jobdispatch WHERE job_uuid = ANY(%s)',
+                           [pushed + owed])
+            unsigned = sum(1 for (payload,) in cursor.fetchall() if payload is not None and not is_signed(payload))
+        connection.close()
+    finally:
+        netbox(new_env, 'migrate', '--no-input')
+    committed = pushed + owed
+    pool = WorkerPool(ctx, mode, runs_file, count=1)
+    try:
+        wait_until_settled(committed, timeout=opts.timeout, idle=30, pool=pool)
+    finally:
+        pool.stop()
+    return collect(committed, [], runs_file, extra={
+        'first_release': f'{version[0]} ({FIRST_RELEASE}, loaded from {Path(version[1]).parent.parent.name}/)',
+        'pushed_by_0_1': len(pushed), 'owed_by_0_1': len(owed), 'unsigned_by_0_1': unsigned,
+    })
+
+
 @scenario
 def scenario_snapshot_restore(ctx, mode, opts, runs_file):
     """
@@ -1563,6 +1634,9 @@ ROWS = (
     ('live_jobs_closed', 'live job closed'), ('next_runs', 'next runs scheduled'),
     ('extra_next_runs', 'next runs too many'),
     ('pushes_rejected', 'stored pushes rejected'),
+    ('first_release', 'first release'), ('pushed_by_0_1', 'pushed by 0.1.0'), ('owed_by_0_1', 'owed by 0.1.0'),
+    ('unsigned_by_0_1', 'pushes 0.1.0 stored unsigned'),
+    ('note', 'note'),
     ('all_ran_s_after_worker_start', 'all ran, s after the worker process started'),
     ('all_ran_s_after_first_heartbeat', 'all ran, s after its first heartbeat'),
     ('worker_restarts', 'workers restarted'),

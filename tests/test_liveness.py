@@ -183,6 +183,22 @@ class LivenessTest(SafeJobsTransactionTestCase):
         self.assertEqual(run_count(job.job_id), 1)
 
 
+def in_own_session(func, errors):
+    """``func()`` started in a thread, so in a PostgreSQL session of its own; what it raises goes to ``errors``."""
+
+    def target():
+        try:
+            func()
+        except Exception as e:
+            errors.append(e)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread
+
+
 def connection_now():
     with connection.cursor() as cursor:
         cursor.execute('SELECT clock_timestamp()')
@@ -223,29 +239,14 @@ class OperatorTest(SafeJobsTransactionTestCase):
         errors = []
 
         def claim():
-            try:
-                with transaction.atomic():
-                    self.assertIsNotNone(guard.claim(CountingJob, job, token=token))
-                    claimed.set()
-                    release.wait(10)
-            except Exception as e:
-                errors.append(e)
-            finally:
-                connections.close_all()
+            with transaction.atomic():
+                self.assertIsNotNone(guard.claim(CountingJob, job, token=token))
+                claimed.set()
+                release.wait(10)
 
-        def delete():
-            try:
-                delete_rq_job(str(job.job_id))
-            except Exception as e:
-                errors.append(e)
-            finally:
-                connections.close_all()
-
-        claimer = threading.Thread(target=claim)
-        claimer.start()
+        claimer = in_own_session(claim, errors)
         self.assertTrue(claimed.wait(10))
-        deleter = threading.Thread(target=delete)
-        deleter.start()
+        deleter = in_own_session(lambda: delete_rq_job(str(job.job_id)), errors)
         time.sleep(1)  # the delete now waits on the claim's locks
         release.set()
         claimer.join(30)
@@ -265,32 +266,17 @@ class OperatorTest(SafeJobsTransactionTestCase):
         def claim():
             # The claim's order: the Job row, then its dispatch row (one statement in guard.py; two here, to wait
             # between them).
-            try:
-                with transaction.atomic(), connection.cursor() as cursor:
-                    cursor.execute(f'UPDATE {Job._meta.db_table} SET status = %s WHERE id = %s', ['running', job.pk])
-                    locked.set()
-                    go.wait(10)
-                    time.sleep(0.5)
-                    cursor.execute(f'UPDATE {JobDispatch._meta.db_table} SET claimed = clock_timestamp() '
-                                   f'WHERE job_id = %s', [job.pk])
-            except Exception as e:
-                errors.append(e)
-            finally:
-                connections.close_all()
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(f'UPDATE {Job._meta.db_table} SET status = %s WHERE id = %s', ['running', job.pk])
+                locked.set()
+                go.wait(10)
+                time.sleep(0.5)
+                cursor.execute(f'UPDATE {JobDispatch._meta.db_table} SET claimed = clock_timestamp() '
+                               f'WHERE job_id = %s', [job.pk])
 
-        def delete():
-            try:
-                Job.objects.get(pk=job.pk).delete()
-            except Exception as e:
-                errors.append(e)
-            finally:
-                connections.close_all()
-
-        claimer = threading.Thread(target=claim)
-        claimer.start()
+        claimer = in_own_session(claim, errors)
         self.assertTrue(locked.wait(10))
-        deleter = threading.Thread(target=delete)
-        deleter.start()
+        deleter = in_own_session(lambda: Job.objects.get(pk=job.pk).delete(), errors)
         go.set()
         claimer.join(30)
         deleter.join(30)
