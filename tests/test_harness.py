@@ -132,3 +132,15 @@ class CaughtFaultsHarnessTest(SafeJobsTransactionTestCase):
             self.assertEqual(caught['enqueue_errors_caught'], n, report)
             self.assertEqual((caught['callers_broken'], caught['saved_kept']), (0, n), report)
             self.assertEqual((caught['committed'], caught['completed'], caught['runs']), (2 * n, 2 * n, 2 * n), report)
+
+    def test_database_blip_loses_no_job(self):
+        """PostgreSQL unreachable for 4 s while a worker works through a queue: stock loses jobs, the plugin none."""
+        results, report = run_harness(['--scenarios', 'pg_blip', '--fault-jobs', str(self.JOBS), '--db-blip-seconds',
+                                       '4', '--timeout', '120', '--no-recovery-scale'], workers=1)
+        self.assertEqual(harness.broken_guarantees(results), [], report)
+        stock, plugin = results['pg_blip']['stock'], results['pg_blip']['plugin']
+        self.assertGreater(stock['lost'], 0, report)
+        self.assertEqual((plugin['completed'], plugin['runs'], plugin['duplicate_runs']), (self.JOBS, self.JOBS, 0),
+                         report)
+        self.assertEqual(plugin['rq_failed'], {}, report)
+

@@ -5,12 +5,13 @@ real PostgreSQL and Redis; processes are killed with SIGKILL, Redis is flushed u
 
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
 
 from core.models import Job
-from django.db import connection, connections, transaction
+from django.db import connection, connections
 from django.test import override_settings
 
 from netbox_safejobs import compat, liveness, workers
@@ -18,7 +19,7 @@ from netbox_safejobs.choices import RetryEventKindChoices as Kind
 from netbox_safejobs.models import JobDispatch, RetryEvent, WorkerHeartbeat
 from netbox_safejobs.recovery import run_pass
 
-from .base import SafeJobsTransactionTestCase, Worker, worker_env
+from .base import SafeJobsTransactionTestCase, Worker, netbox_command, worker_env
 from .jobs import CountingJob, run_count
 
 # Heartbeats every second and a stuck bound of 10 s, so that a dead worker is seen within a test's patience.
@@ -226,30 +227,18 @@ class OperatorTest(SafeJobsTransactionTestCase):
 
     def test_task_deleted_while_a_worker_claims_its_job(self):
         """
-        The operator deletes the task from Background Tasks as a worker claims it: the claim committed first, so the
-        job runs, keeps its lease, and is not marked failed under it.
+        The operator deletes the task from Background Tasks while a worker process claims its job: the claim committed
+        first, so the job runs, keeps its lease, and is not marked failed under it.
         """
         from core.utils import delete_rq_job
 
-        from netbox_safejobs import guard
-
         job = CountingJob.enqueue()
         token = uuid.uuid4()
-        claimed, release = threading.Event(), threading.Event()
+        claimer = ClaimingProcess(CLAIM_SCRIPT.format(job_uuid=job.job_id, token=token))
         errors = []
-
-        def claim():
-            with transaction.atomic():
-                self.assertIsNotNone(guard.claim(CountingJob, job, token=token))
-                claimed.set()
-                release.wait(10)
-
-        claimer = in_own_session(claim, errors)
-        self.assertTrue(claimed.wait(10))
         deleter = in_own_session(lambda: delete_rq_job(str(job.job_id)), errors)
         time.sleep(1)  # the delete now waits on the claim's locks
-        release.set()
-        claimer.join(30)
+        self.assertEqual(claimer.release(), 0, claimer.output)
         deleter.join(30)
         self.assertEqual(errors, [])
         job.refresh_from_db()
@@ -258,31 +247,63 @@ class OperatorTest(SafeJobsTransactionTestCase):
         self.assertFalse(RetryEvent.objects.filter(kind=Kind.KIND_OPERATOR_STOPPED).exists())
 
     def test_job_deleted_while_a_worker_claims_it_does_not_deadlock(self):
-        """Job.delete() and a claim of the same job, in two sessions: both end, no deadlock, no 500."""
+        """Job.delete() here and a claim of the same job in a worker process: both end, no deadlock, no 500."""
         job = CountingJob.enqueue()
-        locked, go = threading.Event(), threading.Event()
+        # The claim's order: the Job row, then its dispatch row (one statement in guard.py; two here, to wait between).
+        claimer = ClaimingProcess(LOCK_IN_CLAIM_ORDER_SCRIPT.format(job_pk=job.pk))
         errors = []
-
-        def claim():
-            # The claim's order: the Job row, then its dispatch row (one statement in guard.py; two here, to wait
-            # between them).
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(f'UPDATE {Job._meta.db_table} SET status = %s WHERE id = %s', ['running', job.pk])
-                locked.set()
-                go.wait(10)
-                time.sleep(0.5)
-                cursor.execute(f'UPDATE {JobDispatch._meta.db_table} SET claimed = clock_timestamp() '
-                               f'WHERE job_id = %s', [job.pk])
-
-        claimer = in_own_session(claim, errors)
-        self.assertTrue(locked.wait(10))
         deleter = in_own_session(lambda: Job.objects.get(pk=job.pk).delete(), errors)
-        go.set()
-        claimer.join(30)
+        time.sleep(0.5)  # the delete is under way
+        self.assertEqual(claimer.release(), 0, claimer.output)
         deleter.join(30)
         self.assertEqual(errors, [])
         self.assertFalse(Job.objects.filter(pk=job.pk).exists())
         self.assertFalse(JobDispatch.objects.filter(job_uuid=job.job_id).exists())
+
+
+# Run in a `netbox shell` of their own: a worker's claim, held inside its transaction until the test says go.
+CLAIM_SCRIPT = """
+import sys, uuid
+from django.db import transaction
+from core.models import Job
+from netbox_safejobs import guard
+from tests.jobs import CountingJob
+with transaction.atomic():
+    job = Job.objects.get(job_id='{job_uuid}')
+    assert guard.claim(CountingJob, job, token=uuid.UUID('{token}')) is not None
+    print('READY', flush=True)
+    sys.stdin.readline()
+"""
+LOCK_IN_CLAIM_ORDER_SCRIPT = """
+import sys, time
+from django.db import connection, transaction
+with transaction.atomic(), connection.cursor() as cursor:
+    cursor.execute("UPDATE core_job SET status = 'running' WHERE id = {job_pk}")
+    print('READY', flush=True)
+    sys.stdin.readline()
+    cursor.execute('UPDATE netbox_safejobs_jobdispatch SET claimed = clock_timestamp() WHERE job_id = {job_pk}')
+"""
+
+
+class ClaimingProcess:
+    """A `netbox shell` process that runs ``script`` against this test's database, stopped at its READY line."""
+
+    def __init__(self, script):
+        self.process = subprocess.Popen(netbox_command('shell', '--command', script), env=worker_env(),
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+        self.output = ''
+        for line in self.process.stdout:
+            self.output += line
+            if line.strip() == 'READY':
+                return
+        raise AssertionError(f'the claiming process ended before it held its locks:\n{self.output}')
+
+    def release(self, timeout=60):
+        """Let it go on and commit; its exit status."""
+        out, _ = self.process.communicate('go\n', timeout=timeout)
+        self.output += out
+        return self.process.returncode
 
 
 class LeaseTest(SafeJobsTransactionTestCase):
