@@ -255,8 +255,8 @@ def _close_deleted_task(job_id):
         with transaction.atomic(using=using):
             # Locked as it waits: a worker's claim of it now either committed first (the job runs, and keeps its
             # lease) or waits for this close and then finds the job failed, and does not run it.
-            job = (Job.objects.using(using).select_for_update(of=('self',))
-                   .filter(job_id=job_id, status__in=compat.CLAIMABLE_STATES).first())
+            job = Job.objects.using(using).select_for_update().filter(
+                job_id=job_id, status__in=compat.CLAIMABLE_STATES).first()
             if job is None:
                 return
             JobDispatch.objects.using(using).filter(job=job, claimed__isnull=True).delete()

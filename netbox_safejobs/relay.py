@@ -73,14 +73,15 @@ def _is_connection_error(e):
     return isinstance(e, (RedisError, OSError))
 
 
-def _tasks_present(connection, job_uuids):
-    """Which of these jobs' RQ tasks Redis holds: one pipelined EXISTS per task."""
+def _task_statuses(connection, job_uuids):
+    """The RQ status of each job's task (``None`` where Redis holds no task): one pipelined HGET per task."""
     from rq.job import Job as RQJob
 
     pipe = connection.pipeline(transaction=False)
     for job_uuid in job_uuids:
-        pipe.exists(RQJob.key_for(str(job_uuid)))
-    return {job_uuid for job_uuid, present in zip(job_uuids, pipe.execute(), strict=True) if present}
+        pipe.hget(RQJob.key_for(str(job_uuid)), 'status')
+    return {job_uuid: (status.decode() if isinstance(status, bytes) else status)
+            for job_uuid, status in zip(job_uuids, pipe.execute(), strict=True)}
 
 
 def _reowe(using, connection, queue_names):
@@ -106,8 +107,8 @@ def _reowe(using, connection, queue_names):
         rows = cursor.fetchall()
         for start in range(0, len(rows), BATCH):
             batch = rows[start:start + BATCH]
-            present = _tasks_present(connection, [job_uuid for _, job_uuid in batch])
-            lost = [row_id for row_id, job_uuid in batch if job_uuid not in present]
+            statuses = _task_statuses(connection, [job_uuid for _, job_uuid in batch])
+            lost = [row_id for row_id, job_uuid in batch if statuses[job_uuid] is None]
             if lost:
                 cursor.execute(f'UPDATE {table} SET sent = NULL, owed = clock_timestamp() WHERE id = ANY(%s)',
                                [lost])
@@ -126,17 +127,6 @@ _RUNNABLE = frozenset({'queued', 'started', 'scheduled', 'deferred'})
 
 # Where the sweep of sent rows goes on next time, per database: (sent, id) of the last row it looked at.
 _sweep_cursor = {}
-
-
-def _task_statuses(connection, job_uuids):
-    """The RQ status of each job's task (``None`` where Redis holds no task): one pipelined HGET per task."""
-    from rq.job import Job as RQJob
-
-    pipe = connection.pipeline(transaction=False)
-    for job_uuid in job_uuids:
-        pipe.hget(RQJob.key_for(str(job_uuid)), 'status')
-    return {job_uuid: (status.decode() if isinstance(status, bytes) else status)
-            for job_uuid, status in zip(job_uuids, pipe.execute(), strict=True)}
 
 
 def _forget_failed(connection, queue_name, job_uuids):
