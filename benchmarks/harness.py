@@ -1478,6 +1478,164 @@ def scenario_cost(ctx, mode, opts, runs_file):
     }
 
 
+def _proc_times(pid):
+    """
+    CPU seconds of a process, from /proc: (its own, its waited-for children's, of which in the kernel, the children's
+    minor page faults). Zeros once it is gone.
+    """
+    try:
+        fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    except OSError:
+        return 0.0, 0.0, 0.0, 0
+    tick = os.sysconf('SC_CLK_TCK')
+    # proc(5) numbers the fields from 1, the pid and the name before ``)``: cminflt is 11, utime 14, stime 15, cutime
+    # 16, cstime 17.
+    cminflt = int(fields[8])
+    utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
+    return (utime + stime) / tick, (cutime + cstime) / tick, cstime / tick, cminflt
+
+
+def _postgres_cpu(cursor):
+    """
+    CPU seconds of the PostgreSQL server so far: the postmaster, every backend alive and every backend that ended
+    (their time is the postmaster's children's time). ``None`` where its data directory or processes cannot be read.
+    """
+    try:
+        cursor.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'")
+        postmaster = int((Path(cursor.fetchone()[0]) / 'postmaster.pid').read_text().split()[0])
+    except Exception:
+        return None
+    own, children = _proc_times(postmaster)[:2]
+    total = own + children
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            if int(stat.read_text().rsplit(')', 1)[1].split()[1]) == postmaster:
+                total += _proc_times(stat.parent.name)[0]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _commits(cursor):
+    cursor.execute('SELECT pg_stat_clear_snapshot()')
+    cursor.execute('SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()')
+    return cursor.fetchone()[0]
+
+
+# The parts of the per-job profile, in the order of the table: the roles a statement's process plays.
+PROFILE_ROLES = ('enqueuing process', 'worker: main thread', 'worker: safejobs loop', 'work horse')
+
+
+def statement_profile(rows, harness_pid, worker_pids, jobs):
+    """
+    Statements per job, and their time to reply (ms per job), by role and by verb and table, from the lines of
+    ``statement_log``.
+    """
+    profile = {}
+    for pid, ppid, thread, verb, table, micros in rows:
+        if pid == harness_pid:
+            role = 'enqueuing process'
+        elif pid in worker_pids:
+            role = 'worker: safejobs loop' if thread == 'netbox-safejobs' else 'worker: main thread'
+        elif ppid in worker_pids:
+            role = 'work horse'
+        else:
+            continue
+        entry = profile.setdefault(f'{role} | {verb} {table}', [0, 0])
+        entry[0] += 1
+        entry[1] += micros
+    return {key: {'statements': round(count / jobs, 3), 'ms': round(micros / 1e3 / jobs, 3)}
+            for key, (count, micros) in sorted(profile.items())}
+
+
+@scenario
+def scenario_throughput(ctx, mode, opts, runs_file):
+    """
+    Throughput as in production: ``--workers`` rqworkers listening, one process enqueuing ``--throughput-jobs`` trivial
+    jobs, one transaction each, as fast as it can while the workers drain them; from the first enqueue to the last
+    completion. With it, per job: CPU of the workers' own processes (their main thread and the plugin's loop), of
+    their work horses, of PostgreSQL and of the enqueuing process, and the commits PostgreSQL counted. With
+    ``--profile``, every statement is logged instead (``statement_log``) and the run is not a timed one.
+    """
+    from core.models import Job
+    from django.db import connection, transaction
+
+    from benchmarks import statement_log
+    from benchmarks.runners import HarnessJob
+
+    log = ctx.workdir / f'statements-{mode}.log' if opts.profile else None
+    profiles = ctx.workdir / f'cprofile-{mode}' if opts.profile and opts.cprofile else None
+    env = ctx.env(mode, runs_file)
+    if log:
+        env[statement_log.LOG_VARIABLE] = str(log)
+        env['PYTHONPATH'] = os.pathsep.join([str(ROOT / 'benchmarks' / 'statement_hook'), env['PYTHONPATH']])
+        statement_log.install(str(log))
+    if profiles:
+        shutil.rmtree(profiles, ignore_errors=True)
+        profiles.mkdir()
+        env['SAFEJOBS_HORSE_CPROFILE'] = str(profiles)
+    pool = WorkerPool(ctx, mode, runs_file, env=env)
+    count = opts.throughput_jobs
+    try:
+        pool.wait_ready()
+        time.sleep(2)  # past each worker loop's first tick and first sweep: what is measured is the steady state
+        pids = {process.pid for process in pool.processes}
+        with connection.cursor() as cursor:
+            commits_before, postgres_before = _commits(cursor), _postgres_cpu(cursor)
+        workers_before = [_proc_times(pid) for pid in pids]
+        offset = log.stat().st_size if log and log.exists() else 0
+        cpu_before, first = time.process_time(), time.time()
+        committed = []
+        for _ in range(count):
+            with transaction.atomic():
+                committed.append(HarnessJob.enqueue().job_id)
+        enqueue_cpu = time.process_time() - cpu_before
+        polls = 0
+        deadline = time.monotonic() + opts.timeout
+        while time.monotonic() < deadline:
+            runs, _ = read_runs(runs_file)
+            if len(runs) >= count:
+                polls += 1
+                if Job.objects.filter(job_id__in=committed, status='completed').count() == count:
+                    break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f'{mode}: not every job completed within {opts.timeout} s')
+        last = max(Job.objects.filter(job_id__in=committed).values_list('completed', flat=True))
+        workers_after = [_proc_times(pid) for pid in pids]
+        with connection.cursor() as cursor:
+            postgres_after = _postgres_cpu(cursor)
+    finally:
+        pool.stop()
+        if log:
+            statement_log.install(None)
+    time.sleep(1)  # the backends of the stopped workers report their last transactions
+    with connection.cursor() as cursor:
+        commits = _commits(cursor) - commits_before - polls - 2
+    seconds = last.timestamp() - first
+    outcome = {
+        'throughput_jobs_per_s': round(count / seconds, 2),
+        'worker_cpu_ms_per_job': round(sum(a[0] - b[0] for a, b in zip(workers_after, workers_before, strict=True))
+                                       * 1e3 / count, 3),
+        'horse_cpu_ms_per_job': round(sum(a[1] - b[1] for a, b in zip(workers_after, workers_before, strict=True))
+                                      * 1e3 / count, 3),
+        'horse_kernel_ms_per_job': round(sum(a[2] - b[2] for a, b in zip(workers_after, workers_before, strict=True))
+                                         * 1e3 / count, 3),
+        'horse_page_faults_per_job': round(sum(a[3] - b[3] for a, b in zip(workers_after, workers_before,
+                                                                            strict=True)) / count),
+        'postgres_cpu_ms_per_job': (round((postgres_after - postgres_before) * 1e3 / count, 3)
+                                    if postgres_before is not None and postgres_after is not None else None),
+        'enqueue_cpu_ms_per_job': round(enqueue_cpu * 1e3 / count, 3),
+        'commits_per_job': round(commits / count, 2),
+    }
+    if log:
+        outcome['statements'] = statement_profile(statement_log.read(log, offset), os.getpid(), pids, count)
+        outcome['statements_per_job'] = round(sum(v['statements'] for v in outcome['statements'].values()), 2)
+    if profiles:
+        outcome['horse_profile'] = statement_log.horse_profile(str(profiles), count)
+    return outcome
+
+
 def recovery_at_scale(ctx, opts):
     """Time of one recovery pass with ``filler`` rows in core_job and 1,000 owed pushes (plugin only)."""
     from django.db import connection
@@ -1539,8 +1697,8 @@ def run(opts, ctx):
     cleanup()
     for scenario in opts.scenarios:
         results[scenario] = {}
-        if scenario == 'cost' and opts.pairs > 1:
-            results[scenario] = run_cost_pairs(opts, ctx)
+        if scenario in PAIRED and opts.pairs > 1 and not opts.profile:
+            results[scenario] = run_pairs(opts, ctx, scenario)
             continue
         for mode in MODES:
             set_mode(mode)
@@ -1564,30 +1722,33 @@ def run(opts, ctx):
     return results
 
 
-def run_cost_pairs(opts, ctx):
+def run_pairs(opts, ctx, scenario):
     """
-    The cost scenario ``opts.pairs`` times, stock and plugin one after the other, the order alternating from pair to
-    pair so that neither mode always runs on a warmer (or busier) machine. Returns the median of each figure per
-    mode, and the plugin/stock ratio of every pair under ``'pairs'``.
+    A scenario of ``PAIRED`` ``opts.pairs`` times, stock and plugin one after the other, the order alternating from
+    pair to pair so that neither mode always runs on a warmer (or busier) machine. Returns the median of each figure
+    per mode, and the plugin/stock ratio of every pair under ``'pairs'``.
     """
+    rows = PAIRED[scenario]
     pairs = []
     for number in range(opts.pairs):
         pair = {}
         for mode in (MODES if number % 2 == 0 else tuple(reversed(MODES))):
             set_mode(mode)
-            runs_file = ctx.workdir / f'cost-{number}-{mode}.runs'
+            runs_file = ctx.workdir / f'{scenario}-{number}-{mode}.runs'
             runs_file.unlink(missing_ok=True)
-            print(f'--- cost pair {number + 1}/{opts.pairs} / {mode}', flush=True)
+            print(f'--- {scenario} pair {number + 1}/{opts.pairs} / {mode}', flush=True)
             try:
-                pair[mode] = scenario_cost(ctx, mode, opts, runs_file)
+                pair[mode] = SCENARIOS[scenario](ctx, mode, opts, runs_file)
             finally:
                 set_mode('plugin')
                 cleanup()
             print(json.dumps(pair[mode]), flush=True)
         pairs.append(pair)
-    result = {mode: {key: round(statistics.median(p[mode][key] for p in pairs), 3) for key, _ in COST_ROWS}
+    result = {mode: {key: round(statistics.median(p[mode][key] for p in pairs), 3) for key, _ in rows
+                     if all(p[mode].get(key) is not None for p in pairs)}
               for mode in MODES}
-    result['pairs'] = [{key: round(p['plugin'][key] / p['stock'][key], 3) for key, _ in COST_ROWS if p['stock'][key]}
+    result['pairs'] = [{key: round(p['plugin'][key] / p['stock'][key], 3) for key, _ in rows
+                        if p['stock'].get(key) and p['plugin'].get(key) is not None}
                        for p in pairs]
     return result
 
@@ -1647,6 +1808,42 @@ COST_ROWS = (
     ('commit_to_start_ms_p50', 'commit→start p50, ms'), ('commit_to_start_ms_p99', 'commit→start p99, ms'),
     ('throughput_jobs_per_s', 'throughput, jobs/s'),
 )
+THROUGHPUT_ROWS = (
+    ('throughput_jobs_per_s', 'throughput, jobs/s'),
+    ('worker_cpu_ms_per_job', 'CPU of the workers (main thread, loop), ms/job'),
+    ('horse_cpu_ms_per_job', 'CPU of the work horses, ms/job'),
+    ('horse_kernel_ms_per_job', 'of which in the kernel (fork, page faults, exit), ms/job'),
+    ('horse_page_faults_per_job', 'page faults of the work horses, per job'),
+    ('postgres_cpu_ms_per_job', 'CPU of PostgreSQL, ms/job'),
+    ('enqueue_cpu_ms_per_job', 'CPU of the enqueuing process, ms/job'),
+    ('commits_per_job', 'commits per job'),
+    ('statements_per_job', 'statements per job'),
+)
+# The scenarios run in interleaved pairs with --pairs, and the figures their pairs compare.
+PAIRED = {'cost': COST_ROWS, 'throughput': THROUGHPUT_ROWS}
+
+
+def statement_table(modes):
+    """The per-job profile of a ``--profile`` run: statements and their time to reply, by role, verb and table."""
+    stock, plugin = modes.get('stock', {}).get('statements', {}), modes.get('plugin', {}).get('statements', {})
+    lines = ['| process | statement | stock: per job | stock: ms/job | plugin: per job | plugin: ms/job |',
+             '|---|---|---|---|---|---|']
+    role_order = {role: n for n, role in enumerate(PROFILE_ROLES)}
+    keys = sorted(set(stock) | set(plugin), key=lambda k: (role_order.get(k.split(' | ')[0], 9), k))
+    totals = {}
+    for key in keys:
+        role, statement = key.split(' | ', 1)
+        s, p = stock.get(key, {}), plugin.get(key, {})
+        for mode, entry in (('stock', s), ('plugin', p)):
+            total = totals.setdefault((role, mode), [0.0, 0.0])
+            total[0] += entry.get('statements', 0)
+            total[1] += entry.get('ms', 0)
+        lines.append(f"| {role} | `{statement}` | {s.get('statements', 0):g} | {s.get('ms', 0):g} | "
+                     f"{p.get('statements', 0):g} | {p.get('ms', 0):g} |")
+    for role in PROFILE_ROLES:
+        s, p = totals.get((role, 'stock'), [0, 0]), totals.get((role, 'plugin'), [0, 0])
+        lines.append(f'| **{role}** | all | {s[0]:.2f} | {s[1]:.2f} | {p[0]:.2f} | {p[1]:.2f} |')
+    return '\n'.join(lines) + '\n'
 
 
 def _fmt(value):
@@ -1666,24 +1863,27 @@ def markdown(results):
             lines.append('| core_job rows | owed pushes | pushed | pass time, s |\n|---|---|---|---|')
             lines.append(f'| {r["core_job_rows"]:,} | {r["owed_pushes"]:,} | {r["pushed"]:,} | {r["pass_seconds"]} |\n')
             continue
-        rows = COST_ROWS if scenario == 'cost' else ROWS
-        lines.append('| | stock | plugin |' + (' plugin/stock |' if scenario == 'cost' else ''))
-        lines.append('|---|---|---|' + ('---|' if scenario == 'cost' else ''))
+        paired = scenario in PAIRED
+        rows = PAIRED.get(scenario, ROWS)
+        lines.append('| | stock | plugin |' + (' plugin/stock |' if paired else ''))
+        lines.append('|---|---|---|' + ('---|' if paired else ''))
         for key, label in rows:
             stock, plugin = modes.get('stock', {}).get(key), modes.get('plugin', {}).get(key)
             if stock is None and plugin is None:
                 continue
             row = f'| {label} | {_fmt(stock)} | {_fmt(plugin)} |'
-            if scenario == 'cost':
+            if paired:
                 row += f' {plugin / stock:.3f} |' if stock and plugin else ' – |'
             lines.append(row)
+        if modes.get('stock', {}).get('statements') or modes.get('plugin', {}).get('statements'):
+            lines.append('\n' + statement_table(modes))
         if modes.get('pairs'):
             count = len(modes['pairs'])
             lines.append(f'\nMedians of {count} interleaved pairs. Plugin/stock ratio per pair:\n')
             lines.append('| | ' + ' | '.join(str(n + 1) for n in range(count))
                          + ' | median | min – max | order-balanced |')
             lines.append('|---|' + '---|' * (count + 3))
-            for key, label in COST_ROWS:
+            for key, label in rows:
                 ratios = [pair[key] for pair in modes['pairs'] if key in pair]
                 if ratios:
                     balanced = order_balanced(ratios)
@@ -1747,10 +1947,17 @@ def parse_args(argv=None):
     parser.add_argument('--core-job-rows', type=int, default=1_000_000)
     parser.add_argument('--owed', type=int, default=1000)
     parser.add_argument('--throughput-jobs', type=int, default=None,
-                        help='jobs of the throughput part of the cost scenario (default 1,000; 100 with --short)')
+                        help='jobs of the throughput scenario and of the throughput part of the cost scenario '
+                             '(default 1,000; 100 with --short)')
     parser.add_argument('--pairs', type=int, default=1,
-                        help='run the cost scenario this many times, stock and plugin interleaved, and report the '
-                             'median and the ratio of every pair')
+                        help='run the cost and throughput scenarios this many times, stock and plugin '
+                             'interleaved, and report the median, the spread and the ratio of every pair')
+    parser.add_argument('--profile', action='store_true',
+                        help='throughput scenario: log every statement of every process (one run per mode, not '
+                             'timed) and print the per-job profile')
+    parser.add_argument('--cprofile', action='store_true',
+                        help='with --profile: each work horse profiles itself with cProfile; the merged top '
+                             'functions per job go into the JSON results')
     parser.add_argument('--json', help='write the results as JSON to this file')
     parser.add_argument('--markdown', help='write the result tables as Markdown to this file')
     parser.add_argument('--chart', help='write the cost chart (PNG) to this file')

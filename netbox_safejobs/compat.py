@@ -41,6 +41,7 @@ __all__ = (
     'rq_workers',
     'system_job',
     'view_actions',
+    'warm_object_types',
 )
 
 logger = logging.getLogger('netbox_safejobs.compat')
@@ -530,3 +531,22 @@ def refresh_event_type_choices():
         field.choices = get_event_type_choices
         changed.append(class_name)
     return changed
+
+
+def warm_object_types():
+    """
+    Answer, once in this process, the question NetBox's ``ObjectTypeManager.get_for_model()`` asks PostgreSQL on its
+    first call in every process: does ``core_objecttype`` exist yet (``connection.introspection.table_names()``, a
+    ``pg_class`` scan)? NetBox keeps the answer in a class attribute (``_table_exists``, 4.4 and later, "remove in
+    v5.0"); a work horse forked from a worker that never asked asks again, for every job. Asked through NetBox's own
+    call. Returns whether the answer is kept (False on releases without the attribute).
+    """
+    try:
+        from core.models import Job
+        from core.models.object_types import ObjectType, ObjectTypeManager
+    except ImportError:
+        return False
+    if not hasattr(ObjectTypeManager, '_table_exists'):
+        return False
+    ObjectType.objects.get_for_model(Job)
+    return bool(ObjectTypeManager._table_exists)

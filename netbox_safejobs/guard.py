@@ -47,6 +47,7 @@ __all__ = (
     'release',
     'run',
     'run_nothing',
+    'warm',
     'wrap_handle',
 )
 
@@ -433,6 +434,24 @@ def run_nothing(original, runner, job, reason, kwargs):
 
     job.start = start
     return _run_held(original, runner, job, (), kwargs)
+
+
+def warm(using='default'):
+    """
+    Fill, in a worker before it forks, what every work horse would otherwise build again for its one job: the claim
+    and release statements, the retry schedules, and Django's metadata of the lease (its ``Exists`` condition
+    compiled once). Work horses inherit it; none of it is a database session. Call from a thread whose session is
+    closed afterwards (``sessions.run_in_own_session``): compiling may read the server's version.
+    """
+    from core.models import Job
+    from django.db.models import Exists, OuterRef
+
+    from .models import JobDispatch
+
+    _statements()
+    _schedules(get_settings())
+    leased = Exists(JobDispatch.objects.filter(job_id=OuterRef('pk'), token=uuid.uuid4()))
+    Job.objects.filter(leased).query.get_compiler(using=using).as_sql()
 
 
 def wrap_handle(original):

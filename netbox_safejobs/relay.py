@@ -61,6 +61,10 @@ class RelayReport:
     cleaned: int = 0
     errors: list = field(default_factory=list)
     redis_down: bool = False
+    # A Redis answered as another server than the last time this process looked (restarted, restored, failed over).
+    server_changed: bool = False
+    # The sweep looked at every sent, unclaimed row (its cursor is back at the start for every Redis).
+    swept_all: bool = False
 
 
 def _is_connection_error(e):
@@ -128,6 +132,9 @@ _RUNNABLE = frozenset({'queued', 'started', 'scheduled', 'deferred'})
 # Where the sweep of sent rows goes on next time, per database: (sent, id) of the last row it looked at.
 _sweep_cursor = {}
 
+# The ``run_id`` each Redis gave the last time this process looked: a new one is a new server process.
+_server_ids = {}
+
 
 def _forget_failed(connection, queue_name, job_uuids):
     """Take re-owed tasks out of RQ's failed registry: the job runs again, it is no longer a failure to look at."""
@@ -147,11 +154,12 @@ def sweep_sent(report, using='default', limit=BATCH):
 
     Looks at up to ``limit`` rows per Redis, oldest first, going on from where the previous sweep stopped: a backlog
     is covered over several sweeps, never the same first rows each time. Takes no row lock: the UPDATE owes a row
-    only while it is still sent and unclaimed.
+    only while it is still sent and unclaimed. Sets ``report.swept_all`` once every row has been looked at.
     """
     from .models import JobDispatch
 
     table = JobDispatch._meta.db_table
+    report.swept_all = True
     for connection, queue_names in redis_groups().values():
         cursor_key = (using, tuple(queue_names))
         after = _sweep_cursor.get(cursor_key)
@@ -164,6 +172,8 @@ def sweep_sent(report, using='default', limit=BATCH):
             )
             rows = cursor.fetchall()
             _sweep_cursor[cursor_key] = (rows[-1][3], rows[-1][0]) if len(rows) >= limit else None
+            if _sweep_cursor[cursor_key] is not None:
+                report.swept_all = False
             if not rows:
                 continue
             statuses = _task_statuses(connection, [row[1] for row in rows])
@@ -199,16 +209,38 @@ def redis_answers():
     return True
 
 
+def _marker_and_server(connection):
+    """
+    One round trip: the relay's marker and the server's ``run_id`` (``None`` where ``INFO`` is not allowed, as on some
+    managed Redis services: a change of server is then found by the periodic sweep only).
+    """
+    pipe = connection.pipeline(transaction=False)
+    pipe.get(EPOCH_KEY)
+    pipe.info('server')
+    marker, info = pipe.execute(raise_on_error=False)
+    if isinstance(marker, Exception):
+        raise marker
+    return marker, (info.get('run_id') if isinstance(info, dict) else None)
+
+
 def check_redis(report, using='default'):
     """
-    Look at each Redis of the RQ queues: answering, and still holding the relay's marker. Returns False when one does
-    not answer (nothing can be sent to it now; the caller skips the database query).
+    Look at each Redis of the RQ queues: answering, still holding the relay's marker, and still the server it was.
+    A Redis restored from a snapshot, or a replica promoted in a failover, keeps the marker but not the server's
+    ``run_id``: ``report.server_changed`` then asks for a sweep (``sweep_sent``). Returns False when one does not
+    answer (nothing can be sent to it now; the caller skips the database query).
     """
     ok = True
-    for connection, queue_names in redis_groups().values():
+    for key, (connection, queue_names) in redis_groups().items():
         try:
-            if connection.get(EPOCH_KEY) is None:
+            marker, server = _marker_and_server(connection)
+            if marker is None:
                 report.reowed += _reowe(using, connection, queue_names)
+            previous = _server_ids.get(key)
+            if server is not None:
+                _server_ids[key] = server
+                if previous is not None and previous != server:
+                    report.server_changed = True
         except Exception as e:
             if not _is_connection_error(e):
                 raise
@@ -326,15 +358,15 @@ def _send_batch(report, using, age, limit, dry_run):
 
 def send_owed(report=None, using='default', limit=BATCH, dry_run=False, sweep=False):
     """
-    Send every owed push (in batches), unless Redis does not answer. With ``sweep``, first owe again the sent rows
-    whose task RQ lost (``sweep_sent``). Returns the ``RelayReport``.
+    Send every owed push (in batches), unless Redis does not answer. With ``sweep``, or when a Redis is another server
+    than last time, first owe again the sent rows whose task RQ lost (``sweep_sent``). Returns the ``RelayReport``.
     """
     report = report or RelayReport()
     age = get_settings().unknown_push_age
     try:
         if not dry_run and not check_redis(report, using):
             return report
-        if sweep and not dry_run:
+        if (sweep or report.server_changed) and not dry_run:
             sweep_sent(report, using)
         # An idle relay stops here: one indexed statement, no transaction.
         if not _anything_owed(using, age):

@@ -7,10 +7,13 @@ A daemon thread started when RQ's ``Worker.work()`` starts and stopped when it r
 and RQ's ``monitor_work_horse()``). Each tick, every ``relay_interval`` seconds:
 
 1. the relay (``relay.send_owed``): one Redis ``GET`` per Redis and, when Redis answers, one indexed query that finds
-   nothing when nothing is owed. Every ``SWEEP_INTERVAL`` seconds (and on the first tick) it also owes again the
-   sent, unclaimed rows whose task RQ no longer holds runnable (``relay.sweep_sent``). While Redis does not answer,
-   the loop asks it every ``REDIS_POLL`` seconds instead (no database query), so that the owed pushes of an outage
-   leave within a fraction of a second of its end;
+   nothing when nothing is owed; the same ``GET`` carries Redis's ``INFO server``, whose ``run_id`` tells a Redis
+   that came back as another server (restored from a snapshot, a replica promoted). The sweep, which owes again the
+   sent, unclaimed rows whose task RQ no longer holds runnable (``relay.sweep_sent``), runs on the first tick, when
+   a Redis is another server, after a tick that failed (the database or Redis was away: a task may have failed
+   before its claim), until it has covered every row, and otherwise every ``SWEEP_INTERVAL`` seconds as a backstop.
+   While Redis does not answer, the loop asks it every ``REDIS_POLL`` seconds instead (no database query), so that
+   the owed pushes of an outage leave within a fraction of a second of its end;
 2. every ``heartbeat_interval`` seconds, the worker's heartbeat (one statement), the stale-worker check
    (``liveness.close_stale``, one indexed query when nothing is stale) and the check of its own work horses
    (``liveness.close_dead_horses``, one indexed query). The stale-worker check runs only once the loop itself has
@@ -28,7 +31,7 @@ import time
 
 from django.db import close_old_connections, connections
 
-from . import liveness, relay, sessions, workers
+from . import compat, guard, liveness, relay, sessions, workers
 from .choices import RetryEventKindChoices
 from .queues import bound_redis_retries
 from .settings import get_settings
@@ -46,9 +49,11 @@ logger = logging.getLogger('netbox_safejobs.worker_loop')
 # Seconds between two looks at a Redis that does not answer (a PING; no database query).
 REDIS_POLL = 0.1
 
-# Seconds between two sweeps of the sent, unclaimed rows against what RQ holds (``relay.sweep_sent``); the first tick
-# of a worker sweeps at once.
-SWEEP_INTERVAL = 2.0
+# Seconds between two backstop sweeps of the sent, unclaimed rows against what RQ holds (``relay.sweep_sent``). The
+# faults the sweep exists for are seen and swept at once (a new Redis server, a tick that failed); the backstop is for
+# what no tick of this worker saw: another worker's claim that failed while this loop's ticks went through. It reads
+# the whole backlog of sent rows, so it is not run every tick: under load that read was most of the loop's cost.
+SWEEP_INTERVAL = 30.0
 
 
 class WorkerLoop(threading.Thread):
@@ -62,6 +67,9 @@ class WorkerLoop(threading.Thread):
         self.redis_down = False
         # Since when (monotonic) every tick of this loop has worked: the time over which it may judge others' staleness.
         self.working_since = None
+        # A sweep is wanted on the first tick, after a failed tick, and when a Redis is another server, until it has
+        # covered every sent row; otherwise at ``_next_sweep``.
+        self._sweep_wanted = True
         self._next_sweep = 0.0
 
     def stop(self, timeout=10):
@@ -102,11 +110,17 @@ class WorkerLoop(threading.Thread):
 
     def _relay(self):
         now = time.monotonic()
-        sweep = now >= self._next_sweep
+        sweep = self._sweep_wanted or now >= self._next_sweep
         report = relay.send_owed(sweep=sweep)
         self.redis_down = report.redis_down
-        if sweep and not report.redis_down and not report.errors:
+        if report.server_changed:
+            logger.warning('a Redis of the RQ queues is another server than before (restarted, restored or failed '
+                           'over): sweeping the sent jobs against what it holds')
+        if (sweep or report.server_changed) and not report.redis_down and not report.errors:
+            self._sweep_wanted = not report.swept_all
             self._next_sweep = now + SWEEP_INTERVAL
+        elif report.redis_down or report.errors:
+            self._sweep_wanted = True
         if report.pushed or report.reowed or report.rejected:
             logger.warning('relay: sent %d owed push(es)%s%s', len(report.pushed),
                            f', {report.reowed} owed again after Redis lost its data' if report.reowed else '',
@@ -142,8 +156,10 @@ class WorkerLoop(threading.Thread):
                         logger.warning('worker loop working again')
                         self._failing = False
                 except Exception:
-                    # The database or Redis is away: say it once, keep trying every tick.
+                    # The database or Redis is away: say it once, keep trying every tick. A task taken meanwhile may
+                    # have failed in RQ before its claim: sweep once it works again.
                     self.working_since = None
+                    self._sweep_wanted = True
                     if not self._failing:
                         logger.exception('worker loop tick failed; trying again every %ss (said once while it '
                                          'lasts)', self.settings.relay_interval)
@@ -203,6 +219,10 @@ def start(worker):
             sessions.run_in_own_session(workers.beat, identity)
         except Exception:
             logger.exception('worker heartbeat not written at start-up; the loop will try again')
+        try:
+            sessions.run_in_own_session(warm, identity.guard)
+        except Exception:
+            logger.warning('work horses not prepared at start-up; each builds what it needs', exc_info=True)
         _loop = WorkerLoop(identity, settings)
         _loop.start()
         logger.info('worker loop started for %s (relay every %ss, heartbeat every %ss)', identity.name,
@@ -211,6 +231,17 @@ def start(worker):
         logger.exception('worker loop not started; owed pushes wait for `netbox safejobs_recover`')
         _loop = None
     return _loop
+
+
+def warm(with_guard):
+    """
+    What every work horse would otherwise work out again, once per job, worked out once in the worker it forks
+    from: the guard's statements and metadata, and NetBox's own check that its ``core_objecttype`` table exists
+    (``compat.warm_object_types``).
+    """
+    if with_guard:
+        guard.warm()
+    compat.warm_object_types()
 
 
 def stop():

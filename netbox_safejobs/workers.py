@@ -102,8 +102,10 @@ class LeaseHeartbeat(threading.Thread):
 
         sql = (f'UPDATE {JobDispatch._meta.db_table} SET heartbeat = clock_timestamp() '
                f'WHERE job_id = %s AND token = %s')
+        beat = False
         try:
             while not self._done.wait(self.interval):
+                beat = True
                 try:
                     with connections[self.using].cursor() as cursor:
                         cursor.execute(sql, [self.job_pk, self.token])
@@ -111,7 +113,10 @@ class LeaseHeartbeat(threading.Thread):
                     logger.warning('lease heartbeat of job %s failed (%s); trying again', self.job_pk, e)
                     connections[self.using].close()
         finally:
-            connections.close_all()
+            # A job shorter than one interval never beat: this thread has no connection to close (and building
+            # Django's per-thread connection objects only to close them costs every short job).
+            if beat:
+                connections.close_all()
 
     def stop(self):
         self._done.set()

@@ -298,6 +298,36 @@ class RelayInWorkerTest(SafeJobsTransactionTestCase):
         self.assertEqual([run_count(job.job_id) for job in jobs], [1] * 20)
         self.assertFalse(RetryEvent.objects.filter(kind=Kind.KIND_DUPLICATE_SKIPPED).exists())
 
+    def test_redis_restored_under_a_running_worker_is_swept_at_once(self):
+        """
+        The same restore while a worker keeps running: its loop sees Redis come back as another server (a new
+        ``run_id``) and sweeps at once, not at the backstop's next turn. Scheduled jobs, so that the worker cannot run
+        them first: each task is back in Redis within 5 s of Redis answering, sent once more, not run.
+        """
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        worker = self.worker()
+        warm = CountingJob.enqueue()
+        self.wait_for(lambda: self.completed([warm]), timeout=60, message='worker ready')
+        time.sleep(1.5)  # past the loop's first sweep
+        client = get_push_queue('default').connection
+        client.save()
+        jobs = [CountingJob.enqueue(schedule_at=timezone.now() + timedelta(hours=1)) for _ in range(5)]
+        self.assertEqual(JobDispatch.objects.filter(job__in=jobs, sent__isnull=False).count(), 5)
+        self.server.stop()
+        self.server.start()
+        back = time.monotonic()
+        self.assertEqual([job for job in jobs if RQJob.exists(str(job.job_id), connection=client)], [])
+        self.wait_for(lambda: all(RQJob.exists(str(job.job_id), connection=client) for job in jobs), timeout=20,
+                      interval=0.1, message='every task back in Redis')
+        self.assertLess(time.monotonic() - back, 5, 'not swept within 5 s of Redis answering')
+        self.assertIsNone(worker.process.poll(), 'the worker exited')
+        self.assertEqual(RetryEvent.objects.filter(kind=Kind.KIND_RECOVERED,
+                                                   job_uuid__in=[job.job_id for job in jobs]).count(), 5)
+        self.assertEqual([run_count(job.job_id) for job in jobs], [0] * 5)
+
     def test_worker_busy_when_redis_goes_away_keeps_working(self):
         # RQ ends its work loop when Redis goes away while it runs a job (the end of the job is written to Redis),
         # and `netbox rqworker` exits. The plugin resumes RQ's loop once Redis answers, in the same process.
