@@ -144,3 +144,40 @@ class CaughtFaultsHarnessTest(SafeJobsTransactionTestCase):
                          report)
         self.assertEqual(plugin['rq_failed'], {}, report)
 
+
+
+class ThroughputProfileHarnessTest(SafeJobsTransactionTestCase):
+    """
+    The throughput scenario's profile, short: real workers draining while this process enqueues, every statement of
+    every process logged. What the plugin adds to a job, and what its workers' warm-up takes away, statement by
+    statement.
+    """
+
+    JOBS = 20
+
+    def test_plugin_adds_claim_and_release_and_its_horses_skip_the_catalogue_scan(self):
+        from core.models.object_types import ObjectTypeManager
+
+        results, report = run_harness(['--scenarios', 'throughput', '--throughput-jobs', str(self.JOBS), '--profile',
+                                       '--timeout', '180', '--no-recovery-scale'], workers=1)
+        stock, plugin = (results['throughput'][mode] for mode in harness.MODES)
+        for outcome in (stock, plugin):
+            self.assertGreater(outcome['throughput_jobs_per_s'], 0, report)
+            self.assertGreater(outcome['horse_cpu_ms_per_job'], 0, report)
+            self.assertGreater(outcome['commits_per_job'], 1, report)
+
+        def per_job(outcome, key):
+            return outcome['statements'].get(key, {}).get('statements', 0)
+
+        # The plugin's work horse: one claim, one release, and NetBox's own two saves of the job.
+        self.assertEqual(per_job(plugin, 'work horse | WITH core_job'), 1, report)
+        self.assertEqual(per_job(plugin, 'work horse | DELETE netbox_safejobs_jobdispatch'), 1, report)
+        self.assertEqual(per_job(plugin, 'work horse | UPDATE core_job'), 2, report)
+        self.assertEqual(per_job(stock, 'work horse | UPDATE core_job'), 2, report)
+        # The enqueue: the outbox row beside the Job row, and its stamp once pushed.
+        self.assertEqual(per_job(plugin, 'enqueuing process | INSERT netbox_safejobs_jobdispatch'), 1, report)
+        self.assertEqual(per_job(plugin, 'enqueuing process | UPDATE netbox_safejobs_jobdispatch'), 1, report)
+        if hasattr(ObjectTypeManager, '_table_exists'):
+            # NetBox asks the catalogue once per process, so once per stock work horse; never in the plugin's.
+            self.assertEqual(per_job(stock, 'work horse | SELECT pg_catalog'), 1, report)
+            self.assertEqual(per_job(plugin, 'work horse | SELECT pg_catalog'), 0, report)

@@ -27,26 +27,31 @@ def backend_pid():
         return cursor.fetchone()[0]
 
 
+def in_forked_child(test, func):
+    """``func()`` in a forked child, which writes the text it returns to this process; the test fails if it raised."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            os.write(write, func().encode())
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as f:
+        value = f.read()
+    _, status = os.waitpid(pid, 0)
+    test.assertEqual(os.waitstatus_to_exitcode(status), 0)
+    return value
+
+
 class ForkHookTest(TransactionTestCase):
 
     def session_in_child(self):
         """The session a forked child queries in (its first query, through Django's connection)."""
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 0
-            try:
-                os.write(write, str(backend_pid()).encode())
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(write)
-        with os.fdopen(read) as f:
-            value = f.read()
-        _, status = os.waitpid(pid, 0)
-        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
-        return int(value)
+        return int(in_forked_child(self, lambda: str(backend_pid())))
 
     def test_child_opens_its_own_session_and_leaves_the_parents(self):
         parent = backend_pid()
@@ -73,6 +78,60 @@ class ForkHookTest(TransactionTestCase):
         self.assertNotEqual(backend_pid(), theirs)
         with self.assertRaises(ZeroDivisionError):
             sessions.run_in_own_session(lambda: 1 / 0)
+
+
+class WarmUpTest(TransactionTestCase):
+    """
+    What a worker works out once before it forks, its work horses do not work out again for every job: NetBox's check
+    that ``core_objecttype`` exists (a ``pg_class`` scan in a fresh session) and the guard's statements. The worker's
+    thread that forks keeps no session for it.
+    """
+
+    def child_queries(self):
+        """In a forked child: the statements of NetBox's ``get_for_model(Job)``, and whether it had to build the
+        guard's statements itself."""
+        import json
+
+        from core.models.object_types import ObjectType
+        from django.test.utils import CaptureQueriesContext
+
+        from netbox_safejobs import guard
+
+        def in_child():
+            with CaptureQueriesContext(connection) as queries:
+                ObjectType.objects.get_for_model(Job)
+            before = guard._statements.cache_info().misses
+            guard._statements()
+            return json.dumps({'sql': [q['sql'] for q in queries.captured_queries],
+                               'built': guard._statements.cache_info().misses - before})
+
+        return json.loads(in_forked_child(self, in_child))
+
+    def test_work_horses_inherit_the_warm_up_and_no_session(self):
+        from core.models.object_types import ObjectTypeManager
+
+        from netbox_safejobs import guard, worker_loop
+
+        self.addCleanup(setattr, ObjectTypeManager, '_table_exists', True)
+        self.addCleanup(sessions.install_fork_hook, enabled=False)
+        sessions.install_fork_hook()
+        connection.close()
+        # Without the warm-up (stock NetBox's worker): every child asks PostgreSQL's catalogue, and builds the
+        # guard's statements.
+        ObjectTypeManager._table_exists = False
+        guard._statements.cache_clear()
+        cold = self.child_queries()
+        self.assertTrue(any('pg_class' in sql for sql in cold['sql']), cold['sql'])
+        self.assertEqual(cold['built'], 1)
+        # After it, done once in a session of its own that is closed again.
+        ObjectTypeManager._table_exists = False
+        guard._statements.cache_clear()
+        sessions.run_in_own_session(worker_loop.warm, True)
+        self.assertIsNone(connection.connection, 'the warm-up left the forking thread a session')
+        warm = self.child_queries()
+        self.assertFalse(any('pg_class' in sql for sql in warm['sql']), warm['sql'])
+        self.assertEqual(len(warm['sql']), len(cold['sql']) - 1)
+        self.assertEqual(warm['built'], 0)
 
 
 class WorkHorseSessionTest(SafeJobsTransactionTestCase):
