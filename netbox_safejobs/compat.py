@@ -537,9 +537,9 @@ def warm_object_types():
     """
     Answer, once in this process, the question NetBox's ``ObjectTypeManager.get_for_model()`` asks PostgreSQL on its
     first call in every process: does ``core_objecttype`` exist yet (``connection.introspection.table_names()``, a
-    ``pg_class`` scan)? NetBox keeps the answer in a class attribute (``_table_exists``, 4.4 and later, "remove in
-    v5.0"); a work horse forked from a worker that never asked asks again, for every job. Asked through NetBox's own
-    call. Returns whether the answer is kept (False on releases without the attribute).
+    ``pg_class`` scan)? NetBox keeps the answer in a class attribute (``_table_exists``, since the fix of NetBox #21231;
+    the releases before it ask on every call); a work horse forked from a worker that never asked asks again, for
+    every job. Asked through NetBox's own call. Returns whether the answer is kept (False without the attribute).
     """
     try:
         from core.models import Job
