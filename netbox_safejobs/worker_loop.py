@@ -52,7 +52,7 @@ REDIS_POLL = 0.1
 # Seconds between two backstop sweeps of the sent, unclaimed rows against what RQ holds (``relay.sweep_sent``). The
 # faults the sweep exists for are seen and swept at once (a new Redis server, a tick that failed); the backstop is for
 # what no tick of this worker saw: another worker's claim that failed while this loop's ticks went through. It reads
-# the whole backlog of sent rows, so it is not run every tick: under load that read was most of the loop's cost.
+# the whole backlog of sent rows (up to 500 a time) and asks Redis for each task, in every worker: not every tick.
 SWEEP_INTERVAL = 30.0
 
 
