@@ -37,6 +37,8 @@ class RetryEventKindChoices(ChoiceSet):
     KIND_PAYLOAD_REJECTED = 'payload_rejected'
     # An operator deleted or stopped the job's task in Background Tasks: the plugin does not send it again.
     KIND_OPERATOR_STOPPED = 'operator_stopped'
+    # An event rule's webhook: an attempt failed (RQ retries it, or gave up), or its work horse died mid-request.
+    KIND_WEBHOOK_FAILED = 'webhook_failed'
 
     CHOICES = [
         (KIND_RETRY, _('Retry'), 'yellow'),
@@ -50,6 +52,7 @@ class RetryEventKindChoices(ChoiceSet):
         (KIND_ROW_DELETED, _('Row deleted mid-run'), 'gray'),
         (KIND_PAYLOAD_REJECTED, _('Stored push rejected'), 'red'),
         (KIND_OPERATOR_STOPPED, _('Stopped by operator'), 'gray'),
+        (KIND_WEBHOOK_FAILED, _('Webhook failed'), 'orange'),
     ]
 
 
@@ -139,6 +142,15 @@ KIND_HELP = {
         'Background Tasks. It is not sent again.',
         'Nothing: that was a decision. Enqueue the job anew to run it.',
     ),
+    'webhook_failed': (
+        'webhooks, liveness',
+        "An event rule's webhook was not delivered: the receiver failed or answered with an error (`attempt` is the "
+        'attempt, `delay` the seconds until RQ tries again, per `RQ_RETRY_MAX` and `RQ_RETRY_INTERVAL`), or the work '
+        'horse sending it died (it is sent again). After the last attempt the webhook is kept as given up under Jobs '
+        'in flight.',
+        'Check the receiver. Once it answers, send a given-up webhook again from its page under Jobs in flight or '
+        'with `netbox safejobs_recover --resend-webhooks`.',
+    ),
 }
 
 
@@ -170,6 +182,7 @@ class JobDispatchStateChoices(ChoiceSet):
     STATE_OWED = 'owed'
     STATE_CLAIMED = 'claimed'
     STATE_STUCK = 'stuck'
+    STATE_GAVE_UP = 'gave_up'
 
     CHOICES = [
         (STATE_WRITTEN, _('Written'), 'cyan'),
@@ -177,4 +190,5 @@ class JobDispatchStateChoices(ChoiceSet):
         (STATE_OWED, _('Owed'), 'orange'),
         (STATE_CLAIMED, _('Claimed'), 'green'),
         (STATE_STUCK, _('Stuck candidate'), 'red'),
+        (STATE_GAVE_UP, _('Gave up'), 'red'),
     ]

@@ -42,6 +42,8 @@ __all__ = (
     'system_job',
     'view_actions',
     'warm_object_types',
+    'webhook_push_module',
+    'worker_checks',
 )
 
 logger = logging.getLogger('netbox_safejobs.compat')
@@ -550,3 +552,51 @@ def warm_object_types():
         return False
     ObjectType.objects.get_for_model(Job)
     return bool(ObjectTypeManager._table_exists)
+
+
+def webhook_push_module():
+    """
+    ``(module, None)``: the module whose ``get_queue`` global pushes event rules' webhooks to RQ
+    (``get_queue(...).enqueue('extras.webhooks.send_webhook', ...)``): ``extras.event_rules`` (``WebhookAction``,
+    NetBox 4.7) or ``extras.events`` (``process_event_rules``, 4.2 – 4.6); or ``(None, reason)``. Found by what the
+    module's code pushes, not by a version number.
+    """
+    import importlib
+
+    for name in ('extras.event_rules', 'extras.events'):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if not callable(getattr(module, 'get_queue', None)):
+            continue
+        try:
+            source = inspect.getsource(module)
+        except (OSError, TypeError):
+            continue
+        if 'extras.webhooks.send_webhook' in source:
+            return module, None
+    return None, 'no module of extras pushes extras.webhooks.send_webhook through a get_queue global'
+
+
+# The modules that ask whether a worker listens before they push (a script run from the UI and the REST API, a
+# background API request of 4.6+, the search cache of 4.7), each importing the check by name.
+_WORKER_CHECK_USERS = ('extras.views', 'extras.api.views', 'netbox.api.viewsets.mixins', 'netbox.search.deferred')
+
+
+def worker_checks():
+    """
+    ``[(module, name, counts)]``: NetBox's "is a worker running?" functions, ``any_workers_for_queue`` (a bool; 4.6+)
+    and ``get_workers_for_queue`` (a number; every supported NetBox), in ``utilities.rqworker`` and in each module
+    of ``_WORKER_CHECK_USERS`` already imported under that name. The views import them when the URLconf loads, after
+    the plugin's ``ready()``: they take the wrapper from ``utilities.rqworker``.
+    """
+    import importlib
+
+    try:
+        modules = [importlib.import_module('utilities.rqworker')]
+    except ImportError:
+        return []
+    modules += [sys.modules[name] for name in _WORKER_CHECK_USERS if name in sys.modules]
+    return [(module, name, name.startswith('get_')) for module in modules
+            for name in ('any_workers_for_queue', 'get_workers_for_queue') if callable(getattr(module, name, None))]

@@ -51,6 +51,7 @@ __all__ = (
     'mark_owed',
     'mark_sent',
     'push',
+    'pushes_deferred',
     'pushes_deferred_to_relay',
     'successors_held',
     'wrap_delete',
@@ -378,9 +379,14 @@ def pushes_deferred_to_relay():
         _local.no_push = depth
 
 
+def pushes_deferred():
+    """Whether this thread is inside ``pushes_deferred_to_relay()``: a push is then stamped owed, not attempted."""
+    return bool(getattr(_local, 'no_push', 0))
+
+
 def push(job, runner, captured, using, dispatch_id):
     """Send one push to RQ, after commit. Never raises: the data is committed and the push is stored."""
-    if getattr(_local, 'no_push', 0):
+    if pushes_deferred():
         mark_owed(using, dispatch_id)
         return
     try:

@@ -47,6 +47,7 @@ _LEVELS = {
     RetryEventKindChoices.KIND_ROW_DELETED: logging.WARNING,
     RetryEventKindChoices.KIND_PAYLOAD_REJECTED: logging.ERROR,
     RetryEventKindChoices.KIND_OPERATOR_STOPPED: logging.WARNING,
+    RetryEventKindChoices.KIND_WEBHOOK_FAILED: logging.WARNING,
 }
 
 

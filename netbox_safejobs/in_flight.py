@@ -7,6 +7,7 @@ relay and the liveness pass make, by the database's clock:
 
 - a row left *written* (neither sent nor owed) for ``unknown_push_age`` seconds lost its pushing process: the relay
   sends it like an owed one, so it is shown as **owed**;
+- a webhook whose every attempt failed is **gave up** (``webhooks.py``) until an operator sends it again;
 - a claimed lease whose worker and whose own heartbeat are both older than ``stuck_after`` is a **stuck
   candidate**: the rule of ``liveness.stale_leases``, which closes it at its next pass (a lease without a worker,
   the ``immediate`` jobs of ``netbox runscript``, never is).
@@ -32,7 +33,7 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.functions import Greatest
+from django.db.models.functions import Coalesce, Greatest
 from utilities.querysets import RestrictedQuerySet
 
 from .choices import JobDispatchStateChoices
@@ -49,6 +50,7 @@ __all__ = (
 # The states in the order an operator reads them: what is not moving first.
 STATE_ORDER = (
     JobDispatchStateChoices.STATE_STUCK,
+    JobDispatchStateChoices.STATE_GAVE_UP,
     JobDispatchStateChoices.STATE_OWED,
     JobDispatchStateChoices.STATE_WRITTEN,
     JobDispatchStateChoices.STATE_SENT,
@@ -89,8 +91,10 @@ def state_q(state, settings=None):
     lost_push = Q(owed__isnull=True, sent__isnull=True, created__lt=_ago(settings.unknown_push_age))
     if state == S.STATE_STUCK:
         return _stuck_q(settings.stuck_after)
+    if state == S.STATE_GAVE_UP:
+        return Q(gave_up__isnull=False)
     if state == S.STATE_CLAIMED:
-        return Q(claimed__isnull=False) & ~_stuck_q(settings.stuck_after)
+        return Q(claimed__isnull=False, gave_up__isnull=True) & ~_stuck_q(settings.stuck_after)
     if state == S.STATE_OWED:
         return unclaimed & (Q(owed__isnull=False) | lost_push)
     if state == S.STATE_SENT:
@@ -125,7 +129,8 @@ def dispatch_queryset(queryset=None):
     job = Job.objects.filter(pk=OuterRef('job_id')).order_by()
     return queryset.defer('payload').annotate(
         dispatch_state=state_expression(),
-        job_name=Subquery(job.values('name')[:1]),
+        # A webhook has no Job: its row names it.
+        job_name=Coalesce(Subquery(job.values('name')[:1]), F('name')),
         age=ExpressionWrapper(DatabaseNow() - F('created'), output_field=DurationField()),
         worker_seen=Subquery(worker.values('seen')[:1]),
         worker_name=Subquery(worker.values('name')[:1]),

@@ -17,6 +17,8 @@ for ``stuck_after`` seconds (``worker_loop.WorkerLoop.may_judge``: an outage of 
 closed here whose work horse runs on after all cannot be reopened by it: the horse saves the job only while its
 lease exists (``guard._update_only``).
 
+A webhook's lease (a task without a Job) is not closed but owed again: the relay sends it once more.
+
 A job whose worker keeps heartbeating is never closed, however long it runs and whatever happens to Redis. A lease
 without a worker (``immediate`` jobs, run by ``netbox runscript`` in its own process) is never closed.
 
@@ -74,8 +76,40 @@ def _original_handle():
     return getattr(func, '__safejobs_original__', func)
 
 
+def _release_task(using, lease_id, reason, kind):
+    """
+    The lease of a task without a Job (an event rule's webhook, ``webhooks.py``) whose work horse died: owed again, so
+    the relay sends it once more (delivered at least once), or, stopped by an operator, kept as given up. Returns
+    ``(handled, task UUID or None)``: not handled when the lease is a job's.
+    """
+    table, _ = _tables()
+    if kind == RetryEventKindChoices.KIND_OPERATOR_STOPPED:
+        sets = 'gave_up = clock_timestamp(), token = NULL, worker = NULL, worker_pid = NULL'
+        then = 'Kept as given up: send it again from its page under Jobs in flight if it should be delivered.'
+    else:
+        sets = ("claimed = NULL, token = NULL, worker = NULL, worker_host = '', worker_pid = NULL, heartbeat = NULL, "
+                'sent = NULL, owed = clock_timestamp()')
+        then = 'It is owed again: the relay sends it, and the receiver may get it twice.'
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(f'SELECT job_id IS NULL FROM {table} WHERE id = %s AND claimed IS NOT NULL FOR UPDATE',
+                       [lease_id])
+        row = cursor.fetchone()
+        if row is None or not row[0]:
+            return row is None, None
+        cursor.execute(f'UPDATE {table} SET {sets} WHERE id = %s RETURNING job_uuid, name, runner, queue_name, '
+                       f'worker_host', [lease_id])
+        task_uuid, name, runner, queue_name, host = cursor.fetchone()
+        events.record(RetryEventKindChoices.KIND_WEBHOOK_FAILED if kind != RetryEventKindChoices.KIND_OPERATOR_STOPPED
+                      else kind, job_uuid=task_uuid, job_name=name, runner=runner, queue=queue_name,
+                      detail=f'{reason} (worker {host or "?"}) while it was being sent. {then}', using=using)
+    return True, task_uuid
+
+
 def _close(using, lease_id, reason, kind):
     """Delete one lease and close its job, in one transaction. Returns the job UUID, or None if another pass did."""
+    handled, task_uuid = _release_task(using, lease_id, reason, kind)
+    if handled:
+        return task_uuid
     try:
         return _close_through_netbox(using, lease_id, reason, kind)
     except Exception as e:

@@ -194,9 +194,15 @@ class JobDispatch(models.Model):
         to='core.Job',
         on_delete=models.CASCADE,
         related_name='+',
+        null=True,
         editable=False,
+        # Empty for a task that is not a NetBox job (an event rule's webhook, ``webhooks.py``): such a row is the
+        # task's only record, and ``job_uuid`` is its RQ task id.
     )
     job_uuid = models.UUIDField(editable=False)
+    # What the task is, for a row without a Job (a webhook: its name, the object type and the event); a job's name
+    # is its Job row's.
+    name = models.CharField(max_length=200, blank=True, db_default='', default='', editable=False)
     queue_name = models.CharField(max_length=100, blank=True, editable=False)
     runner = models.CharField(max_length=255, blank=True, editable=False)
     method = models.CharField(max_length=20, blank=True, editable=False)
@@ -211,6 +217,9 @@ class JobDispatch(models.Model):
     heartbeat = models.DateTimeField(null=True, editable=False)
     worker_host = models.CharField(max_length=255, blank=True, editable=False)
     worker_pid = models.PositiveIntegerField(null=True, editable=False)
+    # A task without a Job whose every attempt failed (RQ's ``retries_left`` ran out): kept, claimed by no worker,
+    # with its stored push, until an operator sends it again or deletes it.
+    gave_up = models.DateTimeField(null=True, editable=False)
 
     class Meta:
         ordering = ('created', 'pk')
@@ -250,6 +259,8 @@ class JobDispatch(models.Model):
 
     @property
     def state(self):
+        if self.gave_up:
+            return 'gave up'
         if self.claimed:
             return 'claimed'
         if self.owed:
@@ -279,6 +290,9 @@ class WorkerHeartbeat(models.Model):
     host_clock = models.DateTimeField(null=True, editable=False)
     # Whether the worker runs the worker guard (a worker with the loop but ``worker_guard`` off runs jobs unguarded).
     guard = models.BooleanField(default=True, db_default=True, editable=False)
+    # The RQ queues the worker listens on; empty for a worker of a release before 0.3.0, which did not say.
+    queues = models.CharField(max_length=1000, blank=True, db_default='', default='', editable=False,
+                              help_text='Space-separated')
 
     class Meta:
         ordering = ('host', 'pid')

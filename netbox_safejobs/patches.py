@@ -9,6 +9,9 @@ one line says why, and NetBox runs as it would without it.
 
 - ``dispatch``: ``JobRunner.enqueue`` (commit-bound, stored push), ``Job.delete`` (the RQ task is cancelled after
   the delete commits) and NetBox's ``delete_rq_job`` (a task an operator deleted closes its job);
+- ``webhooks`` (with dispatch): the ``get_queue`` that pushes event rules' webhooks, and ``send_webhook`` itself
+  (``webhooks.py``);
+- ``worker_checks`` (with dispatch): NetBox's "is a worker running?" functions (``worker_checks.py``);
 - ``guard``: ``JobRunner.handle`` (claim, look-up with backoff, UPDATE-only run);
 - ``worker``: RQ's ``Worker.work`` (the worker loop: relay, heartbeat, liveness; RQ's loop resumed after Redis
   goes away, ``worker_resume.py``) and ``Worker.monitor_work_horse`` (a work horse that died is closed at once).
@@ -67,6 +70,44 @@ def _install_dispatch():
     for name in compat.capture_globals():
         _replace(module, name, proxies[name](getattr(module, name)), undo)
     _installed['dispatch'] = undo
+    _install_webhooks()
+    _install_worker_checks()
+
+
+def _install_webhooks():
+    """Event rules' webhooks through the outbox (``webhooks.py``): with dispatch, in every process."""
+    from . import webhooks
+
+    module, reason = compat.webhook_push_module()
+    if module is None:
+        logger.warning('Webhooks not dispatched on commit: %s. They are pushed as NetBox pushes them.', reason)
+        return
+    try:
+        import extras.webhooks as sender
+    except ImportError:
+        logger.warning('Webhooks not dispatched on commit: extras.webhooks cannot be imported.')
+        return
+    undo = []
+    _replace(module, 'get_queue', webhooks.wrap_get_queue(module.get_queue), undo)
+    # RQ imports the task by its dotted path when a worker runs it: the wrapper claims the webhook's row first.
+    _replace(sender, 'send_webhook', webhooks.wrap_send_webhook(sender.send_webhook), undo)
+    _installed['webhooks'] = undo
+
+
+def _install_worker_checks():
+    """NetBox's "is a worker running?" checks answered from the database too (``worker_checks.py``)."""
+    from . import worker_checks
+
+    undo = []
+    wrappers = {}
+    for owner, name, counts in compat.worker_checks():
+        original = getattr(owner, name)
+        original = getattr(original, '__safejobs_original__', original)
+        if original not in wrappers:
+            wrappers[original] = worker_checks.wrap_worker_check(original, counts)
+        _replace(owner, name, wrappers[original], undo)
+    if undo:
+        _installed['worker_checks'] = undo
 
 
 def _install_guard():
@@ -155,6 +196,12 @@ def install(dispatch=None, guard=None, worker=None):
     worker = settings.worker_loop if worker is None else worker
     if dispatch and 'dispatch' not in _installed:
         _install_dispatch()
+    elif dispatch:
+        # Each of these goes with dispatch, but has an uninstall() of its own (tests).
+        if 'webhooks' not in _installed:
+            _install_webhooks()
+        if 'worker_checks' not in _installed:
+            _install_worker_checks()
     if guard and 'guard' not in _installed:
         _install_guard()
     if worker and 'worker' not in _installed:
@@ -173,5 +220,5 @@ def uninstall(name=None):
 
 
 def installed():
-    """The names of the patches in place: a subset of {'dispatch', 'guard', 'worker'}."""
+    """The names of the patches in place: a subset of {'dispatch', 'webhooks', 'worker_checks', 'guard', 'worker'}."""
     return set(_installed)

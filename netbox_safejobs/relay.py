@@ -262,8 +262,14 @@ def _anything_owed(using, age):
         return cursor.fetchone() is not None
 
 
-# The owed rows as the relay reads them: the dispatch row, whether it is owed, its job's status and name.
+# The owed rows as the relay reads them: the dispatch row, whether it is owed, its job's status and name (a webhook
+# has no Job: no status, and its own name).
 _SELECTED = ('id', *ROW_COLUMNS, 'failed', 'status', 'name')
+
+
+def _waiting(row):
+    """Whether the row's task is still to run: its job waits for a worker, or it is a webhook (``webhooks.py``)."""
+    return row['job_id'] is None or row['status'] in compat.CLAIMABLE_STATES
 
 
 def _select_sql():
@@ -273,8 +279,8 @@ def _select_sql():
 
     columns = ', '.join(f'd.{column}' for column in ('id', *ROW_COLUMNS))
     return (
-        f'SELECT {columns}, d.owed IS NOT NULL, j.status, j.name '
-        f'FROM {JobDispatch._meta.db_table} d JOIN {Job._meta.db_table} j ON j.id = d.job_id '
+        f'SELECT {columns}, d.owed IS NOT NULL, j.status, coalesce(j.name, d.name) '
+        f'FROM {JobDispatch._meta.db_table} d LEFT JOIN {Job._meta.db_table} j ON j.id = d.job_id '
         f'WHERE {_OWED_CONDITION} '
         f'ORDER BY d.created, d.id LIMIT %s '
         f'FOR UPDATE OF d SKIP LOCKED'
@@ -287,7 +293,9 @@ def _reject(using, row, reason):
 
     from .models import JobDispatch
 
-    job = Job.objects.using(using).filter(pk=row['job_id'], status__in=compat.CLAIMABLE_STATES).first()
+    job = None
+    if row['job_id'] is not None:
+        job = Job.objects.using(using).filter(pk=row['job_id'], status__in=compat.CLAIMABLE_STATES).first()
     detail = (f'{reason}. Not unpickled and not sent; the job is marked errored. Enqueue it again if it should '
               f'run.')
     if job is not None:
@@ -309,12 +317,12 @@ def _send_batch(report, using, age, limit, dry_run):
         if not rows:
             return 0
         if dry_run:
-            report.pushed += [row['job_uuid'] for row in rows if row['status'] in compat.CLAIMABLE_STATES]
+            report.pushed += [row['job_uuid'] for row in rows if _waiting(row)]
             return 0
-        finished = [row['id'] for row in rows if row['status'] not in compat.CLAIMABLE_STATES]
+        finished = [row['id'] for row in rows if not _waiting(row)]
         sent = []
         for row in rows:
-            if row['status'] not in compat.CLAIMABLE_STATES:
+            if not _waiting(row):
                 continue
             try:
                 push = unseal(row['payload'])

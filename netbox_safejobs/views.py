@@ -1,22 +1,25 @@
 """
-The retry event pages (list with filters, export and bulk delete; detail; delete) and the read-only pages of jobs in
-flight (list and detail). NetBox generic views, so the pages look and behave like core pages; every queryset is
-restricted to the user's object permissions.
+The retry event pages (list with filters, export and bulk delete; detail; delete) and the pages of jobs in flight
+(list and detail, read-only but for sending a webhook that gave up again). NetBox generic views, so the pages look and
+behave like core pages; every queryset is restricted to the user's object permissions.
 """
 
 import re
 
 import yaml
+from django.contrib import messages
 from django.http import Http404, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.utils.html import escape
 from django.utils.http import content_disposition_header
 from django.utils.safestring import mark_safe
+from django.utils.translation import gettext as _
 from netbox.views import generic
 from utilities.querysets import RestrictedQuerySet
 from utilities.views import register_model_view
 
-from . import compat, filtersets, forms, tables
+from . import compat, filtersets, forms, tables, webhooks
 from .choices import JobDispatchStateChoices, kind_help
 from .in_flight import dispatch_queryset
 from .models import JobDispatch, RetryEvent
@@ -25,6 +28,7 @@ from .settings import get_settings
 
 __all__ = (
     'JobDispatchListView',
+    'JobDispatchResendView',
     'JobDispatchView',
     'RetryEventBulkDeleteView',
     'RetryEventDeleteView',
@@ -205,3 +209,28 @@ class JobDispatchView(generic.ObjectView):
             'events_url': f'{events_url}?job_uuid={instance.job_uuid}',
             'stuck_after': settings.stuck_after,
         }
+
+
+@register_model_view(JobDispatch, 'resend', path='resend')
+class JobDispatchResendView(generic.ObjectView):
+    """
+    Send a webhook that gave up (``webhooks.resend``) again: POST only, with ``change_jobdispatch`` (and its
+    constraints). Anything else about the row is left alone; a row that did not give up is a message, not an error.
+    """
+    queryset = RestrictedQuerySet(model=JobDispatch).defer('payload')
+
+    def get_required_permission(self):
+        return 'netbox_safejobs.change_jobdispatch'
+
+    def get(self, request, pk):
+        return redirect(get_object_or_404(self.queryset.restrict(request.user, 'view'), pk=pk).get_absolute_url())
+
+    def post(self, request, pk):
+        row = get_object_or_404(self.queryset.restrict(request.user, 'change'), pk=pk)
+        if webhooks.resend(JobDispatch.objects.filter(pk=row.pk), user=request.user):
+            messages.success(request, _('The webhook is sent again; the relay of every worker pushes it within a '
+                                        'second.'))
+        else:
+            messages.info(request, _('Only a webhook that gave up can be sent again: this one is not waiting for an '
+                                     'operator.'))
+        return redirect(row.get_absolute_url())

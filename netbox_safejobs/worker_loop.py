@@ -212,7 +212,8 @@ def start(worker):
         bound_redis_retries(worker.connection, settings.worker_reconnect_interval)
         from .patches import installed
 
-        identity = workers.set_current(getattr(worker, 'name', ''), guard='guard' in installed())
+        identity = workers.set_current(getattr(worker, 'name', ''), guard='guard' in installed(),
+                                       queues=_queue_names(worker))
         # This thread forks the work horses: it must hold no database session when it does (sessions.py).
         sessions.install_fork_hook()
         try:
@@ -231,6 +232,14 @@ def start(worker):
         logger.exception('worker loop not started; owed pushes wait for `netbox safejobs_recover`')
         _loop = None
     return _loop
+
+
+def _queue_names(worker):
+    """The RQ queues ``worker`` listens on (RQ's ``Worker.queue_names()``; none for a worker without it)."""
+    try:
+        return [str(name) for name in worker.queue_names()]
+    except Exception:
+        return []
 
 
 def warm(with_guard):

@@ -41,6 +41,8 @@ class WorkerIdentity:
     host: str
     pid: int
     guard: bool = True
+    # The RQ queues it listens on: NetBox's "is a worker running?" checks ask for one (``worker_checks.py``).
+    queues: tuple = ()
 
 
 _current = None
@@ -51,10 +53,11 @@ def current():
     return _current
 
 
-def set_current(name, guard=True):
+def set_current(name, guard=True, queues=()):
     """Give this process a new worker identity (the worker loop, at start-up)."""
     global _current
-    _current = WorkerIdentity(id=uuid.uuid4(), name=(name or '')[:255], host=HOST, pid=os.getpid(), guard=guard)
+    _current = WorkerIdentity(id=uuid.uuid4(), name=(name or '')[:255], host=HOST, pid=os.getpid(), guard=guard,
+                              queues=tuple(queues))
     return _current
 
 
@@ -71,11 +74,11 @@ def beat(identity, using='default'):
     table = _table()
     with connections[using].cursor() as cursor:
         cursor.execute(
-            f'INSERT INTO {table} (id, name, host, pid, version, started, seen, host_clock, guard) '
-            f'VALUES (%s, %s, %s, %s, %s, clock_timestamp(), clock_timestamp(), %s, %s) '
+            f'INSERT INTO {table} (id, name, host, pid, version, started, seen, host_clock, guard, queues) '
+            f'VALUES (%s, %s, %s, %s, %s, clock_timestamp(), clock_timestamp(), %s, %s, %s) '
             f'ON CONFLICT (id) DO UPDATE SET seen = EXCLUDED.seen, host_clock = EXCLUDED.host_clock',
             [identity.id, identity.name, identity.host, identity.pid, __version__[:50], timezone.now(),
-             identity.guard],
+             identity.guard, ' '.join(identity.queues)[:1000]],
         )
 
 

@@ -2,6 +2,8 @@
 
 from django.core.management.base import BaseCommand
 
+from netbox_safejobs import webhooks
+from netbox_safejobs.models import JobDispatch
 from netbox_safejobs.recovery import run_pass
 
 
@@ -14,8 +16,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument('--dry-run', action='store_true', help='Report what would be done; change nothing.')
+        parser.add_argument('--resend-webhooks', action='store_true',
+                            help="First send again every event rule's webhook that gave up (its receiver failed "
+                                 'every attempt RQ_RETRY_MAX allows).')
 
-    def handle(self, *args, dry_run=False, **options):
+    def handle(self, *args, dry_run=False, resend_webhooks=False, **options):
+        if resend_webhooks:
+            given_up = JobDispatch.objects.filter(job__isnull=True, gave_up__isnull=False)
+            count = given_up.count() if dry_run else webhooks.resend(given_up)
+            self.stdout.write(f'{"would send" if dry_run else "sent"} {count} given-up webhook(s) again')
         report = run_pass(dry_run=dry_run)
         verbosity = options.get('verbosity', 1)
         if verbosity >= 2:

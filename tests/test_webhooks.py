@@ -1,0 +1,246 @@
+"""
+Event rules' webhooks through the outbox, and NetBox's "is a worker running?" checks: real PostgreSQL, real Redis
+servers that are stopped and flushed, real workers, and a real HTTP receiver in this process.
+"""
+
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from core.models import ObjectType
+from dcim.models import Site
+from django.db import transaction
+from django.test import override_settings
+from extras.models import EventRule, Webhook
+from rq.job import Job as RQJob
+from users.models import User
+
+from netbox_safejobs import webhooks
+from netbox_safejobs.choices import RetryEventKindChoices as Kind
+from netbox_safejobs.dispatch import PUSH_MARKER
+from netbox_safejobs.models import JobDispatch, RetryEvent, WorkerHeartbeat
+from netbox_safejobs.testing.processes import RedisServer
+from netbox_safejobs.testing.queues import closed_port_queues, override_rq_queues, queues_on
+from netbox_safejobs.workers import WorkerIdentity, beat
+
+from .base import SafeJobsTransactionTestCase, Worker, worker_env
+
+
+class Receiver:
+    """An HTTP server on loopback that records each request's body; answers ``status`` (changeable), after ``delay``."""
+
+    def __init__(self):
+        self.bodies = []
+        self.arrivals = 0
+        self.status = 200
+        self.delay = 0.0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+                delay, owner.arrivals = owner.delay, owner.arrivals + 1
+                time.sleep(delay)
+                owner.bodies.append(json.loads(body or b'{}'))
+                self.send_response(owner.status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f'http://127.0.0.1:{self.server.server_address[1]}/hook'
+
+    def names(self):
+        return sorted(body.get('data', {}).get('name') for body in self.bodies)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class WebhookTestCase(SafeJobsTransactionTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.receiver = Receiver()
+        self.addCleanup(self.receiver.stop)
+        self.webhook = Webhook.objects.create(name='receiver', payload_url=self.receiver.url)
+        rule = EventRule.objects.create(
+            name='sites created', event_types=['object_created'], action_type='webhook',
+            action_object_type=ObjectType.objects.get_for_model(Webhook), action_object_id=self.webhook.pk,
+        )
+        rule.object_types.add(ObjectType.objects.get_for_model(Site))
+        self.user = User.objects.create_superuser(username='webhooks')
+        self.client.force_login(self.user)
+
+    def create_site(self, name):
+        """Through the REST API, as a user does: returns the HTTP status."""
+        return self.client.post('/api/dcim/sites/', data=json.dumps({'name': name, 'slug': name}),
+                                content_type='application/json').status_code
+
+    def rows(self):
+        return JobDispatch.objects.filter(job__isnull=True)
+
+
+class WebhookOutboxTest(WebhookTestCase):
+    """The web process's side: stored with the change, pushed once it commits, never for a rolled-back one."""
+
+    def test_pushed_after_commit_with_the_plugin_marker(self):
+        self.assertEqual(self.create_site('site-a'), 201)
+        (row,) = self.rows()
+        self.assertIsNotNone(row.sent)
+        self.assertEqual((row.runner, row.name), (webhooks.WEBHOOK_TASK, 'Webhook receiver dcim.site object_created'))
+        task = RQJob.fetch(str(row.job_uuid), connection=self.redis)
+        self.assertEqual(task.func_name, webhooks.WEBHOOK_TASK)
+        self.assertEqual(task.meta.get(PUSH_MARKER), 1)
+
+    def test_flushed_inside_a_transaction_that_rolls_back_sends_nothing(self):
+        from netbox.context_managers import event_tracking
+
+        request = self.client.get('/api/').wsgi_request
+        request.user = self.user
+        request.id = uuid.uuid4()
+
+        class Rollback(Exception):
+            pass
+
+        with self.assertRaises(Rollback), transaction.atomic():
+            with event_tracking(request):
+                Site.objects.create(name='never', slug='never')
+            # The events were flushed (event_tracking's exit): the change is still to commit, or to roll back.
+            self.assertEqual(self.redis.llen('rq:queue:default'), 0, 'pushed before the commit')
+            raise Rollback
+        self.assertFalse(self.rows().exists())
+        self.assertEqual(self.redis.llen('rq:queue:default'), 0)
+
+    def test_redis_away_the_request_succeeds_and_the_webhook_is_owed(self):
+        with override_rq_queues(closed_port_queues()):
+            self.assertEqual(self.create_site('site-b'), 201)
+        (row,) = self.rows()
+        self.assertIsNotNone(row.owed)
+        (event,) = RetryEvent.objects.filter(kind=Kind.KIND_DISPATCH_FAILED)
+        self.assertEqual(event.job_uuid, row.job_uuid)
+        self.assertIn('webhook is stored as owed', event.detail)
+
+
+class WorkerCheckTest(SafeJobsTransactionTestCase):
+    """NetBox's "is a worker running?" answered from the heartbeats while Redis is away."""
+
+    def test_answered_from_heartbeats_while_redis_is_away(self):
+        from redis.exceptions import ConnectionError
+        from utilities.rqworker import any_workers_for_queue, get_workers_for_queue
+
+        with override_rq_queues(closed_port_queues()):
+            with self.assertRaises(ConnectionError):
+                any_workers_for_queue('default')  # nobody heartbeats: NetBox's own error stands
+            identity = WorkerIdentity(id=uuid.uuid4(), name='w', host='h', pid=1, queues=('high', 'default'))
+            beat(identity)
+            self.assertIs(any_workers_for_queue('default'), True)
+            self.assertEqual(get_workers_for_queue('default'), 1)
+            with self.assertRaises(ConnectionError):
+                any_workers_for_queue('low')  # that worker does not listen on it
+            WorkerHeartbeat.objects.update(seen='2000-01-01T00:00:00Z')
+            with self.assertRaises(ConnectionError):
+                any_workers_for_queue('default')  # stale: no longer vouches
+        # Redis answering and knowing no worker: NetBox's own answer stands too.
+        self.assertIs(any_workers_for_queue('default'), False)
+
+
+class WebhookDeliveryTest(WebhookTestCase):
+    """Real workers on a private Redis: outages, flushes, failed receivers and killed work horses."""
+
+    CONFIG = {'relay_interval': 1.0}
+
+    def setUp(self):
+        super().setUp()
+        self.workdir = Path(tempfile.mkdtemp(prefix='safejobs-webhook-test-'))
+        self.server = RedisServer(self.workdir)
+        self.server.start()
+        self.queues = override_rq_queues(queues_on(self.server.port))
+        self.queues.__enter__()
+        self.addCleanup(self.server.stop)
+        self.addCleanup(self.queues.__exit__, None, None, None)
+
+    def worker(self, **extra):
+        env = worker_env(self.CONFIG, SAFEJOBS_REDIS_PORT=self.server.port, SAFEJOBS_REDIS_TASKS_DB=0, **extra)
+        worker = Worker(burst=False, env=env)
+        self.addCleanup(worker.kill)
+        return worker
+
+    def delivered(self, names):
+        return lambda: self.receiver.names() == sorted(names)
+
+    def test_outage_every_webhook_delivered_once_within_two_seconds(self):
+        worker = self.worker()
+        self.assertEqual(self.create_site('warm'), 201)
+        self.wait_for(self.delivered(['warm']), timeout=60, message='worker ready')
+        self.server.stop()
+        names = [f'outage-{i}' for i in range(10)]
+        self.assertEqual([self.create_site(name) for name in names], [201] * 10)
+        self.assertEqual(self.rows().filter(owed__isnull=False).count(), 10)
+        time.sleep(2)
+        self.server.start()
+        back = time.monotonic()
+        try:
+            self.wait_for(self.delivered(['warm', *names]), timeout=30, interval=0.05, message='every webhook')
+        except AssertionError:
+            worker.kill(signal.SIGTERM)
+            raise AssertionError(f'{self.receiver.names()}\n{worker.output[-5000:]}') from None
+        self.assertLess(time.monotonic() - back, 2.0, 'the last webhook reached the receiver 2 s after Redis')
+        self.wait_for(lambda: not self.rows().exists(), timeout=10, message='rows of delivered webhooks gone')
+
+    def test_redis_flushed_with_webhooks_queued_every_one_delivered_once(self):
+        names = [f'flushed-{i}' for i in range(5)]
+        self.assertEqual([self.create_site(name) for name in names], [201] * 5)
+        self.assertEqual(self.rows().filter(sent__isnull=False).count(), 5)
+        self.redis_private().flushall()
+        self.worker()
+        self.wait_for(self.delivered(names), timeout=60, message='every webhook delivered')
+        time.sleep(1.5)
+        self.assertEqual(self.receiver.names(), sorted(names), 'a webhook was delivered twice')
+
+    def redis_private(self):
+        from netbox_safejobs.queues import get_push_queue
+
+        return get_push_queue('default').connection
+
+    def test_failed_attempts_retried_then_kept_and_sent_again_by_an_operator(self):
+        self.receiver.status = 500
+        with override_settings(RQ_RETRY_MAX=1, RQ_RETRY_INTERVAL=1):
+            self.assertEqual(self.create_site('failing'), 201)
+        self.worker()
+        self.wait_for(lambda: self.rows().filter(gave_up__isnull=False).exists(), timeout=60, message='gave up')
+        self.assertEqual(self.receiver.names(), ['failing', 'failing'])
+        failed = list(RetryEvent.objects.filter(kind=Kind.KIND_WEBHOOK_FAILED).order_by('time')
+                      .values_list('attempt', 'delay'))
+        self.assertEqual(failed, [(1, 1.0), (2, None)])
+        self.receiver.status = 200
+        self.assertEqual(webhooks.resend(JobDispatch.objects.all(), user=self.user), 1)
+        self.wait_for(lambda: not self.rows().exists(), timeout=30, message='sent again and delivered')
+        self.assertEqual(self.receiver.names(), ['failing'] * 3)
+        self.assertTrue(RetryEvent.objects.filter(kind=Kind.KIND_RECOVERED, detail__contains='by webhooks').exists())
+
+    def test_work_horse_killed_mid_request_the_webhook_is_sent_again(self):
+        worker = self.worker()
+        self.receiver.delay = 60  # the first request hangs until its work horse is killed
+        self.assertEqual(self.create_site('hung'), 201)
+        self.wait_for(lambda: self.receiver.arrivals and worker.children(), timeout=60, message='request under way')
+        self.receiver.delay = 0
+        for pid in worker.children():
+            os.kill(pid, signal.SIGKILL)
+        self.wait_for(lambda: 'hung' in self.receiver.names(), timeout=30, message='sent again')
+        self.wait_for(lambda: not self.rows().exists(), timeout=10, message='row gone')
+        event = RetryEvent.objects.get(kind=Kind.KIND_WEBHOOK_FAILED)
+        self.assertIn('owed again', event.detail)
