@@ -158,8 +158,8 @@ class WorkerCheckTest(SafeJobsTransactionTestCase):
         self.assertIs(any_workers_for_queue('default'), False)
 
 
-class WebhookDeliveryTest(WebhookTestCase):
-    """Real workers on a private Redis: outages, flushes, failed receivers and killed work horses."""
+class PrivateRedisTestCase(WebhookTestCase):
+    """A private Redis server that a test stops, flushes and starts again, and real workers on it."""
 
     CONFIG = {'relay_interval': 1.0}
 
@@ -178,6 +178,11 @@ class WebhookDeliveryTest(WebhookTestCase):
         worker = Worker(burst=False, env=env)
         self.addCleanup(worker.kill)
         return worker
+
+
+
+class WebhookDeliveryTest(PrivateRedisTestCase):
+    """Real workers on a private Redis: outages, flushes, failed receivers and killed work horses."""
 
     def delivered(self, names):
         return lambda: self.receiver.names() == sorted(names)
@@ -244,3 +249,65 @@ class WebhookDeliveryTest(WebhookTestCase):
         self.wait_for(lambda: not self.rows().exists(), timeout=10, message='row gone')
         event = RetryEvent.objects.get(kind=Kind.KIND_WEBHOOK_FAILED)
         self.assertIn('owed again', event.detail)
+
+
+PROBE_SCRIPT = """
+from extras.scripts import Script
+
+
+class Probe(Script):
+    class Meta:
+        name = 'safe jobs probe'
+
+    def run(self, data, commit):
+        self.log_info('probe ran')
+        return 'probe done'
+"""
+
+
+class ScriptRunTest(PrivateRedisTestCase):
+    """A script run from the REST API and from the UI while Redis is away: accepted, and run once when it is back."""
+
+    def setUp(self):
+        super().setUp()
+        from django.conf import settings
+        from extras.models import Script, ScriptModule
+
+        path = Path(settings.SCRIPTS_ROOT) / 'safejobs_probe.py'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(PROBE_SCRIPT)
+        self.addCleanup(path.unlink, missing_ok=True)
+        module = ScriptModule.objects.create(file_root='scripts', file_path=path.name)
+        self.script = Script.objects.get(module=module, name='Probe')
+
+    def runs(self):
+        from core.models import Job
+
+        return Job.objects.filter(object_type=ObjectType.objects.get_for_model(self.script), object_id=self.script.pk)
+
+    def test_rest_api_and_ui_runs_accepted_while_redis_is_away(self):
+        worker = self.worker()
+        self.wait_for(lambda: WorkerHeartbeat.objects.exists(), timeout=60, message='worker heartbeat')
+        self.server.stop()
+        response = self.client.post(f'/api/extras/scripts/{self.script.pk}/',
+                                    data=json.dumps({'data': {}, 'commit': True}), content_type='application/json')
+        self.assertEqual(response.status_code, 200, response.content[:500])
+        response = self.client.post(f'/extras/scripts/{self.script.pk}/', {'_commit': 'on', '_notifications': 'always'})
+        self.assertEqual(response.status_code, 302, 'the UI did not accept the run')
+        self.assertEqual(self.runs().count(), 2)
+        self.server.start()
+        try:
+            self.wait_for(lambda: self.runs().filter(status='completed').count() == 2, timeout=30,
+                          message='both runs completed')
+        except AssertionError:
+            worker.kill(signal.SIGTERM)
+            raise AssertionError(f'{list(self.runs().values_list("status", "error"))}\n{worker.output[-5000:]}') \
+                from None
+        self.assertFalse(RetryEvent.objects.filter(kind=Kind.KIND_DUPLICATE_SKIPPED).exists())
+
+    def test_no_worker_netbox_says_so(self):
+        # Redis answers and knows no worker, and none heartbeats: NetBox's own message.
+        response = self.client.post(f'/extras/scripts/{self.script.pk}/', {'_commit': 'on', '_notifications': 'always'},
+                                    follow=True)
+        self.assertContains(response, 'RQ worker process not running')
+        self.assertFalse(self.runs().exists())
