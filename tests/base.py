@@ -43,10 +43,13 @@ def worker_env(plugins_config=None, **extra):
 
 
 class Worker:
-    """A ``netbox rqworker`` subprocess (its own process group, so it and its work horse are stopped together)."""
+    """
+    A ``netbox rqworker`` subprocess (its own process group, so it and its work horse are stopped together), or
+    another worker ``command`` (``('rqworker-pool', '--num-workers', '2')``).
+    """
 
-    def __init__(self, *queues, burst=True, plugins_config=None, env=None):
-        argv = netbox_command('rqworker', *(queues or QUEUES))
+    def __init__(self, *queues, burst=True, plugins_config=None, env=None, command=('rqworker',)):
+        argv = netbox_command(*command, *(queues or QUEUES))
         if burst:
             argv.append('--burst')
         self.process = subprocess.Popen(
