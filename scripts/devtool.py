@@ -616,8 +616,9 @@ DATABASES = {{
         'NAME': os.environ.get('SAFEJOBS_DB_NAME', {db_name!r}),
         'USER': {pg_user!r},
         'PASSWORD': '',
-        'HOST': {pg_host!r},
-        'PORT': {pg_port!r},
+        # SAFEJOBS_DB_HOST / SAFEJOBS_DB_PORT: a process of the tests reaching the database another way (PgBouncer).
+        'HOST': os.environ.get('SAFEJOBS_DB_HOST', {pg_host!r}),
+        'PORT': os.environ.get('SAFEJOBS_DB_PORT', {pg_port!r}),
         'CONN_MAX_AGE': int(os.environ.get('SAFEJOBS_CONN_MAX_AGE', '300')),
         'TEST': {{'NAME': os.environ.get('SAFEJOBS_TEST_DB_NAME', 'test_' + {db_name!r})}},
     }}
@@ -641,6 +642,10 @@ REDIS = {{
         'SSL': False,
     }},
 }}
+
+# Behind PgBouncer in transaction pooling mode, as Django's documentation requires.
+if os.environ.get('SAFEJOBS_DB_POOLER') == '1':
+    DATABASES['default']['DISABLE_SERVER_SIDE_CURSORS'] = True
 
 if os.environ.get('SAFEJOBS_RQ_COMMIT_MODE'):
     RQ = {{'COMMIT_MODE': os.environ['SAFEJOBS_RQ_COMMIT_MODE']}}
@@ -851,6 +856,24 @@ def ensure_browser_test_tools():
             env={**os.environ, 'PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD': '1'})
 
 
+def ensure_pgbouncer():
+    """
+    PgBouncer, for the test of workers behind it in transaction pooling mode (tests/test_pgbouncer.py): Debian's
+    package, installed when missing as root with apt-get; otherwise the test says why and is skipped.
+    """
+    if shutil.which('pgbouncer') or Path('/usr/sbin/pgbouncer').exists() or not shutil.which('apt-get'):
+        return
+    if os.geteuid() != 0:
+        say('pgbouncer is missing and this is not root: the PgBouncer test will be skipped')
+        return
+    say('installing Debian pgbouncer for the test of workers behind PgBouncer')
+    env = {**os.environ, 'DEBIAN_FRONTEND': 'noninteractive'}
+    if run(['apt-get', 'install', '-y', '-qq', '--no-install-recommends', 'pgbouncer'], check=False,
+           env=env).returncode != 0:
+        run(['apt-get', 'update', '-qq'], check=False)
+        run(['apt-get', 'install', '-y', '-qq', '--no-install-recommends', 'pgbouncer'], check=False, env=env)
+
+
 def ruff_command():
     """ruff from the NetBox interpreter, else (for an external NetBox, which it is not installed into) from .venv or
     PATH; None when there is none."""
@@ -870,6 +893,8 @@ def cmd_test(args):
     services = prepare()
     if not args.labels or any(label in ('tests', 'tests.') or 'test_browser' in label for label in args.labels):
         ensure_browser_test_tools()
+    if not args.labels or any(label in ('tests', 'tests.') or 'test_pgbouncer' in label for label in args.labels):
+        ensure_pgbouncer()
     check = start_selfcheck(args)
     sources = [ROOT / name for name in ('netbox_safejobs', 'tests', 'scripts', 'benchmarks') if (ROOT / name).exists()]
     ruff = ruff_command()

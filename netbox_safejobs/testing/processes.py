@@ -1,6 +1,6 @@
 """
-Processes of the tests, the benchmarks and the development tool: free ports, a private Redis server, the stop of a
-process group.
+Processes of the tests, the benchmarks and the development tool: free ports, a private Redis server, a PgBouncer in
+front of PostgreSQL, the stop of a process group.
 
 Standard library only: ``scripts/devtool.py`` loads this file by its path, with whatever Python runs it, before
 NetBox or the plugin is installed (it must not import ``netbox_safejobs``, whose ``__init__`` needs NetBox).
@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 __all__ = (
+    'PgBouncer',
     'RedisServer',
+    'pgbouncer_binary',
     'free_port',
     'port_open',
     'redis_server_binary',
@@ -138,5 +140,76 @@ class RedisServer:
     def stop(self):
         if self.running():
             self.process.kill()
+        if self.process is not None:
+            self.process.wait()
+
+
+def pgbouncer_binary():
+    """``pgbouncer`` from PATH or Debian's /usr/sbin, or ``None``."""
+    return shutil.which('pgbouncer') or shutil.which('pgbouncer', path='/usr/sbin:/usr/local/sbin')
+
+
+class PgBouncer:
+    """
+    A private PgBouncer in ``workdir/pgbouncer`` on ``port`` (default: a free one), in front of the PostgreSQL at
+    ``server`` (host, port), every database name passed through, trust authentication, ``pool_mode`` transaction by
+    default: how NetBox's documentation puts PgBouncer in front of NetBox. PgBouncer refuses to run as root: as root it
+    runs as ``run_as`` (an account name).
+    """
+
+    def __init__(self, workdir, server=('127.0.0.1', 5432), port=None, pool_mode='transaction', user='postgres',
+                 run_as='postgres', binary=None):
+        self.binary = binary or pgbouncer_binary()
+        if not self.binary:
+            raise RuntimeError('pgbouncer is not installed')
+        self.port = port or free_port()
+        self.dir = Path(workdir) / 'pgbouncer'
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / 'userlist.txt').write_text(f'"{user}" ""\n')
+        (self.dir / 'pgbouncer.ini').write_text(
+            '[databases]\n'
+            f'* = host={server[0]} port={server[1]}\n'
+            '[pgbouncer]\n'
+            f'listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n'
+            f'auth_type = trust\nauth_file = {self.dir / "userlist.txt"}\n'
+            f'pool_mode = {pool_mode}\nmax_client_conn = 500\ndefault_pool_size = 20\n'
+            # psycopg and Django send these at connect time; PgBouncer refuses unknown startup parameters.
+            'ignore_startup_parameters = extra_float_digits,options\n'
+            f'logfile = {self.dir / "pgbouncer.log"}\n'
+        )
+        self.run_as = run_as if os.geteuid() == 0 else None
+        if self.run_as:
+            # mkdtemp() makes the work directory 0700: the account must be able to pass through it.
+            os.chmod(self.dir.parent, os.stat(self.dir.parent).st_mode | 0o011)
+            shutil.chown(self.dir, user=self.run_as)
+            for path in self.dir.iterdir():
+                shutil.chown(path, user=self.run_as)
+        self.process = None
+
+    def start(self, timeout=20):
+        argv = [self.binary, *(['-u', self.run_as] if self.run_as else []), str(self.dir / 'pgbouncer.ini')]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        if not wait_port(self.port, timeout, process=self.process):
+            self.stop()
+            raise RuntimeError(f'pgbouncer did not start on 127.0.0.1:{self.port}: {self.log()[-2000:]}')
+        return self
+
+    def log(self):
+        try:
+            return (self.dir / 'pgbouncer.log').read_text()
+        except OSError:
+            return ''
+
+    def running(self):
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self):
+        if self.running():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
         if self.process is not None:
             self.process.wait()
