@@ -39,6 +39,7 @@ __all__ = (
     'rq_worker_class',
     'rq_worker_names',
     'rq_workers',
+    'sentinel_read_response',
     'system_job',
     'view_actions',
     'warm_object_types',
@@ -149,6 +150,31 @@ def rq_worker_class():
     if not callable(getattr(Worker, 'work', None)):
         return None, 'rq.worker.Worker has no work() method'
     return Worker, None
+
+
+def sentinel_read_response():
+    """
+    ``(class, original)`` when redis-py's ``SentinelManagedConnection.read_response`` keeps a connection whose reply
+    was never read, or None. There ``disconnect_on_error`` defaults to False (True in every other ``read_response``;
+    redis-py 4.5.5 to at least 8.1, redis/redis-py#4292): when RQ's SIGTERM handler raises ``StopRequested`` in the
+    worker's BLPOP, the connection goes back to the pool with the BLPOP still pending on the server. The worker's
+    ``register_death()`` then queues behind it and waits for good (no socket timeout), and the next task pushed to
+    its queues is popped by that BLPOP and never run. None once redis-py defaults to True.
+    """
+    try:
+        from redis.sentinel import SentinelManagedConnection
+    except ImportError:
+        return None
+    original = SentinelManagedConnection.__dict__.get('read_response')
+    if original is None or hasattr(original, '__safejobs_original__'):  # absent, or already ours
+        return None
+    try:
+        parameter = inspect.signature(original).parameters.get('disconnect_on_error')
+    except (TypeError, ValueError):
+        return None
+    if parameter is None or parameter.default is not False:
+        return None
+    return SentinelManagedConnection, original
 
 
 def rq_stop_requested():

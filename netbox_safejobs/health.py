@@ -250,8 +250,11 @@ def _heartbeats(using):
 
 
 def _redis_label(connection, queues):
-    kwargs = connection.connection_pool.connection_kwargs
+    pool = connection.connection_pool
+    kwargs = pool.connection_kwargs
     where = kwargs.get('path') or f'{kwargs.get("host")}:{kwargs.get("port")}'
+    if getattr(pool, 'service_name', None) is not None:
+        where = f'Sentinel service {pool.service_name}'  # no host or port of its own: the sentinels name the master
     return f'Redis {where}/{kwargs.get("db", 0)} (queues {", ".join(sorted(queues))})'
 
 

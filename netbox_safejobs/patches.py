@@ -14,7 +14,9 @@ one line says why, and NetBox runs as it would without it.
 - ``worker_checks`` (with dispatch): NetBox's "is a worker running?" functions (``worker_checks.py``);
 - ``guard``: ``JobRunner.handle`` (claim, look-up with backoff, UPDATE-only run);
 - ``worker``: RQ's ``Worker.work`` (the worker loop: relay, heartbeat, liveness; RQ's loop resumed after Redis
-  goes away, ``worker_resume.py``) and ``Worker.monitor_work_horse`` (a work horse that died is closed at once).
+  goes away, ``worker_resume.py``) and ``Worker.monitor_work_horse`` (a work horse that died is closed at once);
+  behind Redis Sentinel, redis-py's ``SentinelManagedConnection.read_response`` disconnects on an error as every
+  other connection does (``compat.sentinel_read_response``).
 """
 
 import logging
@@ -170,6 +172,17 @@ def _wrap_job_failure(original):
     return handle_job_failure
 
 
+def _wrap_sentinel_read(original):
+    @wraps(original)
+    def read_response(self, *args, disconnect_on_error=True, **kwargs):
+        # A reply left unread (RQ's StopRequested raised in a BLPOP, a timeout) must not go back to the pool with the
+        # connection: the next command would queue behind it or read it as its own. PubSub passes False itself.
+        return original(self, *args, disconnect_on_error=disconnect_on_error, **kwargs)
+
+    read_response.__safejobs_original__ = original
+    return read_response
+
+
 def _install_worker():
     worker_class, reason = compat.rq_worker_class()
     if reason:
@@ -182,6 +195,11 @@ def _install_worker():
         _replace(worker_class, 'monitor_work_horse', _wrap_monitor(worker_class.monitor_work_horse), undo)
         _replace(worker_class, 'handle_job_failure', _wrap_job_failure(worker_class.handle_job_failure), undo)
     # Without those two, the loop's own check of its work horses (liveness.close_dead_horses) closes their jobs.
+    sentinel = compat.sentinel_read_response()
+    if sentinel:
+        # Behind Redis Sentinel, RQ's warm shutdown (SIGTERM) would otherwise hang in register_death() and lose the
+        # next task pushed meanwhile (compat.sentinel_read_response).
+        _replace(sentinel[0], 'read_response', _wrap_sentinel_read(sentinel[1]), undo)
     _installed['worker'] = undo
 
 

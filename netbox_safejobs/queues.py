@@ -41,16 +41,19 @@ def get_push_queue(name):
 def redis_groups():
     """
     ``{connection key: (redis connection, [queue names])}``: the RQ queues NetBox knows, grouped by the Redis (host,
-    port, socket path, database) that holds them. What happens to one Redis (lost data, an outage) happens to all its
-    queues at once.
+    port, socket path, database, Sentinel service) that holds them. What happens to one Redis (lost data, an outage)
+    happens to all its queues at once.
     """
     from django.conf import settings
 
     groups = {}
     for name in getattr(settings, 'RQ_QUEUES', {}):
         connection = get_push_queue(name).connection
-        kwargs = connection.connection_pool.connection_kwargs
-        key = (kwargs.get('host'), kwargs.get('port'), kwargs.get('path'), kwargs.get('db'))
+        pool = connection.connection_pool
+        kwargs = pool.connection_kwargs
+        # Behind Sentinel the pool has no host or port (the master is asked of the sentinels): its service names it.
+        key = (kwargs.get('host'), kwargs.get('port'), kwargs.get('path'), kwargs.get('db'),
+               getattr(pool, 'service_name', None))
         groups.setdefault(key, (connection, []))[1].append(name)
     return groups
 
@@ -97,6 +100,7 @@ def fail_fast(connection):
         return connection
     pool = connection.connection_pool
     kwargs = dict(pool.connection_kwargs)
+    kwargs.pop('connection_pool', None)  # a Sentinel pool's own proxy; a new Sentinel pool makes its own
     kwargs['retry'] = Retry(NoBackoff(), 0)
     kwargs.pop('retry_on_timeout', None)
     if kwargs.get('socket_connect_timeout') is None:
@@ -105,4 +109,13 @@ def fail_fast(connection):
     # must not hold its rows' locks, nor a worker loop its tick, for as long as the hang lasts.
     if kwargs.get('socket_timeout') is None:
         kwargs['socket_timeout'] = 5
+    if getattr(pool, 'service_name', None) is not None and hasattr(pool, 'sentinel_manager'):
+        from redis.sentinel import SentinelConnectionPool
+
+        # Still a Sentinel pool: it asks the sentinels for the master on each connect and drops its idle connections
+        # to a master that failed over (a plain pool would keep them, and read the marker or task statuses from the
+        # old master, now a replica or gone).
+        return Redis(connection_pool=SentinelConnectionPool(
+            pool.service_name, pool.sentinel_manager, is_master=pool.is_master,
+            check_connection=pool.check_connection, connection_class=pool.connection_class, **kwargs))
     return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))

@@ -644,6 +644,19 @@ REDIS = {{
 }}
 
 # Behind PgBouncer in transaction pooling mode, as Django's documentation requires.
+# SAFEJOBS_REDIS_SENTINEL=<port>: the tasks Redis behind the Sentinel on 127.0.0.1:<port>, service "safejobs", as
+# NetBox documents it (tests/test_sentinel.py).
+if os.environ.get('SAFEJOBS_REDIS_SENTINEL'):
+    REDIS['tasks'] = {{
+        'SENTINELS': [('127.0.0.1', int(os.environ['SAFEJOBS_REDIS_SENTINEL']))],
+        'SENTINEL_SERVICE': 'safejobs',
+        'SENTINEL_TIMEOUT': 5,
+        'USERNAME': '',
+        'PASSWORD': '',
+        'DATABASE': int(os.environ.get('SAFEJOBS_REDIS_TASKS_DB', {redis_tasks_db!r})),
+        'SSL': False,
+    }}
+
 if os.environ.get('SAFEJOBS_DB_POOLER') == '1':
     DATABASES['default']['DISABLE_SERVER_SIDE_CURSORS'] = True
 

@@ -6,6 +6,7 @@ __all__ = (
     'closed_port_queues',
     'override_rq_queues',
     'queues_on',
+    'queues_behind_sentinel',
 )
 
 # A port nothing listens on: a connection to it is refused at once.
@@ -22,6 +23,19 @@ def queues_on(port, db=0):
         params.pop('URL', None)
         queues[name] = params
     return queues
+
+
+def queues_behind_sentinel(port, service, db=0):
+    """
+    ``settings.RQ_QUEUES`` with every queue on the master the Sentinel at 127.0.0.1:``port`` names for ``service``, as
+    NetBox builds them from ``REDIS['tasks']['SENTINELS']``.
+    """
+    from django.conf import settings
+
+    return {name: {'SENTINELS': [('127.0.0.1', port)], 'MASTER_NAME': service, 'DB': db,
+                   'SOCKET_TIMEOUT': None, 'CONNECTION_KWARGS': {'socket_connect_timeout': 5},
+                   **{key: value for key, value in params.items() if key in ('DEFAULT_TIMEOUT',)}}
+            for name, params in settings.RQ_QUEUES.items()}
 
 
 def closed_port_queues():
