@@ -367,3 +367,61 @@ class FirstReleaseUpgradeTest(SafeJobsTransactionTestCase):
         for job in jobs[:2]:
             self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
             self.assertEqual(run_count(job.job_id), 1)
+
+
+class UpgradeFromPreviousReleaseTest(SafeJobsTransactionTestCase):
+    """
+    An upgrade from 0.2.1 with jobs in flight: rows and heartbeats written by 0.2.1 (without the columns of migration
+    0007) before and after `netbox migrate`, and the jobs they hold run once.
+    """
+
+    def migrate(self, target):
+        from django.db import connection
+        from django.db.migrations.executor import MigrationExecutor
+
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate([('netbox_safejobs', target)])
+
+    def test_jobs_in_flight_across_migration_0007(self):
+        import uuid
+
+        from django.db import connection
+
+        from netbox_safejobs.models import WorkerHeartbeat
+
+        with override_rq_queues(closed_port_queues()):
+            before = [CountingJob.enqueue() for _ in range(3)]  # owed: Redis was down
+        self.migrate('0006_sign_first_release_pushes')
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute('SELECT column_name FROM information_schema.columns '
+                               "WHERE table_name = 'netbox_safejobs_jobdispatch'")
+                self.assertNotIn('gave_up', {row[0] for row in cursor.fetchall()})
+                # A 0.2.1 worker's heartbeat, as 0.2.1 writes it.
+                cursor.execute(
+                    'INSERT INTO netbox_safejobs_workerheartbeat (id, name, host, pid, version, started, seen, '
+                    "host_clock, guard) VALUES (%s, 'old', 'h', 1, '0.2.1', now(), now(), now(), true)",
+                    [uuid.uuid4()],
+                )
+        finally:
+            self.migrate('0007_tasks_without_jobs')
+        with override_rq_queues(closed_port_queues()):
+            after = [CountingJob.enqueue() for _ in range(2)]
+        # A row as 0.2.1 inserts it after the migration (its INSERT names none of the new columns).
+        row = JobDispatch.objects.get(job=after[0])
+        JobDispatch.objects.filter(pk=row.pk).delete()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                'INSERT INTO netbox_safejobs_jobdispatch (job_id, job_uuid, queue_name, runner, method, payload, '
+                "created, recoveries, worker_host, owed) VALUES (%s, %s, %s, %s, %s, %s, now(), 0, '', now())",
+                [row.job_id, row.job_uuid, row.queue_name, row.runner, row.method, row.payload],
+            )
+        self.assertEqual(WorkerHeartbeat.objects.get(version='0.2.1').queues, '')
+        self.assertEqual(JobDispatch.objects.get(job=after[0]).name, '')
+        report = run_pass()
+        self.assertEqual(sorted(report.pushed), sorted(job.job_id for job in before + after))
+        run_burst_worker()
+        for job in before + after:
+            self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
+            self.assertEqual(run_count(job.job_id), 1)

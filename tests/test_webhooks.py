@@ -7,10 +7,8 @@ import json
 import os
 import signal
 import tempfile
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from core.models import ObjectType
@@ -27,54 +25,17 @@ from netbox_safejobs.dispatch import PUSH_MARKER
 from netbox_safejobs.models import JobDispatch, RetryEvent, WorkerHeartbeat
 from netbox_safejobs.testing.processes import RedisServer
 from netbox_safejobs.testing.queues import closed_port_queues, override_rq_queues, queues_on
+from netbox_safejobs.testing.receiver import WebhookReceiver
 from netbox_safejobs.workers import WorkerIdentity, beat
 
 from .base import SafeJobsTransactionTestCase, Worker, worker_env
-
-
-class Receiver:
-    """An HTTP server on loopback that records each request's body; answers ``status`` (changeable), after ``delay``."""
-
-    def __init__(self):
-        self.bodies = []
-        self.arrivals = 0
-        self.status = 200
-        self.delay = 0.0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
-                delay, owner.arrivals = owner.delay, owner.arrivals + 1
-                time.sleep(delay)
-                owner.bodies.append(json.loads(body or b'{}'))
-                self.send_response(owner.status)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self):
-        return f'http://127.0.0.1:{self.server.server_address[1]}/hook'
-
-    def names(self):
-        return sorted(body.get('data', {}).get('name') for body in self.bodies)
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class WebhookTestCase(SafeJobsTransactionTestCase):
 
     def setUp(self):
         super().setUp()
-        self.receiver = Receiver()
+        self.receiver = WebhookReceiver()
         self.addCleanup(self.receiver.stop)
         self.webhook = Webhook.objects.create(name='receiver', payload_url=self.receiver.url)
         rule = EventRule.objects.create(
@@ -119,7 +80,9 @@ class WebhookOutboxTest(WebhookTestCase):
         with self.assertRaises(Rollback), transaction.atomic():
             with event_tracking(request):
                 Site.objects.create(name='never', slug='never')
-            # The events were flushed (event_tracking's exit): the change is still to commit, or to roll back.
+            # The events were flushed (event_tracking's exit) and the webhook stored with the change, still to
+            # commit or roll back; nothing is pushed yet, whatever django-rq's COMMIT_MODE (NetBox's tests run 'auto').
+            self.assertEqual(self.rows().count(), 1, 'the webhook was not stored with the change')
             self.assertEqual(self.redis.llen('rq:queue:default'), 0, 'pushed before the commit')
             raise Rollback
         self.assertFalse(self.rows().exists())
