@@ -123,6 +123,11 @@ def run_demo(out=print, wait=60):
     delete_rq_job(str(cancelled.job_id))
     jobs.append(cancelled.job_id)
 
+    out('10. An event rule\'s webhook whose receiver refuses the connection: "webhook failed"; with no retry left '
+        '(RQ_RETRY_MAX) it waits under Jobs in flight as "gave up", for Send again.')
+    staged = _refused_webhook()
+    jobs.append(staged['task'])
+
     out(f'Waiting up to {wait}s for the worker to take the tasks...')
     wanted = set(RetryEventKindChoices.values())
     deadline = time.monotonic() + wait
@@ -136,7 +141,42 @@ def run_demo(out=print, wait=60):
         counts[kind] = counts.get(kind, 0) + 1
     for kind in RetryEventKindChoices.values():
         out(f'  {kind:<20} {counts.get(kind, 0)}')
+    staged['cleanup']()
     missing = wanted - set(counts)
     if missing:
         out(f'Not seen (is an rqworker running?): {", ".join(sorted(missing))}')
     return counts, missing
+
+
+def _refused_webhook():
+    """
+    A tag created in a request (NetBox's event tracking), with an event rule sending a webhook to a port nothing
+    listens on. Returns the webhook's RQ task id and a cleanup that removes the tag, the rule and the webhook (the
+    webhook's row stays, as gave up, to be looked at).
+    """
+    from core.models import ObjectType
+    from django.test import RequestFactory
+    from extras.models import EventRule, Tag, Webhook
+    from netbox.context_managers import event_tracking
+    from users.models import User
+
+    name = f'safe-jobs-demo-{uuid.uuid4().hex[:8]}'
+    webhook = Webhook.objects.create(name=name, payload_url='http://127.0.0.1:1/refused')
+    rule = EventRule.objects.create(name=name, event_types=['object_created'], action_type='webhook',
+                                    action_object_type=ObjectType.objects.get_for_model(Webhook),
+                                    action_object_id=webhook.pk)
+    rule.object_types.set([ObjectType.objects.get_for_model(Tag)])
+    user, _ = User.objects.get_or_create(username='safe-jobs-demo')
+    request = RequestFactory().post('/')
+    request.user, request.id = user, uuid.uuid4()
+    before = set(JobDispatch.objects.filter(job__isnull=True).values_list('pk', flat=True))
+    with event_tracking(request):
+        tag = Tag.objects.create(name=name, slug=name)
+    row = JobDispatch.objects.filter(job__isnull=True).exclude(pk__in=before).first()
+
+    def cleanup():
+        Tag.objects.filter(pk=tag.pk).delete()
+        EventRule.objects.filter(pk=rule.pk).delete()
+        Webhook.objects.filter(pk=webhook.pk).delete()
+
+    return {'task': row.job_uuid if row else uuid.uuid4(), 'cleanup': cleanup}

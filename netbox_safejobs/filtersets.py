@@ -311,8 +311,8 @@ class JobDispatchFilterSet(BaseFilterSet):
     class Meta:
         model = JobDispatch
         fields = (
-            'id', 'runner', 'queue_name', 'method', 'created', 'sent', 'owed', 'claimed', 'recoveries', 'worker_host',
-            'worker_pid',
+            'id', 'name', 'runner', 'queue_name', 'method', 'created', 'sent', 'owed', 'claimed', 'gave_up',
+            'recoveries', 'worker_host', 'worker_pid',
         )
 
     def __init__(self, *args, **kwargs):
@@ -355,6 +355,7 @@ class JobDispatchFilterSet(BaseFilterSet):
             pass
         return queryset.filter(
             Q(job__name__icontains=value) |
+            Q(name__icontains=value) |
             Q(runner__icontains=value) |
             Q(queue_name__iexact=value) |
             Q(worker_host__icontains=value)

@@ -319,7 +319,7 @@ class UnsupportedNetBoxTest(SafeJobsTransactionTestCase):
             compat.capture_unsupported_reason = reason
             patches.uninstall()
             patches.install()
-        self.assertEqual(patches.installed(), {'dispatch', 'guard', 'worker'})
+        self.assertEqual(patches.installed(), {'dispatch', 'webhooks', 'worker_checks', 'guard', 'worker'})
 
     def test_capture_supported_on_this_netbox(self):
         from netbox_safejobs import compat

@@ -274,3 +274,65 @@ class ScriptRunTest(PrivateRedisTestCase):
                                     follow=True)
         self.assertContains(response, 'RQ worker process not running')
         self.assertFalse(self.runs().exists())
+
+    def test_background_api_request_accepted_while_redis_is_away(self):
+        from core.models import Job
+
+        worker = self.worker()
+        self.wait_for(lambda: WorkerHeartbeat.objects.exists(), timeout=60, message='worker heartbeat')
+        self.server.stop()
+        response = self.client.post('/api/dcim/sites/?background=true', content_type='application/json',
+                                    data=json.dumps([{'name': f'background-{i}', 'slug': f'background-{i}'}
+                                                     for i in range(2)]))
+        self.assertLess(response.status_code, 300, response.content[:500])
+        self.server.start()
+        jobs = Job.objects.filter(name__startswith='Bulk create')
+        self.assertEqual(jobs.count(), 1)
+        try:
+            self.wait_for(lambda: jobs.filter(status='completed').exists(), timeout=30,
+                          message='the background request ran')
+        except AssertionError:
+            raise AssertionError(f'{list(jobs.values_list("status", "error"))}\n{worker.output[-3000:]}') from None
+        self.assertEqual(Site.objects.filter(slug__startswith='background-').count(), 2)
+
+
+class ResendViewTest(WebhookTestCase):
+    """The Send again action of a webhook that gave up: permission, a row that did not give up, GET."""
+
+    def gave_up(self):
+        from django.utils import timezone
+
+        with override_rq_queues(closed_port_queues()):
+            self.assertEqual(self.create_site('gave-up'), 201)
+        row = self.rows().get()
+        JobDispatch.objects.filter(pk=row.pk).update(owed=None, sent=timezone.now(), claimed=timezone.now(),
+                                                     gave_up=timezone.now())
+        return row
+
+    def test_send_again(self):
+        row = self.gave_up()
+        url = f'/plugins/safejobs/jobs-in-flight/{row.pk}/'
+        self.assertContains(self.client.get(url), 'id="safejobs-resend"')
+        response = self.client.post(f'{url}resend/', follow=True)
+        self.assertContains(response, 'The webhook is sent again')
+        row.refresh_from_db()
+        self.assertEqual((row.gave_up, row.claimed, row.state), (None, None, 'owed'))
+        self.assertNotContains(self.client.get(url), 'id="safejobs-resend"')
+        response = self.client.post(f'{url}resend/', follow=True)
+        self.assertContains(response, 'Only a webhook that gave up can be sent again')
+        self.assertEqual(self.client.get(f'{url}resend/').status_code, 302)
+
+    def test_needs_the_change_permission(self):
+        from users.models import ObjectPermission
+
+        row = self.gave_up()
+        user = User.objects.create_user(username='viewer')
+        permission = ObjectPermission.objects.create(name='view in flight', actions=['view'])
+        permission.object_types.add(ObjectType.objects.get_for_model(JobDispatch))
+        permission.users.add(user)
+        self.client.force_login(user)
+        url = f'/plugins/safejobs/jobs-in-flight/{row.pk}/'
+        self.assertNotContains(self.client.get(url), 'id="safejobs-resend"')
+        self.assertEqual(self.client.post(f'{url}resend/').status_code, 403)
+        row.refresh_from_db()
+        self.assertIsNotNone(row.gave_up)
