@@ -9,7 +9,9 @@ pointed at the test database, and stopped by PID.
 import os
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from django.db import connection
 from django.test import TransactionTestCase
@@ -17,9 +19,11 @@ from django_rq import get_connection
 
 from netbox_safejobs import patches
 from netbox_safejobs.testing.fixtures import netbox_command
-from netbox_safejobs.testing.processes import stop_process_group
+from netbox_safejobs.testing.processes import RedisServer, stop_process_group
+from netbox_safejobs.testing.queues import override_rq_queues, queues_on
 
 __all__ = (
+    'PrivateRedisTestCase',
     'SafeJobsTransactionTestCase',
     'Worker',
     'netbox_command',
@@ -111,3 +115,35 @@ class SafeJobsTransactionTestCase(TransactionTestCase):
                 return
             time.sleep(interval)
         raise AssertionError(f'{message} not reached within {timeout}s')
+
+
+class PrivateRedisTestCase(SafeJobsTransactionTestCase):
+    """
+    A private Redis server (``self.server``) that a test stops, flushes and starts again, every RQ queue of this
+    process on it, and real workers on it (``self.worker()``, each a ``WORKER_COMMAND`` with ``CONFIG``).
+    """
+
+    CONFIG = {'relay_interval': 1.0}
+    WORKER_COMMAND = ('rqworker',)
+
+    def setUp(self):
+        super().setUp()
+        self.workdir = Path(tempfile.mkdtemp(prefix='safejobs-test-'))
+        self.server = RedisServer(self.workdir)
+        self.server.start()
+        queues = override_rq_queues(queues_on(self.server.port))
+        queues.__enter__()
+        self.addCleanup(self.server.stop)
+        self.addCleanup(queues.__exit__, None, None, None)
+
+    def worker(self, **extra):
+        """A long-running worker on the private Redis; ``extra``: more environment (``SAFEJOBS_DB_PORT``...)."""
+        env = worker_env(self.CONFIG, SAFEJOBS_REDIS_PORT=self.server.port, SAFEJOBS_REDIS_TASKS_DB=0, **extra)
+        worker = Worker(burst=False, env=env, command=self.WORKER_COMMAND)
+        self.addCleanup(worker.kill)
+        return worker
+
+    def completed(self, jobs):
+        from core.models import Job
+
+        return Job.objects.filter(pk__in=[job.pk for job in jobs], status='completed').count() == len(jobs)

@@ -278,3 +278,23 @@ class BrowserTest(TransactionTestCase):
             link = page.locator(f'table.object-list a[href="{events_url}"]')
             self.assertEqual(link.inner_text(), '2')
         self.assertTrue(JobDispatch.objects.filter(pk=owed.pk).exists())
+
+    def test_send_again_a_webhook_that_gave_up(self):
+        now = timezone.now()
+        row = JobDispatch.objects.create(job=None, job_uuid=uuid.uuid4(), queue_name='default',
+                                         name='Webhook alerts dcim.site object_created',
+                                         runner='extras.webhooks.send_webhook', created=now, sent=now, claimed=now,
+                                         gave_up=now)
+        with self.browser_page() as page:
+            self.log_in(page, '/plugins/safejobs/jobs-in-flight/')
+            rows = page.locator('table.object-list tbody tr')
+            self.assertIn('Gave up', rows.first.inner_text())
+            self.assertIn('Webhook alerts', rows.first.inner_text())
+            page.goto(f'{self.base}/plugins/safejobs/jobs-in-flight/{row.pk}/')
+            page.click('#safejobs-resend')
+            page.get_by_text('The webhook is sent again').wait_for()
+            self.assertEqual(page.locator('#safejobs-resend').count(), 0)
+            self.assertIn('Owed', page.inner_text('#safejobs-dispatch-state'))
+        row.refresh_from_db()
+        self.assertIsNone(row.gave_up)
+        self.assertIsNotNone(row.owed)

@@ -7,10 +7,8 @@ PostgreSQL, real workers, a private Redis that is stopped and flushed. Skipped, 
 """
 
 import signal
-import tempfile
 import time
 import unittest
-from pathlib import Path
 
 from core.models import Job
 from django.db import connection
@@ -18,40 +16,25 @@ from django.db import connection
 from netbox_safejobs import relay
 from netbox_safejobs.models import JobDispatch, RetryEvent, WorkerHeartbeat
 from netbox_safejobs.queues import get_push_queue
-from netbox_safejobs.testing.processes import PgBouncer, RedisServer, pgbouncer_binary
-from netbox_safejobs.testing.queues import override_rq_queues, queues_on
+from netbox_safejobs.testing.processes import PgBouncer, pgbouncer_binary
 
-from .base import SafeJobsTransactionTestCase, Worker, worker_env
+from .base import PrivateRedisTestCase
 from .jobs import CountingJob, run_count
 
 
 @unittest.skipUnless(pgbouncer_binary(), 'pgbouncer is not installed (Debian: apt-get install pgbouncer)')
-class PgBouncerTest(SafeJobsTransactionTestCase):
+class PgBouncerTest(PrivateRedisTestCase):
 
     def setUp(self):
         super().setUp()
-        self.workdir = Path(tempfile.mkdtemp(prefix='safejobs-pgbouncer-test-'))
         settings = connection.settings_dict
         self.bouncer = PgBouncer(self.workdir, server=(settings['HOST'] or '127.0.0.1', int(settings['PORT'] or 5432)),
                                  user=settings['USER'])
         self.bouncer.start()
         self.addCleanup(self.bouncer.stop)
-        self.server = RedisServer(self.workdir)
-        self.server.start()
-        self.queues = override_rq_queues(queues_on(self.server.port))
-        self.queues.__enter__()
-        self.addCleanup(self.server.stop)
-        self.addCleanup(self.queues.__exit__, None, None, None)
 
     def worker(self):
-        env = worker_env({'relay_interval': 1.0}, SAFEJOBS_REDIS_PORT=self.server.port, SAFEJOBS_REDIS_TASKS_DB=0,
-                         SAFEJOBS_DB_HOST='127.0.0.1', SAFEJOBS_DB_PORT=self.bouncer.port, SAFEJOBS_DB_POOLER=1)
-        worker = Worker(burst=False, env=env)
-        self.addCleanup(worker.kill)
-        return worker
-
-    def completed(self, jobs):
-        return Job.objects.filter(pk__in=[job.pk for job in jobs], status='completed').count() == len(jobs)
+        return super().worker(SAFEJOBS_DB_HOST='127.0.0.1', SAFEJOBS_DB_PORT=self.bouncer.port, SAFEJOBS_DB_POOLER=1)
 
     def wait_completed(self, worker, jobs, message):
         try:

@@ -5,11 +5,9 @@ concurrent relays. Real PostgreSQL, real Redis servers that are stopped, flushed
 
 import signal
 import subprocess
-import tempfile
 import textwrap
 import time
 import uuid
-from pathlib import Path
 
 from core.models import Job
 from django.db import connection, transaction
@@ -20,10 +18,15 @@ from netbox_safejobs.choices import RetryEventKindChoices as Kind
 from netbox_safejobs.models import JobDispatch, RetryEvent
 from netbox_safejobs.queues import get_push_queue
 from netbox_safejobs.recovery import run_pass
-from netbox_safejobs.testing.processes import RedisServer
 from netbox_safejobs.testing.queues import closed_port_queues, override_rq_queues, queues_on
 
-from .base import SafeJobsTransactionTestCase, Worker, netbox_command, run_burst_worker, worker_env
+from .base import (
+    PrivateRedisTestCase,
+    SafeJobsTransactionTestCase,
+    netbox_command,
+    run_burst_worker,
+    worker_env,
+)
 from .jobs import CountingJob, run_count
 
 
@@ -207,29 +210,8 @@ def _seconds(n):
     return timedelta(seconds=n)
 
 
-class RelayInWorkerTest(SafeJobsTransactionTestCase):
+class RelayInWorkerTest(PrivateRedisTestCase):
     """The relay inside a running rqworker: no cron, no system job, no worker restart."""
-
-    CONFIG = {'relay_interval': 1.0}
-
-    def setUp(self):
-        super().setUp()
-        self.workdir = Path(tempfile.mkdtemp(prefix='safejobs-relay-test-'))
-        self.server = RedisServer(self.workdir)
-        self.server.start()
-        self.queues = override_rq_queues(queues_on(self.server.port))
-        self.queues.__enter__()
-        self.addCleanup(self.server.stop)
-        self.addCleanup(self.queues.__exit__, None, None, None)
-
-    def worker(self):
-        env = worker_env(self.CONFIG, SAFEJOBS_REDIS_PORT=self.server.port, SAFEJOBS_REDIS_TASKS_DB=0)
-        worker = Worker(burst=False, env=env)
-        self.addCleanup(worker.kill)
-        return worker
-
-    def completed(self, jobs):
-        return Job.objects.filter(pk__in=[job.pk for job in jobs], status='completed').count() == len(jobs)
 
     def end_outage(self, worker, jobs, bound=2.0):
         """

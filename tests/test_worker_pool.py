@@ -4,45 +4,22 @@ and heartbeat as ``netbox rqworker`` does, resumes after a Redis outage, and sto
 """
 
 import signal
-import tempfile
 import time
-from pathlib import Path
 
 from core.models import Job
 
 from netbox_safejobs.models import JobDispatch, RetryEvent, WorkerHeartbeat
-from netbox_safejobs.testing.processes import RedisServer
-from netbox_safejobs.testing.queues import override_rq_queues, queues_on
 
-from .base import SafeJobsTransactionTestCase, Worker, worker_env
+from .base import PrivateRedisTestCase
 from .jobs import CountingJob, run_count
 
-POOL = ('rqworker-pool', '--num-workers', '2')
 
+class WorkerPoolTest(PrivateRedisTestCase):
 
-class WorkerPoolTest(SafeJobsTransactionTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.workdir = Path(tempfile.mkdtemp(prefix='safejobs-pool-test-'))
-        self.server = RedisServer(self.workdir)
-        self.server.start()
-        self.queues = override_rq_queues(queues_on(self.server.port))
-        self.queues.__enter__()
-        self.addCleanup(self.server.stop)
-        self.addCleanup(self.queues.__exit__, None, None, None)
-
-    def pool(self):
-        env = worker_env({'relay_interval': 1.0}, SAFEJOBS_REDIS_PORT=self.server.port, SAFEJOBS_REDIS_TASKS_DB=0)
-        pool = Worker('high', 'default', 'low', burst=False, env=env, command=POOL)
-        self.addCleanup(pool.kill)
-        return pool
-
-    def completed(self, jobs):
-        return Job.objects.filter(pk__in=[job.pk for job in jobs], status='completed').count() == len(jobs)
+    WORKER_COMMAND = ('rqworker-pool', '--num-workers', '2')  # on the queues every worker of the suite takes
 
     def test_pool_workers_guard_relay_heartbeat_resume_and_stop(self):
-        pool = self.pool()
+        pool = self.worker()
         self.wait_for(lambda: WorkerHeartbeat.objects.count() == 2, timeout=60, message='two worker heartbeats')
         self.assertEqual(sorted(WorkerHeartbeat.objects.values_list('queues', flat=True)),
                          ['high default low'] * 2)
