@@ -3,12 +3,17 @@
 from django.utils.translation import gettext_lazy as _
 from utilities.choices import ChoiceSet
 
+from .settings import get_settings
+
 __all__ = (
     'JobDispatchStateChoices',
     'KIND_HELP',
     'KIND_LABELS',
     'RetryEventKindChoices',
+    'STATE_HELP',
     'kind_help',
+    'state_help',
+    'strip_marks',
 )
 
 
@@ -50,7 +55,7 @@ class RetryEventKindChoices(ChoiceSet):
         (KIND_RECOVERED, _('Recovered'), 'teal'),
         (KIND_STUCK_ERRORED, _('Stuck job errored'), 'purple'),
         (KIND_ROW_DELETED, _('Row deleted mid-run'), 'gray'),
-        (KIND_PAYLOAD_REJECTED, _('Stored push rejected'), 'red'),
+        (KIND_PAYLOAD_REJECTED, _('Saved task rejected'), 'red'),
         (KIND_OPERATOR_STOPPED, _('Stopped by operator'), 'gray'),
         (KIND_WEBHOOK_FAILED, _('Webhook failed'), 'orange'),
     ]
@@ -61,80 +66,82 @@ class RetryEventKindChoices(ChoiceSet):
 # change both together. ``value: (written by, what it means, what to do)``; `backticks` mark names.
 KIND_HELP = {
     'retry': (
-        'worker guard',
-        'The worker did not find the Job row of a task it did not know to be pushed after commit (pushed by stock '
-        'code, by a process without the plugin, or on NetBox ≤ 4.2.5), and will look again after `delay` seconds.',
-        'Nothing, if a `found after retry` follows. Many of them: a process enqueues without the plugin (a worker or '
-        'web server not restarted since it was installed), or transactions stay open long around enqueues.',
+        'worker',
+        "A worker took the job's task from its queue before the job was saved in the database (the task was queued by "
+        'a process without the plugin, or by NetBox 4.2.5 or older). The worker looks for the job again after `delay` '
+        'seconds.',
+        'Nothing, if a `found after retry` event follows. If there are many: restart every web server and worker not '
+        'restarted since the plugin was installed, and look for long database transactions around the code that '
+        'enqueues jobs.',
     ),
     'found_after_retry': (
-        'worker guard',
-        'The row appeared after `attempt` retries; `delay` is the total wait. The job ran normally.',
-        'Nothing. Frequent ones with long waits point at transactions held open after an enqueue: shorten them.',
+        'worker',
+        'The worker found the job after `attempt` retries (`delay` is the total wait) and ran it normally.',
+        'Nothing. Many, with long waits: the code that enqueues jobs keeps its database transaction open long after '
+        'that: shorten it.',
     ),
     'gave_up': (
-        'worker guard',
-        'The row is not there. For a task the plugin pushed after commit (`attempt` 0), the row was deleted '
-        '(housekeeping, a user) before a worker took it: dropped at once. For any other task, the row never appeared '
-        'within `lookup_retries` / `lookup_max_wait` (rolled back or deleted). Either way the task was dropped and '
-        'the row was **not** re-created.',
-        'Usually nothing: the job does not exist. If a job you expect to exist gave up after retries, its '
-        'transaction is held open longer than `lookup_max_wait`: raise it.',
+        'worker',
+        "The worker dropped the job's task because the job is not in the database. Either the job was deleted "
+        '(housekeeping, a user) before a worker started it (`attempt` 0), or it never appeared within '
+        '`lookup_retries` retries and `lookup_max_wait` seconds (its transaction was rolled back). The job was '
+        '**not** created again.',
+        'Usually nothing: the job does not exist. If a job you expected to run gave up after retries, the code that '
+        'enqueued it kept its transaction open longer than `lookup_max_wait`: raise that setting.',
     ),
     'database_error': (
-        'worker guard',
-        'The database failed while the worker claimed the job (connection refused, server restarting, connection '
-        'terminated, a claim whose reply was lost). The worker reconnected and tried again (a claim that had '
-        'committed is recognised by its token and runs); after `database_retries` (about 11.5 s) it let the task fail '
-        "in RQ. The same event is recorded when a running job's own save meets a database error and is tried "
-        'again.',
-        'Check PostgreSQL. Nothing to requeue: the Job stays pending, and once the database answers the relay in '
-        "every worker sees its task failed in RQ before the claim, takes it out of the failed registry and sends it "
-        "again (within 2 s of a worker's relay reaching the database).",
+        'worker',
+        'The database failed while a worker started the job (connection refused, server restarting, connection '
+        'lost). The worker reconnected and tried again; after `database_retries` (about 11.5 s) it left the task '
+        "failed in RQ, and the job pending. The same event is recorded when a running job's save fails this way and "
+        'is tried again.',
+        'Check PostgreSQL. Do not enqueue the job again: within 2 seconds of the database answering, a worker sends '
+        'its task again and the job runs once.',
     ),
     'duplicate_skipped': (
-        'worker guard',
-        'A second copy of a task found its job already `running` or finished and did not run it again. Happens when '
-        'a task is requeued by hand, or a push whose process was slow to commit was also sent by the relay (see '
-        '`unknown_push_age`).',
-        'Nothing: this is the guard preventing a double run.',
+        'worker',
+        "A second copy of the job's task reached a worker after the job had started or finished, and was not run. "
+        'This happens when a task is requeued by hand in Background Tasks, or when the process that enqueued the job '
+        'was slow to commit and its task was sent a second time (after `unknown_push_age` seconds).',
+        'Nothing: the plugin kept the job from running twice.',
     ),
     'dispatch_failed': (
-        'dispatch',
-        'The push to Redis failed after the transaction committed (Redis down or unreachable). The caller saw no '
-        'error; the job is committed and its push is stored as owed.',
-        'Bring Redis back. The relay of every worker sends it within a second of Redis answering; a `recovered` '
-        'event follows. With no worker running, `netbox safejobs_recover` sends it.',
+        'the process that enqueued the job',
+        "Redis did not accept the job's task after the job was saved (Redis down or unreachable). Whoever enqueued "
+        'the job saw no error: the job is saved as pending, and the plugin keeps its task in the database to send '
+        'later.',
+        'Bring Redis back. Within a second of Redis answering, a worker sends the task and a `recovered` event '
+        'follows. With no worker running, `netbox safejobs_recover` sends it.',
     ),
     'recovered': (
-        'relay',
-        'An owed push was sent from the stored push: after a `dispatch failed`, after a process died between commit '
-        'and push (its row stayed unstamped for `unknown_push_age`), or after Redis lost its data (its marker key '
-        'was gone and the task with it).',
-        'Nothing. Many at once without `dispatch failed` before them: Redis is losing data (restarts without '
-        'persistence, evictions, failovers); the log says `Redis of queues … lost its data`.',
+        'a worker, or `netbox safejobs_recover`',
+        "The job's task was sent to Redis again from the copy the plugin keeps in the database: after a "
+        '`dispatch failed`, after the process that enqueued the job died before sending it (nothing was sent for '
+        '`unknown_push_age` seconds), or after Redis lost the queued tasks.',
+        'Nothing: the job runs once. Many at once without a `dispatch failed` before them: Redis is losing data '
+        '(restarts without persistence, evictions, failovers); the log says `Redis of queues … lost its data`.',
     ),
     'stuck_errored': (
-        'liveness',
-        "A job's work horse died (closed at once), or its worker stopped heartbeating for `stuck_after` seconds "
-        "(SIGKILL, OOM killer, host lost). It was marked errored through NetBox's `handle()` with an explanatory "
-        'error text and, if periodic, scheduled again with its arguments.',
-        'Look at why the process died (memory limits, `dmesg`, the process supervisor). The job itself may have '
-        'done part of its work.',
+        'a worker, or `netbox safejobs_recover`',
+        'The job was running when its process died: its work horse was killed (noticed at once), or its worker '
+        'stopped reporting for `stuck_after` seconds (SIGKILL, out of memory, host lost). The job was marked errored, '
+        'with the reason as its error, and a job that repeats at an interval was scheduled again.',
+        'Find out why the process died (memory limits, `dmesg`, the process supervisor). The job may have done part '
+        'of its work: check its result before running it again.',
     ),
     'row_deleted': (
-        'worker guard',
-        "The job's row was deleted while the job ran. The run ended without re-creating the row; a periodic job got "
-        'no next run.',
-        'Nothing, if the deletion was meant.',
+        'worker',
+        'The job was deleted while it ran. The run ended without saving the job again; a job that repeats at an '
+        'interval was not scheduled again.',
+        'Nothing, if the deletion was meant. Otherwise run the job again (for a script: run the script).',
     ),
     'payload_rejected': (
-        'relay',
-        'An owed push could not be trusted or read: bad signature (written by another installation, altered, or '
-        '`SECRET_KEY` changed), truncated, or its runner class no longer exists. It was not unpickled; the job was '
-        'marked errored.',
-        "Enqueue the job again if it should run. Many at once after a deploy: `SECRET_KEY` changed, or a plugin's "
-        'job class was renamed.',
+        'a worker, or `netbox safejobs_recover`',
+        "The job's task could not be sent from the copy the plugin keeps in the database: the copy was not written "
+        'by this installation (another installation wrote it, it was altered, or `SECRET_KEY` changed), it is '
+        'damaged, or its job class no longer exists. It was not read; the job was marked errored.',
+        'Enqueue the job again if it should run. Many at once after an upgrade: `SECRET_KEY` changed, or a plugin '
+        'renamed or removed a job class.',
     ),
     'operator_stopped': (
         'dispatch, liveness',
@@ -143,13 +150,13 @@ KIND_HELP = {
         'Nothing: that was a decision. Enqueue the job anew to run it.',
     ),
     'webhook_failed': (
-        'webhooks, liveness',
+        'the worker sending the webhook',
         "An event rule's webhook was not delivered: the receiver failed or answered with an error (`attempt` is the "
-        'attempt, `delay` the seconds until RQ tries again, per `RQ_RETRY_MAX` and `RQ_RETRY_INTERVAL`), or the work '
-        'horse sending it died (it is sent again). After the last attempt the webhook is kept as given up under Jobs '
-        'in flight.',
-        'Check the receiver. Once it answers, send a given-up webhook again from its page under Jobs in flight or '
-        'with `netbox safejobs_recover --resend-webhooks`.',
+        'attempt, `delay` the seconds until it is tried again, per `RQ_RETRY_MAX` and `RQ_RETRY_INTERVAL`), or the '
+        'worker sending it died (it is sent again). After the last attempt the webhook is kept under Jobs in Flight '
+        'with the state Gave up.',
+        "Check the receiver. Once it answers, click **Send again** on the webhook's page under Jobs in Flight, or "
+        'run `netbox safejobs_recover --resend-webhooks`.',
     ),
 }
 
@@ -161,7 +168,7 @@ def kind_help(kind, plain=False):
     """
     written_by, meaning, action = KIND_HELP.get(kind, ('', '', ''))
     if plain:
-        meaning, action = (text.replace('`', '').replace('**', '') for text in (meaning, action))
+        meaning, action = (strip_marks(text) for text in (meaning, action))
     return {'written_by': written_by, 'meaning': meaning, 'action': action}
 
 
@@ -173,12 +180,14 @@ KIND_LABELS = {value: label for value, label, *_color in RetryEventKindChoices.C
 class JobDispatchStateChoices(ChoiceSet):
     """
     Where a job in flight is (``in_flight.state_q`` decides each, by the database's clock): its push written with
-    the Job row, sent to RQ, owed (failed, lost by Redis, or left unsent by a process that died), claimed by a worker
-    (the lease), or a stuck candidate (a lease whose worker and work horse stopped heartbeating).
+    the Job row, sent to RQ, scheduled (sent, its Job waiting for its scheduled time), owed (failed, lost by Redis, or
+    left unsent by a process that died), claimed by a worker (the lease), or a stuck candidate (a lease whose worker
+    and work horse stopped heartbeating). What each means to an operator: ``STATE_HELP``.
     """
 
     STATE_WRITTEN = 'written'
     STATE_SENT = 'sent'
+    STATE_SCHEDULED = 'scheduled'
     STATE_OWED = 'owed'
     STATE_CLAIMED = 'claimed'
     STATE_STUCK = 'stuck'
@@ -187,8 +196,68 @@ class JobDispatchStateChoices(ChoiceSet):
     CHOICES = [
         (STATE_WRITTEN, _('Written'), 'cyan'),
         (STATE_SENT, _('Sent'), 'blue'),
+        (STATE_SCHEDULED, _('Scheduled'), 'indigo'),
         (STATE_OWED, _('Owed'), 'orange'),
         (STATE_CLAIMED, _('Claimed'), 'green'),
         (STATE_STUCK, _('Stuck candidate'), 'red'),
         (STATE_GAVE_UP, _('Gave up'), 'red'),
     ]
+
+
+# What each state of a job in flight means and what to do, where a state is shown: the legend of the list, the
+# tooltip of its badge, the row's page, the dashboard widget. ``state: (what it means, what to do)``; `backticks` mark
+# names, ``{stuck_after}`` and ``{unknown_push_age}`` are the settings' values in seconds (``state_help``).
+STATE_HELP = {
+    'written': (
+        'The job was just saved; its task is on its way to the Redis queue.',
+        'Nothing: it is sent within milliseconds. Left unsent for {unknown_push_age} s, it is shown as Owed.',
+    ),
+    'sent': (
+        "The job's task is in its Redis queue, waiting for a worker.",
+        'Nothing. If it waits long: check that a worker listens on its queue (`netbox rqworker`, `netbox rqstats`).',
+    ),
+    'scheduled': (
+        'The job waits for its scheduled time; its task is in Redis, and a worker runs it when it is due.',
+        'Nothing.',
+    ),
+    'owed': (
+        "The job's task has not reached Redis: Redis refused or lost it, or the process that enqueued the job died "
+        'first. The job waits as pending; the plugin keeps its task in the database.',
+        'Bring Redis back and keep a worker running: a worker sends the task within a second of Redis answering '
+        '(without workers, `netbox safejobs_recover` sends it).',
+    ),
+    'claimed': (
+        'A worker is running the job. The row goes away when the job ends.',
+        'Nothing.',
+    ),
+    'stuck': (
+        'The job is running, but neither its worker nor its own process has reported for {stuck_after} s: the worker '
+        'has probably died.',
+        'Nothing for the job: the next check of any worker (or `netbox safejobs_recover`) marks it errored. Find out '
+        'why the worker died.',
+    ),
+    'gave_up': (
+        "An event rule's webhook whose every attempt failed; it is kept until someone sends it again.",
+        'Fix the receiver, then click **Send again** on its page, or run `netbox safejobs_recover --resend-webhooks`.',
+    ),
+}
+
+
+def state_help(state, settings=None, plain=False):
+    """
+    ``{'meaning', 'action'}`` of a state of a job in flight (empty strings for an unknown one), with the thresholds of
+    ``settings`` (the plugin's, by default). ``plain``: without the Markdown marks, for a tooltip.
+    """
+    settings = settings or get_settings()
+    meaning, action = (
+        text.format(stuck_after=settings.stuck_after, unknown_push_age=settings.unknown_push_age)
+        for text in STATE_HELP.get(state, ('', ''))
+    )
+    if plain:
+        meaning, action = (strip_marks(text) for text in (meaning, action))
+    return {'meaning': meaning, 'action': action}
+
+
+def strip_marks(text):
+    """A help text without its Markdown marks (`` ` `` and ``**``), for a tooltip."""
+    return text.replace('`', '').replace('**', '')

@@ -108,7 +108,7 @@ def run_demo(out=print, wait=60):
     Job.objects.filter(pk=doomed.pk).delete()
     jobs.append(doomed.job_id)
 
-    out('8. A stored push that is not ours (staged: its signature broken): "stored push rejected", the job errored.')
+    out('8. A stored push that is not ours (staged: its signature broken): "saved task rejected", the job errored.')
     with override_rq_queues(closed_port_queues()):
         forged = DemoJob.enqueue()
     row = JobDispatch.objects.get(job=forged)

@@ -1,6 +1,9 @@
-"""The filter set of retry events, shared by the list page, the bulk delete view and the REST API."""
+"""
+The filter sets of retry events and of jobs in flight, each shared by its list page, its bulk actions and the REST API.
+"""
 
 import re
+import string
 import uuid
 
 import django_filters
@@ -16,6 +19,7 @@ from utilities.filters import MultiValueCharFilter, MultiValueDecimalFilter, mul
 
 from . import compat, tables
 from .choices import JobDispatchStateChoices, RetryEventKindChoices
+from .forms import JobUUIDField
 from .in_flight import state_q
 from .models import JobDispatch, RetryEvent
 from .settings import get_settings
@@ -23,6 +27,7 @@ from .settings import get_settings
 __all__ = (
     'JobDispatchFilterSet',
     'RetryEventFilterSet',
+    'uuid_prefix_range',
 )
 
 
@@ -38,6 +43,9 @@ NUMBER = re.compile(r'[-+]?[\d.]+')
 RECENT_EVENTS = 10_000
 RECENT_MATCHES = tables.COUNT_STEP + 1
 SEARCH_IDS = 2000
+# The fewest hexadecimal digits of a job UUID's start that the quick search looks up as one: the 8 the tables show.
+UUID_PREFIX_DIGITS = tables.SHORT_UUID_LENGTH
+UUID_LAYOUT = '00000000-0000-0000-0000-000000000000'
 
 
 class MultiValueUUIDFilter(django_filters.MultipleChoiceFilter):
@@ -45,8 +53,44 @@ class MultiValueUUIDFilter(django_filters.MultipleChoiceFilter):
     field_class = multivalue_field_factory(forms.UUIDField)
 
 
+class MultiValueJobUUIDFilter(MultiValueUUIDFilter):
+    """One or more job UUIDs; a part of one is refused saying that the quick search finds a job by it."""
+    field_class = multivalue_field_factory(JobUUIDField)
+
+
+class RefuseInvalidMixin:
+    """
+    A filter value that does not parse (a part of a UUID, an unknown kind, a date that is not one) selects no row.
+    django-filter leaves such a filter out, so the page listed every row as if it matched, and a bulk action on
+    "all matching" would have reached them all; the REST API answers 400 before it gets here. The list pages say
+    which value was refused (``views.FilterErrorsMixin``).
+    """
+
+    def filter_queryset(self, queryset):
+        if self.errors:
+            return queryset.none()
+        return super().filter_queryset(queryset)
+
+
+def uuid_prefix_range(value):
+    """
+    ``(lowest, highest)`` UUID that begins with ``value`` when it is the start of a UUID (``UUID_PREFIX_DIGITS`` to
+    31 hexadecimal digits, any case, with the dashes of a UUID where a UUID has them, or none), else None. PostgreSQL
+    orders UUIDs by their bytes, as their text, so the UUIDs that begin with it are one range of a UUID index: the
+    job_uuid index reads the matching entries only (a ``LIKE`` on the UUID's text would read every row).
+    """
+    text = value.strip().lower()
+    if '-' in text:
+        if len(text) > len(UUID_LAYOUT) or any((char == '-') != (UUID_LAYOUT[i] == '-') for i, char in enumerate(text)):
+            return None
+        text = text.replace('-', '')
+    if not UUID_PREFIX_DIGITS <= len(text) < 32 or not set(text) <= set(string.hexdigits):
+        return None
+    return uuid.UUID(text.ljust(32, '0')), uuid.UUID(text.ljust(32, 'f'))
+
+
 @compat.register_filterset
-class RetryEventFilterSet(BaseFilterSet):
+class RetryEventFilterSet(RefuseInvalidMixin, BaseFilterSet):
     """
     RetryEvent is a plain model (no tags, custom fields or change logging), so this is a ``BaseFilterSet`` like core's
     ``JobFilterSet``. ``Meta.fields`` get NetBox's lookup variants (``__n``, ``__ic``, ``__gte``...).
@@ -65,7 +109,7 @@ class RetryEventFilterSet(BaseFilterSet):
         distinct=False,
         label=_('Job (ID)'),
     )
-    job_uuid = MultiValueUUIDFilter(
+    job_uuid = MultiValueJobUUIDFilter(
         distinct=False,
         label=_('Job UUID'),
     )
@@ -73,7 +117,7 @@ class RetryEventFilterSet(BaseFilterSet):
         field_name='job',
         lookup_expr='isnull',
         exclude=True,
-        label=_('Job row exists'),
+        label=_('Job still exists'),
     )
     worker = MultiValueCharFilter(
         field_name='worker_host',
@@ -125,9 +169,9 @@ class RetryEventFilterSet(BaseFilterSet):
         The quick search (docs/ui.md): a pasted job UUID matches that job's events (the job_uuid index). Any other
         text matches the events whose job name, runner, worker host or detail has words beginning with each of its
         words (``nightly``, ``SyncDataSource``, ``worker-2``, ``timeout expired``; any order, ignoring case), whose
-        queue is the text, or whose kind's name or label contains it. Each of these is answered from an index (the
-        time index and the stored words, or their full-text index; the queue and kind indexes), never by reading every
-        event.
+        queue is the text, whose kind's name or label contains it, or, when it is the start of a UUID, whose job's
+        UUID begins with it (``uuid_prefix_range``). Each of these is answered from an index (the time index and the
+        stored words, or their full-text index; the queue, kind and job_uuid indexes), never by reading every event.
         """
         value = value.strip()
         if not value:
@@ -145,6 +189,8 @@ class RetryEventFilterSet(BaseFilterSet):
             condition |= matches
         if kinds := search_kinds(value):
             condition |= Q(kind__in=kinds)
+        if bounds := uuid_prefix_range(value):
+            condition |= Q(job_uuid__range=bounds)
         queryset = queryset.filter(condition)
         if known and not self.other_filters(name):
             # The words alone are known to match this many events (the queue and kind parts only add to them): the
@@ -261,7 +307,7 @@ def search_kinds(value):
 
 
 @compat.register_filterset
-class JobDispatchFilterSet(BaseFilterSet):
+class JobDispatchFilterSet(RefuseInvalidMixin, BaseFilterSet):
     """
     Jobs in flight (``JobDispatch``, a plain model like core's Job: a ``BaseFilterSet``). ``state`` is decided by the
     database's clock (``in_flight.state_q``); the stored push is not a field of any filter.
@@ -280,7 +326,7 @@ class JobDispatchFilterSet(BaseFilterSet):
         distinct=False,
         label=_('Job (ID)'),
     )
-    job_uuid = MultiValueUUIDFilter(
+    job_uuid = MultiValueJobUUIDFilter(
         distinct=False,
         label=_('Job UUID'),
     )
@@ -349,10 +395,15 @@ class JobDispatchFilterSet(BaseFilterSet):
         if not value:
             return queryset
         try:
-            # A pasted job UUID: the job's row, from the one-to-one index.
+            # A pasted job UUID: the job's row, from the job_uuid index.
             return queryset.filter(job_uuid=uuid.UUID(value))
         except ValueError:
             pass
+        if bounds := uuid_prefix_range(value):
+            # The start of a job's UUID, as the tables show it: a range of the job_uuid index. Not also looked for in
+            # the texts, as other text is: that reads every row and every Job (docs/performance.md#jobs-in-flight),
+            # for a name or host that would have to begin with 8 hexadecimal digits.
+            return queryset.filter(job_uuid__range=bounds)
         return queryset.filter(
             Q(job__name__icontains=value) |
             Q(name__icontains=value) |

@@ -1,6 +1,10 @@
-"""The filter form of the retry event list (events are written by the plugin only: no add or edit forms)."""
+"""
+The filter forms of the retry event list and of the jobs in flight (both are written by the plugin only: no add or
+edit forms), and the job UUID field their filter sets share.
+"""
 
 from django import forms
+from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 from netbox.forms.mixins import SavedFiltersMixin
 from utilities.forms import BOOLEAN_WITH_BLANK_CHOICES, FilterForm
@@ -12,8 +16,27 @@ from .models import JobDispatch, RetryEvent
 
 __all__ = (
     'JobDispatchFilterForm',
+    'JobUUIDField',
     'RetryEventFilterForm',
 )
+
+
+class JobUUIDField(forms.UUIDField):
+    """
+    A whole job UUID. What is not one (a part of a UUID pasted, a typo) is refused with a message that says where a
+    part of a UUID is looked for: the quick search.
+    """
+
+    def to_python(self, value):
+        try:
+            return super().to_python(value)
+        except ValidationError:
+            raise ValidationError(
+                _('"%(value)s" is not a whole job UUID (32 hexadecimal digits, such as '
+                  '3a067877-9f4c-4f0e-8d52-1c2f4e5a6b7c). To find a job by the start of its UUID, use the quick '
+                  'search.'),
+                code='invalid', params={'value': value},
+            ) from None
 
 
 class RetryEventFilterForm(SavedFiltersMixin, FilterForm):
@@ -39,7 +62,7 @@ class RetryEventFilterForm(SavedFiltersMixin, FilterForm):
         required=False,
         widget=DateTimePicker(),
     )
-    job_uuid = forms.UUIDField(
+    job_uuid = JobUUIDField(
         label=_('Job UUID'),
         required=False,
     )
@@ -48,7 +71,7 @@ class RetryEventFilterForm(SavedFiltersMixin, FilterForm):
         required=False,
     )
     job_exists = forms.NullBooleanField(
-        label=_('Job row exists'),
+        label=_('Job still exists'),
         required=False,
         widget=forms.Select(choices=BOOLEAN_WITH_BLANK_CHOICES),
     )
@@ -75,7 +98,7 @@ class JobDispatchFilterForm(SavedFiltersMixin, FilterForm):
     model = JobDispatch
     fieldsets = (
         FieldSet('q', 'filter_id'),
-        FieldSet('state', 'recovered', 'created__after', 'created__before', name=_('Dispatch')),
+        FieldSet('state', 'recovered', 'created__after', 'created__before', name=_('State')),
         FieldSet('job_uuid', 'runner', 'queue', name=_('Job')),
         FieldSet('worker_host', 'worker_pid', name=_('Worker')),
     )
@@ -99,7 +122,7 @@ class JobDispatchFilterForm(SavedFiltersMixin, FilterForm):
         required=False,
         widget=DateTimePicker(),
     )
-    job_uuid = forms.UUIDField(
+    job_uuid = JobUUIDField(
         label=_('Job UUID'),
         required=False,
     )

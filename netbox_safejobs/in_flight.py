@@ -8,6 +8,8 @@ relay and the liveness pass make, by the database's clock:
 - a row left *written* (neither sent nor owed) for ``unknown_push_age`` seconds lost its pushing process: the relay
   sends it like an owed one, so it is shown as **owed**;
 - a webhook whose every attempt failed is **gave up** (``webhooks.py``) until an operator sends it again;
+- a sent row whose Job is ``scheduled`` for later than now is **scheduled**: its task waits in RQ's scheduled
+  registry, which is not a delay an operator should read as stuck (a periodic job's next run is one);
 - a claimed lease whose worker and whose own heartbeat are both older than ``stuck_after`` is a **stuck
   candidate**: the rule of ``liveness.stale_leases``, which closes it at its next pass (a lease without a worker,
   the ``immediate`` jobs of ``netbox runscript``, never is).
@@ -18,6 +20,7 @@ disagree. The stored push (``payload``) is never read: every queryset here defer
 
 from datetime import timedelta
 
+from core.choices import JobStatusChoices
 from core.models import Job
 from django.db.models import (
     Case,
@@ -53,6 +56,7 @@ STATE_ORDER = (
     JobDispatchStateChoices.STATE_GAVE_UP,
     JobDispatchStateChoices.STATE_OWED,
     JobDispatchStateChoices.STATE_WRITTEN,
+    JobDispatchStateChoices.STATE_SCHEDULED,
     JobDispatchStateChoices.STATE_SENT,
     JobDispatchStateChoices.STATE_CLAIMED,
 )
@@ -83,6 +87,22 @@ def _stuck_q(stuck_after):
     )
 
 
+def _scheduled_q():
+    """
+    The row's Job waits for its scheduled time (database clock). One uncorrelated subquery, which PostgreSQL hashes
+    once per statement, as ``_stuck_q``'s live workers: the Jobs of the sent, unclaimed rows (the partial sent index)
+    that are scheduled for later. A correlated ``EXISTS`` per row was costed for every row a sort by state reads, and
+    made PostgreSQL JIT-compile the statement (docs/performance.md#jobs-in-flight).
+    """
+    waiting = JobDispatch.objects.filter(claimed__isnull=True, owed__isnull=True, sent__isnull=False)
+    scheduled = Job.objects.filter(
+        pk__in=waiting.order_by().values('job_id'),
+        status=JobStatusChoices.STATUS_SCHEDULED,
+        scheduled__gt=DatabaseNow(),
+    )
+    return Q(job_id__in=scheduled.order_by().values('pk'))
+
+
 def state_q(state, settings=None):
     """The rows in ``state`` (a ``JobDispatchStateChoices`` value), by the database's clock."""
     settings = settings or get_settings()
@@ -98,7 +118,9 @@ def state_q(state, settings=None):
     if state == S.STATE_OWED:
         return unclaimed & (Q(owed__isnull=False) | lost_push)
     if state == S.STATE_SENT:
-        return unclaimed & Q(owed__isnull=True, sent__isnull=False)
+        return unclaimed & Q(owed__isnull=True, sent__isnull=False) & ~_scheduled_q()
+    if state == S.STATE_SCHEDULED:
+        return unclaimed & Q(owed__isnull=True, sent__isnull=False) & _scheduled_q()
     if state == S.STATE_WRITTEN:
         return unclaimed & Q(owed__isnull=True, sent__isnull=True) & ~lost_push
     raise ValueError(f'unknown state {state!r}')
@@ -107,17 +129,23 @@ def state_q(state, settings=None):
 def state_expression(settings=None):
     """The state of each row, as one ``CASE`` (for showing and sorting; filters use ``state_q``)."""
     settings = settings or get_settings()
-    return Case(
-        *(When(state_q(state, settings), then=Value(state)) for state in STATE_ORDER),
-        default=Value(JobDispatchStateChoices.STATE_WRITTEN),
-        output_field=CharField(),
-    )
+    S = JobDispatchStateChoices
+    whens = []
+    for state in STATE_ORDER:
+        condition = state_q(state, settings)
+        if state == S.STATE_SENT:
+            # The first WHEN that matches wins, and the scheduled ones come before: a sent row's Job is not looked up
+            # a second time.
+            condition = Q(claimed__isnull=True, owed__isnull=True, sent__isnull=False)
+        whens.append(When(condition, then=Value(state)))
+    return Case(*whens, default=Value(S.STATE_WRITTEN), output_field=CharField())
 
 
 def dispatch_queryset(queryset=None):
     """
     ``JobDispatch`` rows without their stored push, with ``dispatch_state`` (the model's ``state`` property
-    knows neither threshold), ``age``, ``job_name``, their worker's heartbeat
+    knows neither threshold), ``age``, ``job_name``, ``job_scheduled`` (when a scheduled Job is due), their worker's
+    heartbeat
     (``worker_seen``, ``worker_name``) and ``last_heartbeat`` (the newest of the lease's and its worker's).
     A ``RestrictedQuerySet``, for NetBox's views and viewsets.
     """
@@ -131,6 +159,7 @@ def dispatch_queryset(queryset=None):
         dispatch_state=state_expression(),
         # A webhook has no Job: its row names it.
         job_name=Coalesce(Subquery(job.values('name')[:1]), F('name')),
+        job_scheduled=Subquery(job.values('scheduled')[:1]),
         age=ExpressionWrapper(DatabaseNow() - F('created'), output_field=DurationField()),
         worker_seen=Subquery(worker.values('seen')[:1]),
         worker_name=Subquery(worker.values('name')[:1]),

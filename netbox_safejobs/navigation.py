@@ -10,12 +10,12 @@ __all__ = (
 menu_items = (
     PluginMenuItem(
         link='plugins:netbox_safejobs:retryevent_list',
-        link_text=_('Retry events'),
+        link_text=_('Retry Events'),
         permissions=['netbox_safejobs.view_retryevent'],
     ),
     PluginMenuItem(
         link='plugins:netbox_safejobs:jobdispatch_list',
-        link_text=_('Jobs in flight'),
+        link_text=_('Jobs in Flight'),
         permissions=['netbox_safejobs.view_jobdispatch'],
     ),
 )

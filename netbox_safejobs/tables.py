@@ -13,14 +13,16 @@ from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import Truncator
+from django.utils.timezone import localtime
 from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 from netbox.tables import BaseTable, NetBoxTable, columns
 from utilities.paginator import EnhancedPaginator
 
-from .choices import JobDispatchStateChoices, kind_help
+from .choices import JobDispatchStateChoices, kind_help, state_help
 from .models import JobDispatch, RetryEvent
 from .permissions import viewable_job_ids
+from .settings import get_settings
 
 __all__ = (
     'COUNT_STEP',
@@ -37,6 +39,13 @@ __all__ = (
 )
 
 DETAIL_LENGTH = 120
+SHORT_UUID_LENGTH = 8
+# The widest a text is shown in a table before it is cut (``one_line``): a detail text (about 60 characters), a job's
+# name (about 30), a worker's host name. What keeps an event to one line, at 1,400 px as on a phone.
+DETAIL_WIDTH_REM = 30
+JOB_WIDTH_REM = 11
+HOST_WIDTH_REM = 9
+RUNNER_WIDTH_REM = 7
 # The list pages count the matching rows only this far past the page shown (rounded up to a multiple of it).
 COUNT_STEP = 1000
 
@@ -56,10 +65,13 @@ class JobColumn(tables.Column):
         super().__init__(*args, **kwargs)
 
     def render(self, record, value, table):
-        label = record.job_name or str(record.job_uuid)
+        label = one_line(record.job_name or short_uuid(record.job_uuid), JOB_WIDTH_REM)
         if not record.job_id:
-            return format_html('{} <span class="text-muted" title="{}">({})</span>', label,
-                               _('The Job row does not exist (any more)'), _('no job row'))
+            return format_html(
+                '{} <i class="mdi mdi-link-variant-off text-muted" title="{}" aria-hidden="true"></i>'
+                '<span class="visually-hidden">({})</span>',
+                label, _('No job row: the Job was deleted, rolled back, or never saved'), _('no job row'),
+            )
         if record.job_id in table.viewable_job_ids():
             return format_html('<a href="{}">{}</a>', reverse('core:job', kwargs={'pk': record.job_id}), label)
         return label
@@ -88,13 +100,73 @@ def kind_tooltip(kind, language):
     return f'{help_text["meaning"]}\n{_("What to do")}: {help_text["action"]}'
 
 
-class DetailColumn(tables.Column):
+def short_uuid(value):
+    """The first ``SHORT_UUID_LENGTH`` characters of a UUID: enough to tell apart the jobs of a page."""
+    return str(value)[:SHORT_UUID_LENGTH]
+
+
+class ShortUUIDColumn(tables.Column):
+    """
+    A job's UUID shown short (``short_uuid``), the whole UUID as its tooltip and in every export. The quick search
+    finds a job by this start of its UUID (``filtersets.uuid_prefix_range``). With ``events_link``, linked to the
+    events of that job.
+    """
+
+    def __init__(self, *args, events_link=False, **kwargs):
+        self.events_link = events_link
+        super().__init__(*args, **kwargs)
 
     def render(self, value):
-        short = Truncator(value).chars(DETAIL_LENGTH)
-        if short == value:
-            return value
-        return format_html('<span title="{}">{}</span>', value, short)
+        full = str(value)
+        if self.events_link:
+            url = f"{reverse('plugins:netbox_safejobs:retryevent_list')}?job_uuid={full}"
+            return format_html('<a href="{}" title="{}">{}</a>', url, full, short_uuid(full))
+        return format_html('<span title="{}">{}</span>', full, short_uuid(full))
+
+    def value(self, value):
+        return str(value)
+
+
+def nowrap():
+    """The ``attrs`` of a column whose cells stay on one line: dates, badges, numbers, short names."""
+    return {'td': {'class': 'text-nowrap'}}
+
+
+def one_line(text, width_rem, title=None):
+    """``text`` on one line, cut with an ellipsis at ``width_rem``; ``title`` (the whole text) as its tooltip."""
+    return format_html(
+        '<span class="d-inline-block text-truncate align-bottom" style="max-width: {}rem" title="{}">{}</span>',
+        width_rem, text if title is None else title, text,
+    )
+
+
+class OneLineColumn(tables.Column):
+    """A text on one line, cut at ``width_rem`` with the whole text as its tooltip; whole in exports."""
+
+    def __init__(self, *args, width_rem=12, **kwargs):
+        self.width_rem = width_rem
+        super().__init__(*args, **kwargs)
+
+    def render(self, value):
+        return one_line(value, self.width_rem)
+
+    def value(self, value):
+        return value
+
+
+class RunnerColumn(OneLineColumn):
+    """The runner by its class (or function) name, ``SyncDataSourceJob``; its dotted path as tooltip and in exports."""
+
+    def render(self, value):
+        return one_line(value.rpartition('.')[2], self.width_rem, title=value)
+
+
+class DetailColumn(tables.Column):
+    """The detail text on one line, cut to the cell's width; the whole text as its tooltip and in exports."""
+
+    def render(self, value):
+        # Cut in characters too: a detail can be long, and the browser need not lay out what it hides.
+        return one_line(Truncator(value).chars(DETAIL_LENGTH), DETAIL_WIDTH_REM, title=value)
 
     def value(self, value):
         return value
@@ -257,41 +329,52 @@ class RetryEventTable(BoundedCountMixin, ViewableJobsMixin, NetBoxTable):
         timespec='seconds',
         linkify=True,
         order_by=('time', 'id'),
+        attrs=nowrap(),
     )
     kind = KindColumn(
         verbose_name=_('Kind'),
         order_by=('kind', '-time'),
+        attrs=nowrap(),
     )
     job = JobColumn(
         verbose_name=_('Job'),
+        attrs=nowrap(),
     )
-    job_uuid = tables.Column(
+    job_uuid = ShortUUIDColumn(
         verbose_name=_('Job UUID'),
         order_by=('job_uuid', '-time'),
+        events_link=True,
+        attrs=nowrap(),
     )
-    runner = tables.Column(
+    runner = RunnerColumn(
         verbose_name=_('Runner'),
         order_by=('runner', '-time'),
+        width_rem=RUNNER_WIDTH_REM,
     )
     queue = tables.Column(
         verbose_name=_('Queue'),
         order_by=('queue', '-time'),
+        attrs=nowrap(),
     )
     attempt = tables.Column(
         verbose_name=_('Attempt'),
         order_by=('attempt', '-time'),
+        attrs=nowrap(),
     )
     delay = tables.Column(
         verbose_name=_('Delay (s)'),
         order_by=('delay', '-time'),
+        attrs=nowrap(),
     )
-    worker_host = tables.Column(
+    worker_host = OneLineColumn(
         verbose_name=_('Worker'),
         order_by=('worker_host', '-time'),
+        width_rem=HOST_WIDTH_REM,
     )
     worker_pid = tables.Column(
         verbose_name=_('Worker PID'),
         order_by=('worker_pid', '-time'),
+        attrs=nowrap(),
     )
     detail = DetailColumn(
         verbose_name=_('Detail'),
@@ -307,10 +390,11 @@ class RetryEventTable(BoundedCountMixin, ViewableJobsMixin, NetBoxTable):
             'pk', 'id', 'time', 'kind', 'job', 'job_uuid', 'runner', 'queue', 'attempt', 'delay', 'worker_host',
             'worker_pid', 'detail', 'actions',
         )
-        # The job's UUID is what tells apart jobs of the same name (every run of a script, of a sync).
+        # The job's UUID is what tells apart jobs of the same name (every run of a script, of a sync): shown short.
+        # The runner and the detail text are on the event's page, and a column away (Configure Table): by default
+        # each row is one line, so that a screen shows 15 events or more.
         default_columns = (
-            'pk', 'time', 'kind', 'job', 'job_uuid', 'runner', 'queue', 'attempt', 'delay', 'worker_host', 'detail',
-            'actions',
+            'pk', 'time', 'kind', 'job', 'job_uuid', 'queue', 'attempt', 'delay', 'worker_host', 'actions',
         )
 
     def render_delay(self, value):
@@ -377,29 +461,71 @@ def format_age(value):
 
 
 class StateColumn(tables.Column):
-    """The state of a job in flight (``dispatch_state``, annotated by ``in_flight.dispatch_queryset``) as a badge."""
+    """
+    The state of a job in flight (``dispatch_state``, annotated by ``in_flight.dispatch_queryset``) as a badge, with
+    what it means and what to do as its tooltip (``choices.STATE_HELP``); a scheduled job's says when it is due.
+    """
 
-    def render(self, value):
-        labels = dict(JobDispatchStateChoices)
-        return format_html('<span class="badge text-bg-{}">{}</span>',
-                           JobDispatchStateChoices.colors.get(value, 'secondary'), labels.get(value, value))
+    def render(self, record, value):
+        tooltip = state_tooltip(value, get_language())
+        if value == JobDispatchStateChoices.STATE_SCHEDULED and getattr(record, 'job_scheduled', None):
+            tooltip = f'{_("Due")}: {local_time_text(record.job_scheduled)}\n{tooltip}'
+        return format_html('<span class="badge text-bg-{}" title="{}" data-bs-toggle="tooltip">{}</span>',
+                           JobDispatchStateChoices.colors.get(value, 'secondary'), tooltip, state_label(value))
 
     def value(self, value):
         return value
 
 
+def state_label(state):
+    """The label of a state of a job in flight (translated)."""
+    return dict(JobDispatchStateChoices).get(state, state)
+
+
+@lru_cache(maxsize=64)
+def _state_tooltip(state, language, stuck_after, unknown_push_age):
+    help_text = state_help(state, StateThresholds(stuck_after, unknown_push_age), plain=True)
+    if not help_text['meaning']:
+        return ''
+    return f'{help_text["meaning"]}\n{_("What to do")}: {help_text["action"]}'
+
+
+class StateThresholds(NamedTuple):
+    stuck_after: int
+    unknown_push_age: int
+
+
+def state_tooltip(state, language):
+    """The tooltip of a state's badge in ``language``, with the current thresholds: made once per state, not per row."""
+    settings = get_settings()
+    return _state_tooltip(state, language, settings.stuck_after, settings.unknown_push_age)
+
+
 class AgeColumn(tables.Column):
-    """Time since the job's push was written (database clock); sorting by it sorts by ``created``, oldest first."""
+    """
+    Time since the job's push was written (database clock); sorting by it sorts by ``created``, oldest first. A
+    scheduled job shows instead how long until it is due.
+    """
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault('order_by', ('-created', '-pk'))
         super().__init__(*args, **kwargs)
 
-    def render(self, value):
+    def render(self, record, value):
+        if record.dispatch_state == JobDispatchStateChoices.STATE_SCHEDULED and record.job_scheduled:
+            # ``created`` + ``age`` is the database's clock as the page was read.
+            due_in = record.job_scheduled - (record.created + value) if value is not None else None
+            return format_html('<span title="{}: {}">{}</span>', _('Due'), local_time_text(record.job_scheduled),
+                               _('due in {}').format(format_age(due_in)))
         return format_age(value)
 
     def value(self, value):
         return int(value.total_seconds()) if value is not None else None
+
+
+def local_time_text(value):
+    """A time as NetBox's tables show one: local time, to the second."""
+    return localtime(value).strftime('%Y-%m-%d %H:%M:%S')
 
 
 class JobDispatchTable(BoundedCountMixin, ViewableJobsMixin, NetBoxTable):
@@ -417,70 +543,88 @@ class JobDispatchTable(BoundedCountMixin, ViewableJobsMixin, NetBoxTable):
         verbose_name=_('Job'),
         # Sorted through a join on the Job row: sorting by the per-row job_name subquery would run it for every row.
         order_by=('job__name', 'job_uuid'),
+        attrs=nowrap(),
     )
-    job_uuid = tables.Column(
+    job_uuid = ShortUUIDColumn(
         verbose_name=_('Job UUID'),
         linkify=True,
+        attrs=nowrap(),
     )
-    runner = tables.Column(
+    runner = RunnerColumn(
         verbose_name=_('Runner'),
+        width_rem=RUNNER_WIDTH_REM,
     )
     queue_name = tables.Column(
         verbose_name=_('Queue'),
+        attrs=nowrap(),
     )
     method = tables.Column(
         verbose_name=_('Method'),
+        attrs=nowrap(),
     )
     state = StateColumn(
         verbose_name=_('State'),
         accessor=tables.A('dispatch_state'),
         order_by=('dispatch_state',),
+        attrs=nowrap(),
     )
     age = AgeColumn(
         verbose_name=_('Age'),
+        attrs=nowrap(),
     )
     created = columns.DateTimeColumn(
         verbose_name=_('Written'),
         timespec='seconds',
+        attrs=nowrap(),
     )
     sent = columns.DateTimeColumn(
         verbose_name=_('Sent'),
         timespec='seconds',
+        attrs=nowrap(),
     )
     owed = columns.DateTimeColumn(
         verbose_name=_('Owed'),
         timespec='seconds',
+        attrs=nowrap(),
     )
     claimed = columns.DateTimeColumn(
         verbose_name=_('Claimed'),
         timespec='seconds',
+        attrs=nowrap(),
     )
     last_heartbeat = columns.DateTimeColumn(
         verbose_name=_('Last heartbeat'),
         timespec='seconds',
         orderable=False,
+        attrs=nowrap(),
     )
     heartbeat = columns.DateTimeColumn(
         verbose_name=_('Lease heartbeat'),
         timespec='seconds',
+        attrs=nowrap(),
     )
     worker_seen = columns.DateTimeColumn(
         verbose_name=_('Worker heartbeat'),
         timespec='seconds',
         orderable=False,
+        attrs=nowrap(),
     )
-    worker_name = tables.Column(
+    worker_name = OneLineColumn(
         verbose_name=_('Worker name'),
         orderable=False,
+        width_rem=HOST_WIDTH_REM,
     )
-    worker_host = tables.Column(
+    worker_host = OneLineColumn(
         verbose_name=_('Worker host'),
+        width_rem=HOST_WIDTH_REM,
     )
     worker_pid = tables.Column(
         verbose_name=_('Work horse PID'),
+        attrs=nowrap(),
     )
     recoveries = tables.Column(
-        verbose_name=_('Recoveries'),
+        verbose_name=_('Resent'),
+        attrs=nowrap(),
     )
     actions = columns.ActionsColumn(
         actions=(),

@@ -4,24 +4,21 @@ The retry event pages (list with filters, export and bulk delete; detail; delete
 behave like core pages; every queryset is restricted to the user's object permissions.
 """
 
-import re
-
 import yaml
 from django.contrib import messages
 from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
-from django.utils.html import escape
 from django.utils.http import content_disposition_header
-from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from netbox.views import generic
 from utilities.querysets import RestrictedQuerySet
 from utilities.views import register_model_view
 
 from . import compat, filtersets, forms, tables, webhooks
-from .choices import JobDispatchStateChoices, kind_help
+from .choices import JobDispatchStateChoices, kind_help, state_help
 from .in_flight import dispatch_queryset
+from .markup import help_html
 from .models import JobDispatch, RetryEvent
 from .permissions import viewable_jobs
 from .settings import get_settings
@@ -46,12 +43,6 @@ EXPORT_FIELDS = (
 JOB_FIELDS_SHOWN = ('pk', 'name', 'status', 'created', 'started', 'completed')
 
 
-def help_html(text):
-    """A text of ``choices.KIND_HELP`` as HTML: escaped, `names` as code, **words** in bold."""
-    html = re.sub(r'`([^`]+)`', r'<code>\1</code>', escape(text))
-    return mark_safe(re.sub(r'\*\*([^*]+)\*\*', r'<strong>\1</strong>', html))  # noqa: S308 (escaped above)
-
-
 def event_as_dict(values):
     """One event (a ``values()`` row) as plain YAML-safe data."""
     data = dict(values)
@@ -61,8 +52,32 @@ def event_as_dict(values):
     return data
 
 
+class FilterErrorsMixin:
+    """
+    A list page that says, above its table, which filter values it refused and how to correct them: such a filter
+    selects no row (``filtersets.RefuseInvalidMixin``), where NetBox's lists leave it out and list every row.
+    """
+
+    def filter_errors(self, request):
+        """``{'errors': [(label, messages)], 'clear_url': the list without those filters}``, or None."""
+        filterset = self.filterset(request.GET, self.queryset.none(), request=request)
+        if not filterset.errors:
+            return None
+        fields = filterset.form.fields
+        query = request.GET.copy()
+        for name in filterset.errors:
+            for key in list(query):
+                if key == name or key.startswith(f'{name}__'):
+                    del query[key]
+        return {
+            'errors': [(fields[name].label if name in fields else name, errors)
+                       for name, errors in filterset.errors.items()],
+            'clear_url': f'{request.path}?{query.urlencode()}' if query else request.path,
+        }
+
+
 @register_model_view(RetryEvent, 'list', path='', detail=False)
-class RetryEventListView(generic.ObjectListView):
+class RetryEventListView(FilterErrorsMixin, generic.ObjectListView):
     queryset = RetryEvent.objects.all()
     filterset = filtersets.RetryEventFilterSet
     filterset_form = forms.RetryEventFilterForm
@@ -74,6 +89,9 @@ class RetryEventListView(generic.ObjectListView):
         if request.GET.get('export') == 'yaml':
             return self.export_events_yaml(request)
         return super().get(request)
+
+    def get_extra_context(self, request):
+        return {'filter_errors': self.filter_errors(request)}
 
     def export_table(self, table, columns=None, *args, **kwargs):
         # The CSV of the current view keeps the job's UUID even where the column is hidden: the job's name alone does
@@ -149,7 +167,7 @@ class RetryEventBulkDeleteView(generic.BulkDeleteView):
 #
 
 @register_model_view(JobDispatch, 'list', path='', detail=False)
-class JobDispatchListView(generic.ObjectListView):
+class JobDispatchListView(FilterErrorsMixin, generic.ObjectListView):
     """
     The outbox and leases, oldest first: read-only (no bulk actions), CSV export of the table only. NetBox's export
     templates are refused here: they would render the queryset, stored push included.
@@ -175,6 +193,13 @@ class JobDispatchListView(generic.ObjectListView):
         return {
             'stuck_after': settings.stuck_after,
             'unknown_push_age': settings.unknown_push_age,
+            'filter_errors': self.filter_errors(request),
+            # Every state, in the order a job goes through them, with what it means and what to do.
+            'states': [
+                {'value': value, 'label': label, 'color': color,
+                 **{key: help_html(text) for key, text in state_help(value, settings).items()}}
+                for value, label, color in JobDispatchStateChoices.CHOICES
+            ],
         }
 
 
@@ -200,6 +225,7 @@ class JobDispatchView(generic.ObjectView):
             'list_url': list_url,
             'state_label': dict(JobDispatchStateChoices).get(instance.dispatch_state, instance.dispatch_state),
             'state_color': JobDispatchStateChoices.colors.get(instance.dispatch_state, 'secondary'),
+            'state_help': {key: help_html(text) for key, text in state_help(instance.dispatch_state, settings).items()},
             'age': tables.format_age(instance.age),
             'job': job,
             'job_url': reverse('core:job', kwargs={'pk': job.pk}) if job else None,

@@ -36,7 +36,7 @@ class RetryEventSerializer(BaseModelSerializer):
 class JobDispatchSerializer(BaseModelSerializer):
     """
     A job in flight, from ``in_flight.dispatch_queryset`` (its annotations: ``dispatch_state``, ``age``,
-    ``job_name``, the worker's heartbeat). Never the stored push, nor the lease's attempt token.
+    ``job_name``, ``job_scheduled``, the worker's heartbeat). Never the stored push, nor the lease's attempt token.
     """
     state = ChoiceField(choices=JobDispatchStateChoices, source='dispatch_state', read_only=True)
     # As for retry events: the nested Job only for a user who may view it (the viewset prefetches it from those).
@@ -46,7 +46,11 @@ class JobDispatchSerializer(BaseModelSerializer):
     )
     job_name = serializers.CharField(read_only=True)
     queue = serializers.CharField(source='queue_name', read_only=True)
-    age = serializers.SerializerMethodField(help_text='Seconds since the push was written (database clock)')
+    age = serializers.SerializerMethodField(help_text='Seconds since the job was enqueued (database clock)')
+    scheduled = serializers.DateTimeField(
+        source='job_scheduled', read_only=True, allow_null=True,
+        help_text="The Job's scheduled time: when a job in the state scheduled is due",
+    )
     worker_name = serializers.CharField(read_only=True, allow_null=True)
     worker_seen = serializers.DateTimeField(read_only=True, allow_null=True)
     last_heartbeat = serializers.DateTimeField(read_only=True, allow_null=True)
@@ -55,8 +59,8 @@ class JobDispatchSerializer(BaseModelSerializer):
         model = JobDispatch
         fields = (
             'id', 'url', 'display_url', 'display', 'job', 'job_uuid', 'job_name', 'runner', 'queue', 'method', 'state',
-            'age', 'created', 'sent', 'owed', 'claimed', 'recoveries', 'worker', 'worker_name', 'worker_host',
-            'worker_pid', 'heartbeat', 'worker_seen', 'last_heartbeat',
+            'age', 'scheduled', 'created', 'sent', 'owed', 'claimed', 'recoveries', 'worker', 'worker_name',
+            'worker_host', 'worker_pid', 'heartbeat', 'worker_seen', 'last_heartbeat',
         )
         read_only_fields = fields
         brief_fields = ('id', 'url', 'display', 'job_uuid', 'state')

@@ -29,8 +29,16 @@ __all__ = (
 class SafeJobsRootView(APIRootView):
     """netbox-safejobs API root view"""
 
+    # Endpoints that are not a viewset of the router (``urls.py``), listed with those: {key: URL name}.
+    other_endpoints = {'health': 'health'}
+
     def get_view_name(self):
         return 'Safe Jobs'
+
+    def get(self, request, *args, **kwargs):
+        # Alphabetically, as NetBox's router lists its viewsets.
+        self.api_root_dict = dict(sorted({**self.api_root_dict, **self.other_endpoints}.items()))
+        return super().get(request, *args, **kwargs)
 
 
 class BoundedCountPagination(api_settings.DEFAULT_PAGINATION_CLASS):

@@ -3,8 +3,10 @@
 from django import template
 
 from ..health import check, may_view_health
+from ..markup import help_html
 
 __all__ = (
+    'panel_context',
     'safejobs_health_panel',
 )
 
@@ -16,6 +18,8 @@ LEVEL_COLORS = {
     'warning': 'yellow',
     'error': 'red',
 }
+# The texts of a finding, written with `names` marked as in the command's output.
+TEXTS = ('message', 'why', 'fix')
 
 
 @register.inclusion_tag('netbox_safejobs/inc/health_panel.html', takes_context=True)
@@ -23,6 +27,21 @@ def safejobs_health_panel(context):
     """Run the checks (as ``netbox safejobs_check`` does) and render them; nothing for users who may not see them."""
     if not may_view_health(context.get('request')):
         return {'report': None}
-    report = check()
-    findings = [{**vars(f), 'color': LEVEL_COLORS[f.level]} for f in report.findings]
-    return {'report': report, 'findings': findings, 'status_color': LEVEL_COLORS[report.status]}
+    return panel_context(check())
+
+
+def panel_context(report):
+    """
+    The panel of a ``health.HealthReport``: its findings with their `names` as code, folded when every check is ok
+    (the status alone is shown), open when one is not.
+    """
+    findings = [
+        {**vars(f), 'color': LEVEL_COLORS[f.level], **{key: help_html(getattr(f, key)) for key in TEXTS}}
+        for f in report.findings
+    ]
+    return {
+        'report': report,
+        'findings': findings,
+        'status_color': LEVEL_COLORS[report.status],
+        'expanded': report.status != 'ok',
+    }

@@ -8,7 +8,7 @@ from netbox_safejobs.demo import run_demo
 class Command(BaseCommand):
     help = (
         'Provoke every kind of netbox-safejobs retry event (retry, found after retry, gave up, database error, '
-        'duplicate skipped, dispatch failed, recovered, stuck job errored, row deleted mid-run, stored push rejected, '
+        'duplicate skipped, dispatch failed, recovered, stuck job errored, row deleted mid-run, saved task rejected, '
         'stopped by operator) with small demo jobs, so that they can '
         'be seen on the Retry events page. Needs a running rqworker.'
     )
