@@ -100,6 +100,28 @@ class RetryEventAPIBehaviourTest(APITestCase):
                 self.assertHttpStatus(response, 400)
                 self.assertTrue(response.json(), 'a 400 names the failing filter')
 
+    def test_a_part_of_a_job_uuid_answers_400_saying_where_to_search(self):
+        self.grant('view')
+        start = str(self.data['uuid_c'])[:8]
+        with disable_warnings('django.request'):
+            response = self.get(reverse(LIST), {'job_uuid': start})
+        self.assertHttpStatus(response, 400)
+        (message,) = response.json()['job_uuid']
+        self.assertIn(f'"{start}" is not a whole job UUID', message)
+        self.assertIn('quick search', message)
+        response = self.get(reverse(LIST), {'q': start})
+        self.assertEqual(sorted(r['id'] for r in response.json()['results']),
+                         sorted(self.events[i].pk for i in (4, 5)))
+
+    def test_root_lists_every_endpoint(self):
+        self.grant('view')
+        response = self.get(reverse('plugins-api:netbox_safejobs-api:api-root'))
+        self.assertHttpStatus(response, 200)
+        root = response.json()
+        self.assertEqual(list(root), ['health', 'jobs-in-flight', 'retry-events'])
+        self.assertTrue(root['health'].endswith('/api/plugins/safejobs/health/'))
+        self.assertTrue(root['jobs-in-flight'].endswith('/api/plugins/safejobs/jobs-in-flight/'))
+
     def test_filters_shared_with_the_ui(self):
         self.grant('view')
         uuid_c = str(self.data['uuid_c'])

@@ -28,8 +28,10 @@ from extras.models import Dashboard, EventRule, Webhook
 from users.models import User, UserConfig
 
 from netbox_safejobs import event_types
+from netbox_safejobs.choices import RetryEventKindChoices
 from netbox_safejobs.models import JobDispatch, RetryEvent, WorkerHeartbeat
 from netbox_safejobs.testing.processes import free_port, stop_process_group, wait_port
+from netbox_safejobs.widgets import RetryEventsWidget
 
 from .base import netbox_command, worker_env
 
@@ -88,7 +90,7 @@ class BrowserTest(TransactionTestCase):
         return f'http://127.0.0.1:{self.port}'
 
     @contextmanager
-    def browser_page(self):
+    def browser_page(self, width=1400, height=1000, theme='light'):
         """A chromium page; on failure, a screenshot of it is kept as a test artefact."""
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
@@ -96,7 +98,9 @@ class BrowserTest(TransactionTestCase):
                 args=['--no-sandbox', '--disable-gpu', '--disable-background-networking'],
             )
             try:
-                page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+                page = browser.new_page(viewport={'width': width, 'height': height}, color_scheme=theme)
+                # NetBox's own colour mode switch (the lightbulb), which it keeps in local storage.
+                page.add_init_script(f"localStorage.setItem('netbox-color-mode', '{theme}')")
                 page.set_default_timeout(30000)
                 try:
                     yield page
@@ -111,6 +115,11 @@ class BrowserTest(TransactionTestCase):
                     raise
             finally:
                 browser.close()
+
+    def screenshot(self, page, name):
+        """A screenshot of the page as a test artefact, to look at (light and dark, wide and narrow)."""
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f'{name}.png'))
 
     def log_in(self, page, path):
         """Log in through NetBox's login page, landing on ``path``."""
@@ -167,6 +176,7 @@ class BrowserTest(TransactionTestCase):
             page.click(f'table.object-list a[href="/plugins/safejobs/retry-events/{self.retry.pk}/"]')
             page.wait_for_url(f'**/plugins/safejobs/retry-events/{self.retry.pk}/')
             self.assertIn('core.jobs.SyncDataSourceJob', page.content())
+            self.screenshot(page, 'retry-event-1400-light')
 
             # Follow it to NetBox's Job page and see the panel with both events of the job
             page.click('#safejobs-job-link')
@@ -206,8 +216,81 @@ class BrowserTest(TransactionTestCase):
             hours.fill('6')
             page.locator('#htmx-modal-content button.btn-primary').click()
             page.get_by_text('All events, last 6 hours').wait_for()
+            # The title follows the hours (NetBox stored the default title when the widget was added).
+            self.assertIn('Retry events (6 hours)', page.inner_text('#dashboard'))
+            self.assertNotIn('Retry events (24 hours)', page.inner_text('#dashboard'))
         (stored,) = Dashboard.objects.get(user=self.user).config.values()
         self.assertEqual((stored['class'], stored['config']), ('netbox_safejobs.RetryEventsWidget', {'hours': 6}))
+
+    def test_dashboard_widget_holds_every_kind_without_scrolling(self):
+        # An incident: events of every kind, and owed and stuck jobs in flight; the widget at its default size.
+        now = timezone.now()
+        for value, _label, _color in RetryEventKindChoices.CHOICES:
+            RetryEvent.objects.create(job_uuid=uuid.uuid4(), job_name='nightly sync', kind=value, time=now)
+        widget = RetryEventsWidget()
+        Dashboard.objects.create(user=self.user, layout=[{'id': widget.id, 'w': widget.width, 'h': widget.height,
+                                                          'x': 0, 'y': 0}],
+                                 config={widget.id: {'class': 'netbox_safejobs.RetryEventsWidget', 'title': None,
+                                                     'color': None, 'config': {'hours': 24}}})
+        for width, theme in ((1400, 'light'), (1400, 'dark'), (1920, 'light')):
+            with self.subTest(width=width, theme=theme), self.browser_page(width=width, theme=theme) as page:
+                self.log_in(page, '/')
+                page.locator('.safejobs-widget').wait_for()
+                kinds = page.locator('.safejobs-widget [data-kind]').count()
+                self.assertEqual(kinds, len(RetryEventKindChoices.CHOICES))
+                body = page.locator('.grid-stack-item-content:has(.safejobs-widget) .card-body')
+                sizes = body.evaluate('b => [b.scrollHeight, b.clientHeight]')
+                self.screenshot(page, f'widget-{width}-{theme}')
+                self.assertLessEqual(sizes[0], sizes[1], f'the widget scrolls: {sizes} (content, visible) px')
+
+    def test_event_list_shows_15_events_per_screen(self):
+        # Events as an incident leaves them: long detail texts, dotted runners, jobs with and without rows.
+        now = timezone.now()
+        kinds = [value for value, _label, _color in RetryEventKindChoices.CHOICES]
+        for i in range(60):
+            RetryEvent.objects.create(
+                job=self.job if i % 3 == 0 else None, job_uuid=uuid.uuid4(),
+                job_name=('nightly sync of the data source for the core site' if i % 2 else f'report {i}'),
+                kind=kinds[i % len(kinds)], attempt=i % 7, delay=i * 0.25, queue=('default', 'low', 'high')[i % 3],
+                runner='netbox_custom_plugin.jobs.synchronisation.SynchroniseEverythingJob',
+                worker_host=f'netbox-worker-{i % 4}.example.net', worker_pid=40000 + i,
+                detail='OperationalError: connection to server at "db.example.net" (10.0.0.5), port 5432 failed: '
+                       'server closed the connection unexpectedly. This probably means the server terminated.',
+                time=now - timedelta(seconds=i),
+            )
+        for theme in ('light', 'dark'):
+            with self.subTest(theme=theme), self.browser_page(height=900, theme=theme) as page:
+                self.log_in(page, '/plugins/safejobs/retry-events/')
+                rows = page.locator('table.object-list tbody tr')
+                rows.first.wait_for()
+                heights = rows.evaluate_all('rows => rows.map(r => r.getBoundingClientRect().height)')
+                on_screen = rows.evaluate_all(
+                    'rows => rows.filter(r => r.getBoundingClientRect().bottom <= window.innerHeight).length')
+                per_screen = int(900 // max(heights))
+                self.screenshot(page, f'retry-events-1400-{theme}')
+                print(f'\nretry event list, 1400 x 900 {theme}: rows {min(heights):.0f}-{max(heights):.0f} px high, '
+                      f'{on_screen} on the first screen, {per_screen} per screen')
+                # The whole row is in view: no column beyond the page's right edge.
+                widths = page.locator('table.object-list').evaluate(
+                    't => [t.scrollWidth, t.parentElement.clientWidth, '
+                    'Array.from(t.querySelectorAll("thead th"), th => Math.round(th.getBoundingClientRect().width))]')
+                self.assertLessEqual(widths[0], widths[1], f'table, container, columns (px): {widths}')
+                # One line per event: 15 or more on a screen, and on the first one, below the page's header.
+                self.assertGreaterEqual(on_screen, 15)
+                self.assertLessEqual(max(heights), 45)
+                # The detail and the runner are a column away; the UUID is short, whole in its tooltip.
+                self.assertNotIn('SynchroniseEverythingJob', page.inner_text('table.object-list'))
+                self.assertNotIn('server closed the connection', page.inner_text('table.object-list'))
+        with self.browser_page(width=400, height=800) as page:
+            self.log_in(page, '/plugins/safejobs/retry-events/')
+            table = page.locator('table.object-list')
+            table.wait_for()
+            width = table.evaluate('t => t.scrollWidth')
+            self.screenshot(page, 'retry-events-400-light')
+            print(f'retry event list at 400 px: the table is {width} px wide')
+            # Rows stay one line: the table scrolls sideways in its card, as NetBox's own tables do on a phone, and
+            # is no wider than the page's content at 1,400 px (it was 1,309 px with the runner and the detail shown).
+            self.assertLessEqual(width, 1063)
 
     def test_event_rule_form_with_the_plugin_event_types(self):
         # A rule as the REST API would store it: on retry events, for both of the plugin's event types.
@@ -254,6 +337,32 @@ class BrowserTest(TransactionTestCase):
             self.assertIn('Owed', table)
             self.assertIn('Stuck candidate', table)
             self.assertEqual(page.locator('table.object-list tbody tr').count(), 2)
+            self.assertEqual(page.title(), 'Jobs in Flight | NetBox')
+            # Every default column in view at 1,400 px, each row one line.
+            widths = page.locator('table.object-list').evaluate(
+                't => [t.scrollWidth, t.parentElement.clientWidth, '
+                'Array.from(t.querySelectorAll("thead th"), th => Math.round(th.getBoundingClientRect().width))]')
+            self.assertLessEqual(widths[0], widths[1], f'table, container, columns (px): {widths}')
+            heights = page.locator('table.object-list tbody tr').evaluate_all(
+                'rows => rows.map(r => r.getBoundingClientRect().height)')
+            self.assertLessEqual(max(heights), 45)
+
+            # The health panel is open only when a check needs attention; its names are code, not backticks.
+            panel = page.locator('#safejobs-health')
+            status = panel.get_attribute('data-status')
+            findings = page.locator('#safejobs-health-findings')
+            self.assertEqual(findings.is_visible(), status != 'ok', status)
+            page.click('#safejobs-health-toggle')
+            findings.wait_for(state='visible' if status == 'ok' else 'hidden')
+            self.assertNotIn('`', panel.inner_text())
+
+            # What the states mean, one click away
+            self.assertFalse(page.locator('#safejobs-states').is_visible())
+            page.click('#safejobs-states-toggle')
+            page.locator('#safejobs-states').wait_for(state='visible')
+            self.assertEqual(page.locator('#safejobs-states tbody tr').count(), 7)
+            self.assertIn('has probably died', page.inner_text('#safejobs-states'))
+            self.screenshot(page, 'jobs-in-flight-1400-light')
 
             # Filter by state with the filter form
             page.click('#filters-form-tab')
@@ -269,6 +378,8 @@ class BrowserTest(TransactionTestCase):
             page.wait_for_url(f'**/plugins/safejobs/jobs-in-flight/{stuck.pk}/')
             page.locator('#safejobs-stuck-note').wait_for()
             self.assertIn('w-dead', page.content())
+            self.assertIn('has probably died', page.inner_text('#safejobs-state-meaning'))
+            self.screenshot(page, 'job-in-flight-1400-light')
 
             # NetBox's Jobs list with the plugin's column chosen (set above, as Configure Table saves it)
             page.goto(f'{self.base}/core/jobs/')

@@ -80,6 +80,40 @@ class RetryEventFilterSetTest(TestCase, BaseFilterSetTestMixin):
         # A UUID is matched whole against the job's UUID only.
         self.assertFilter({'q': str(self.data['job_b'].job_id).upper()}, 3)
 
+    def test_q_start_of_a_job_uuid(self):
+        uuid_c = str(self.data['uuid_c'])
+        # The 8 characters the tables show, any case, with or without the dashes, up to a whole UUID but one digit.
+        for value in (uuid_c[:8], uuid_c[:8].upper(), f' {uuid_c[:8]} ', uuid_c[:9], uuid_c[:14], uuid_c[:35],
+                      uuid_c.replace('-', '')[:12], uuid_c.replace('-', '')[:31]):
+            with self.subTest(value=value):
+                self.assertFilter({'q': value}, 4, 5)
+        # Other text is not a UUID's start: too short, dashes where a UUID has none, not hexadecimal.
+        for value in (uuid_c[:7], f'{uuid_c[:4]}-{uuid_c[4:8]}', 'zz' + uuid_c[2:8]):
+            with self.subTest(value=value):
+                self.assertFilter({'q': value})
+
+    def test_q_start_of_a_job_uuid_is_a_range_of_the_job_uuid_index(self):
+        low, high = filtersets.uuid_prefix_range('3A067877-9f')
+        self.assertEqual((str(low), str(high)),
+                         ('3a067877-9f00-0000-0000-000000000000', '3a067877-9fff-ffff-ffff-ffffffffffff'))
+        self.assertEqual(filtersets.uuid_prefix_range('3a0678779f'), (low, high))
+        for value in ('3a06787', '3a06-7877', 'nightly sync', '3a067877-9f-', '3a067877 9f', ''):
+            with self.subTest(value=value):
+                self.assertIsNone(filtersets.uuid_prefix_range(value))
+        sql = str(self.filterset({'q': '3a067877'}, self.queryset).qs.query)
+        self.assertIn('"job_uuid" BETWEEN', sql)
+
+    def test_a_refused_value_selects_nothing(self):
+        # django-filter leaves such a filter out (every row); here it selects none, and says why.
+        for params in ({'job_uuid': [str(self.data['uuid_c'])[:8]]}, {'kind': ['nonsense']},
+                       {'job_uuid': [str(self.data['uuid_c'])], 'attempt': ['many']}):
+            with self.subTest(params=params):
+                filterset = self.filterset(params, self.queryset)
+                self.assertFalse(filterset.is_valid())
+                self.assertEqual(list(filterset.qs), [])
+        errors = self.filterset({'job_uuid': ['3a067877']}, self.queryset).errors
+        self.assertIn('"3a067877" is not a whole job UUID', errors['job_uuid'][0])
+
     def test_q_with_many_matches_gives_the_same_rows(self):
         # Above SEARCH_IDS matches the condition is the full-text search itself rather than a list of IDs.
         with mock.patch.object(filtersets, 'SEARCH_IDS', 1):

@@ -30,6 +30,7 @@ from netbox.urls import urlpatterns as netbox_urlpatterns
 from prometheus_client.parser import text_string_to_metric_families
 
 from netbox_safejobs import compat, health, liveness, metrics
+from netbox_safejobs.markup import help_html
 from netbox_safejobs.models import JobDispatch, WorkerHeartbeat
 from netbox_safejobs.testing.processes import RedisServer, free_port, stop_process_group
 from netbox_safejobs.testing.queues import override_rq_queues, queues_on
@@ -498,7 +499,8 @@ class SurfacesTest(SafeJobsTransactionTestCase):
             # The panel reads the clock anew: a skew of 0.0 s can come out "behind" once and "ahead" the next time.
             message = message.replace('0.0s behind', '0.0s').replace('0.0s ahead of', '0.0s')
             html = html.replace('0.0s behind', '0.0s').replace('0.0s ahead of', '0.0s')
-            self.assertIn(message.replace("'", '&#x27;').replace('"', '&quot;').replace('<', '&lt;'), html)
+            # Escaped, with its `names` as code.
+            self.assertIn(help_html(message), html)
 
         request.user = self.nobody
         html = Template('{% load safejobs_health %}{% safejobs_health_panel %}').render(Context({'request': request}))
@@ -511,6 +513,43 @@ class SurfacesTest(SafeJobsTransactionTestCase):
         self.client.logout()
         response = self.client.get('/api/plugins/safejobs/health/', HTTP_ACCEPT='application/json')
         self.assertIn(response.status_code, (401, 403))
+
+
+class PanelTest(TestCase):
+    """The Health panel of the jobs in flight page: Markdown names as code, folded while nothing needs attention."""
+
+    def render(self, *findings):
+        from django.template.loader import render_to_string
+
+        from netbox_safejobs.templatetags.safejobs_health import panel_context
+
+        report = health.HealthReport()
+        for check, level, message, fix in findings:
+            report.add(check, level, message, fix=fix)
+        return render_to_string('netbox_safejobs/inc/health_panel.html', panel_context(report))
+
+    def test_names_are_code_and_the_rest_is_escaped(self):
+        html = self.render(('settings', 'warning', 'worker_loop is off: `netbox safejobs_recover` must run <now>',
+                            'Remove `worker_loop`.'))
+        self.assertIn('<code>netbox safejobs_recover</code> must run &lt;now&gt;', html)
+        self.assertIn('Remove <code>worker_loop</code>.', html)
+        self.assertNotIn('`', html)
+
+    def test_folded_when_every_check_is_ok(self):
+        html = self.render(('database', 'ok', 'PostgreSQL answers', ''), ('redis', 'info', 'No persistence', ''))
+        self.assertIn('data-status="ok"', html)
+        self.assertIn('class="collapse" id="safejobs-health-findings"', html)
+        self.assertIn('aria-expanded="false"', html)
+        self.assertIn('Nothing needs attention.', html)
+
+    def test_open_when_a_check_is_not_ok(self):
+        for level in ('warning', 'error'):
+            with self.subTest(level):
+                html = self.render(('database', 'ok', 'PostgreSQL answers', ''), ('workers', level, 'No worker', ''))
+                self.assertIn(f'data-status="{level}"', html)
+                self.assertIn('class="collapse show" id="safejobs-health-findings"', html)
+                self.assertIn('aria-expanded="true"', html)
+                self.assertIn('Needs attention', html)
 
 
 class BadInputTest(SafeJobsTransactionTestCase):

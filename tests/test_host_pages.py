@@ -147,9 +147,12 @@ class DashboardTest(HostPageTestCase):
         (stored,) = dashboard.config.values()
         self.assertEqual(stored['class'], WIDGET)
         self.assertEqual(stored['config'], {'hours': 6})
-        self.assertEqual(stored['title'], str(RetryEventsWidget.default_title))
+        # The title left empty is the widget's own for its hours.
+        self.assertEqual(stored['title'], 'Retry events (6 hours)')
         self.add_permissions('netbox_safejobs.view_retryevent')
-        self.assert_in_page('All events, last 6 hours', self.get_page(reverse('home')))
+        content = self.get_page(reverse('home'))
+        self.assert_in_page('All events, last 6 hours', content)
+        self.assert_in_page('Retry events (6 hours)', content)
 
     def test_configure_the_widget_with_an_empty_title(self):
         (widget_id,) = self.make_dashboard(WIDGET)
@@ -163,8 +166,9 @@ class DashboardTest(HostPageTestCase):
         self.assertEqual(stored['color'], 'red')
         self.add_permissions('netbox_safejobs.view_retryevent')
         content = self.get_page(reverse('home'))
-        self.assert_in_page(str(RetryEventsWidget.default_title), content)
+        self.assert_in_page('Retry events (48 hours)', content)
         self.assert_in_page('All events, last 48 hours', content)
+        self.assertNotIn(str(RetryEventsWidget.default_title), content)
 
     def test_configure_dialog_rejects_an_out_of_range_value(self):
         (widget_id,) = self.make_dashboard(WIDGET)

@@ -35,7 +35,8 @@ def make_dispatches():
     - ``running``: claimed by a live worker; ``stuck``: claimed, its worker's heartbeat and its own 5 minutes old;
     - ``gone``: claimed by a worker without a heartbeat row, long ago (stuck);
     - ``long``: claimed long ago by a dead worker but its work horse heartbeats (claimed);
-    - ``immediate``: claimed long ago without a worker (never stuck).
+    - ``immediate``: claimed long ago without a worker (never stuck);
+    - ``scheduled``: sent, its Job scheduled an hour from now; ``due``: sent, its Job's scheduled time passed (sent).
     """
     now = timezone.now()
     old = now - timedelta(minutes=5)
@@ -56,10 +57,14 @@ def make_dispatches():
         'long': {'created': old, 'sent': old, 'claimed': old, 'worker': dead.id, 'heartbeat': now,
                  'worker_host': 'host-dead'},
         'immediate': {'created': old, 'claimed': old},
+        'scheduled': {'created': old, 'sent': old},
+        'due': {'created': old, 'sent': old},
     }
+    scheduled = {'scheduled': now + timedelta(hours=1), 'due': now - timedelta(seconds=1)}
     rows = {}
     for name, fields in specs.items():
-        job = Job.objects.create(name=f'job {name}', job_id=uuid.uuid4())
+        job = Job.objects.create(name=f'job {name}', job_id=uuid.uuid4(),
+                                 **({'status': 'scheduled', 'scheduled': scheduled[name]} if name in scheduled else {}))
         rows[name] = JobDispatch.objects.create(
             job=job, job_uuid=job.job_id, queue_name='default', runner='tests.jobs.CountingJob', method='enqueue',
             payload=SECRET, **fields,
@@ -70,7 +75,7 @@ def make_dispatches():
 EXPECTED = {
     'written': S.STATE_WRITTEN, 'lost': S.STATE_OWED, 'owed': S.STATE_OWED, 'sent': S.STATE_SENT,
     'running': S.STATE_CLAIMED, 'stuck': S.STATE_STUCK, 'gone': S.STATE_STUCK, 'long': S.STATE_CLAIMED,
-    'immediate': S.STATE_CLAIMED,
+    'immediate': S.STATE_CLAIMED, 'scheduled': S.STATE_SCHEDULED, 'due': S.STATE_SENT,
 }
 
 
@@ -151,6 +156,78 @@ class InFlightPageTest(TestCase):
             self.assertIn(str(self.rows[name].job_uuid), content)
         self.assertNotIn(str(self.rows['sent'].job_uuid), content)
 
+    def test_a_job_waiting_for_its_schedule_is_scheduled_with_its_due_time(self):
+        self.add_permissions('netbox_safejobs.view_jobdispatch')
+        scheduled, due = self.rows['scheduled'], self.rows['due']
+        content = self.client.get(reverse(LIST_URL), {'state': 'scheduled'}).content.decode()
+        self.assertIn(str(scheduled.job_uuid), content)
+        self.assertNotIn(str(due.job_uuid), content)
+        # Its age column says when it is due (in about an hour), not how long ago it was enqueued.
+        self.assertRegex(content, r'>due in (59m \d\ds|1h 00m)<')
+        self.assertIn('>Scheduled</span>', content)
+        content = self.client.get(reverse(LIST_URL), {'state': 'sent'}).content.decode()
+        for name in ('sent', 'due'):
+            self.assertIn(str(self.rows[name].job_uuid), content)
+        self.assertNotIn(str(scheduled.job_uuid), content)
+        content = self.client.get(reverse('plugins:netbox_safejobs:jobdispatch', kwargs={'pk': scheduled.pk}))
+        content = content.content.decode()
+        self.assertIn('id="safejobs-due"', content)
+        self.assertRegex(content, r'id="safejobs-state-meaning">The job waits for its scheduled time')
+
+    def test_every_state_is_explained_where_it_is_shown(self):
+        from netbox_safejobs.choices import STATE_HELP
+        from netbox_safejobs.markup import help_html
+
+        self.add_permissions('netbox_safejobs.view_jobdispatch')
+        content = self.client.get(reverse(LIST_URL), {'per_page': 100}).content.decode()
+        self.assertEqual(set(STATE_HELP), set(dict(S)))
+        for state in dict(S):
+            with self.subTest(state):
+                self.assertIn(f'<tr data-state="{state}">', content)  # the legend
+                meaning = help_html(STATE_HELP[state][0].format(stuck_after=60, unknown_push_age=60))
+                self.assertIn(str(meaning), content)
+        # Each badge of the table has its state's meaning as its tooltip.
+        self.assertRegex(content, r'<span class="badge text-bg-red" title="The job is running, but neither[^"]+" '
+                                  r'data-bs-toggle="tooltip">Stuck candidate</span>')
+        for name in ('stuck', 'owed', 'running', 'sent', 'written'):
+            row = self.rows[name]
+            content = self.client.get(reverse('plugins:netbox_safejobs:jobdispatch', kwargs={'pk': row.pk}))
+            content = content.content.decode()
+            with self.subTest(name):
+                self.assertIn('id="safejobs-state-meaning"', content)
+                self.assertIn('id="safejobs-state-action"', content)
+
+    def test_the_pages_say_jobs_in_flight(self):
+        self.add_permissions('netbox_safejobs.view_jobdispatch')
+        content = self.client.get(reverse(LIST_URL)).content.decode()
+        self.assertIn('<title>Jobs in Flight | NetBox</title>', content)
+        self.assertIn('>Jobs in Flight</a>', content)  # the menu entry
+        row = self.rows['owed']
+        detail = self.client.get(reverse('plugins:netbox_safejobs:jobdispatch', kwargs={'pk': row.pk}))
+        detail = detail.content.decode()
+        self.assertIn('>Jobs in Flight</a></li>', detail)
+        for page in (content, detail):
+            self.assertNotIn('dispatches', page.lower())
+            self.assertNotIn('Job Dispatch', page)
+
+    def test_a_part_of_a_job_uuid(self):
+        self.add_permissions('netbox_safejobs.view_jobdispatch')
+        row = self.rows['owed']
+        start = str(row.job_uuid)[:8]
+        # The quick search finds the row by the start of its UUID, as the table shows it.
+        for value in (start, start.upper(), str(row.job_uuid)[:13], str(row.job_uuid).replace('-', '')[:12]):
+            with self.subTest(value):
+                content = self.client.get(reverse(LIST_URL), {'q': value}).content.decode()
+                self.assertIn(str(row.job_uuid), content)
+                self.assertNotIn(str(self.rows['sent'].job_uuid), content)
+        # The job UUID filter takes a whole UUID: a part is refused, saying where to search, and lists nothing.
+        content = self.client.get(reverse(LIST_URL), {'job_uuid': start}).content.decode()
+        self.assertIn('id="safejobs-filter-errors"', content)
+        self.assertIn('is not a whole job UUID', content)
+        self.assertIn('use the quick search', content)
+        for other in self.rows.values():
+            self.assertNotIn(str(other.job_uuid), content)
+
     def test_sorting_by_every_orderable_column(self):
         self.add_permissions('netbox_safejobs.view_jobdispatch')
         for column in ('id', 'job', 'job_uuid', 'runner', 'queue_name', 'state', 'age', 'created', 'heartbeat',
@@ -228,11 +305,14 @@ class WidgetInFlightTest(TestCase):
         self.add_permissions('netbox_safejobs.view_jobdispatch')
         html = self.render()
         self.assertIn(f'href="{reverse(LIST_URL)}"', html)
-        self.assertRegex(html, r'data-state="owed">\s*<div[^>]*>\s*<span>.*?</span>\s*<strong>2</strong>')
-        self.assertRegex(html, r'data-state="stuck">\s*<div[^>]*>\s*<span>.*?</span>\s*<strong>2</strong>')
+        # Each count with what the state means as its tooltip.
+        self.assertRegex(html, r'data-state="owed" title="The job&#x27;s task has not reached Redis[^"]*">\s*'
+                               r'<span[^>]*>Owed: <strong>2</strong>')
+        self.assertRegex(html, r'data-state="stuck" title="[^"]+">\s*<span[^>]*>Stuck candidate: <strong>2</strong>')
 
     def test_nothing_of_it_without_permission(self):
         self.add_permissions('netbox_safejobs.view_retryevent')
+        RetryEvent.objects.create(job_uuid=uuid.uuid4(), kind='retry')
         html = self.render()
         self.assertNotIn(reverse(LIST_URL), html)
         self.assertIn('data-kind="retry"', html)
@@ -282,9 +362,18 @@ class JobDispatchAPIBehaviourTest(APITestCase):
         self.assertEqual(response.json()['count'], 2)
         response = self.client.get(f'{url}?q={self.rows["sent"].job_uuid}', **self.header)
         self.assertEqual(response.json()['count'], 1)
+        response = self.client.get(f'{url}?q={str(self.rows["sent"].job_uuid)[:8]}', **self.header)
+        self.assertEqual([r['job_uuid'] for r in response.json()['results']], [str(self.rows['sent'].job_uuid)])
+        response = self.client.get(f'{url}?state=scheduled', **self.header)
+        (scheduled,) = response.json()['results']
+        self.assertEqual(scheduled['state'], {'value': 'scheduled', 'label': 'Scheduled'})
+        self.assertEqual(scheduled['job_uuid'], str(self.rows['scheduled'].job_uuid))
+        self.assertIsNotNone(scheduled['scheduled'])
         with disable_warnings('django.request'):
             self.assertHttpStatus(self.client.get(f'{url}?state=nonsense', **self.header), 400)
-            self.assertHttpStatus(self.client.get(f'{url}?job_uuid=abc', **self.header), 400)
+            response = self.client.get(f'{url}?job_uuid=abc', **self.header)
+            self.assertHttpStatus(response, 400)
+            self.assertIn('is not a whole job UUID', response.json()['job_uuid'][0])
 
     def test_nested_job_for_job_viewers(self):
         self.add_permissions('netbox_safejobs.view_jobdispatch', 'core.view_job')
@@ -335,12 +424,23 @@ class KindHelpTest(TestCase):
         self.add_permissions('netbox_safejobs.view_retryevent')
         event = RetryEvent.objects.create(job_uuid=uuid.uuid4(), kind='gave_up', detail='x')
         content = self.client.get(reverse('plugins:netbox_safejobs:retryevent_list')).content.decode()
-        self.assertIn('the row was not re-created.', content)  # plain text in the tooltip
+        self.assertIn('The job was not created again.', content)  # plain text in the tooltip
         content = self.client.get(reverse('plugins:netbox_safejobs:retryevent', kwargs={'pk': event.pk})).content
         content = content.decode()
         self.assertIn('id="safejobs-kind-meaning"', content)
-        self.assertIn('the row was <strong>not</strong> re-created.', content)
-        self.assertIn('<code>lookup_max_wait</code>: raise it.', content)
+        self.assertIn('The job was <strong>not</strong> created again.', content)
+        self.assertIn('<code>lookup_max_wait</code>: raise that setting.', content)
+
+    def test_help_speaks_of_the_job_not_of_the_plugins_machinery(self):
+        from netbox_safejobs.choices import KIND_HELP, STATE_HELP
+
+        # operator_stopped's text is another change's.
+        texts = [text for kind, texts in KIND_HELP.items() if kind != 'operator_stopped' for text in texts]
+        texts += [text for texts in STATE_HELP.values() for text in texts]
+        for text in texts:
+            for word in ('owed push', 'stored push', 'marker key', 'relay', 'unstamped', 'job row', 'lease',
+                         'claim', 'heartbeat', 'liveness', 'guard'):
+                self.assertNotIn(word, text.lower())
 
 
 class JobsTableColumnTest(TestCase):

@@ -100,12 +100,80 @@ class RetryEventPageTest(TestCase):
         self.assertIn(reverse('core:job', kwargs={'pk': self.data['job_a'].pk}), content)
         self.assertIn('no job row', content)
 
-    def test_list_bad_filter_values_do_not_fail(self):
+    def test_list_refuses_bad_filter_values_and_lists_nothing(self):
+        # NetBox's lists leave out a filter whose value does not parse, and list every row: here the page says which
+        # value it refused, lists nothing, and offers the list without that filter.
         self.add_permissions('netbox_safejobs.view_retryevent')
         for params in ({'job_uuid': 'not-a-uuid'}, {'kind': 'nonsense'}, {'time__after': 'yesterday-ish'},
                        {'job_id': 'x'}, {'attempt': 'many'}, {'worker_pid': '-'}):
             with self.subTest(params=params):
-                self.assertHttpStatus(self.client.get(reverse(LIST_URL), params), 200)
+                response = self.client.get(reverse(LIST_URL), {**params, 'queue': 'low'})
+                self.assertHttpStatus(response, 200)
+                content = response.content.decode()
+                self.assertIn('id="safejobs-filter-errors"', content)
+                for event in self.events:
+                    self.assertNotIn(f'href="{event_url(event)}"', content)
+                self.assertIn(f'href="{reverse(LIST_URL)}?queue=low" class="alert-link', content)
+
+    def test_a_part_of_a_job_uuid_is_refused_by_the_filter_and_found_by_the_quick_search(self):
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        uuid_c = str(self.data['uuid_c'])
+        content = self.client.get(reverse(LIST_URL), {'job_uuid': uuid_c[:8]}).content.decode()
+        self.assertIn(f'&quot;{uuid_c[:8]}&quot; is not a whole job UUID', content)
+        self.assertIn('To find a job by the start of its UUID, use the quick search.', content)
+        self.assertNotIn(f'href="{event_url(self.events[4])}"', content)
+        content = self.client.get(reverse(LIST_URL), {'q': uuid_c[:8]}).content.decode()
+        self.assertIn(f'href="{event_url(self.events[4])}"', content)
+        self.assertIn(f'href="{event_url(self.events[5])}"', content)
+        self.assertNotIn(f'href="{event_url(self.events[0])}"', content)
+        # The bulk delete of "all matching" a refused filter deletes nothing.
+        self.add_permissions('netbox_safejobs.delete_retryevent')
+        url = reverse('plugins:netbox_safejobs:retryevent_bulk_delete')
+        response = self.client.post(f'{url}?job_uuid={uuid_c[:8]}', {
+            '_all': 'true', '_confirm': 'true', 'confirm': 'true', 'pk': [event.pk for event in self.events],
+        })
+        self.assertHttpStatus(response, 302)
+        self.assertEqual(RetryEvent.objects.count(), len(self.events))
+
+    def test_list_rows_are_one_line_by_default(self):
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        content = self.client.get(reverse(LIST_URL)).content.decode()
+        header = content[content.index('<thead'):content.index('</thead>')]
+        for shown in ('Time', 'Kind', 'Job', 'Job UUID', 'Queue', 'Attempt', 'Delay', 'Worker'):
+            self.assertIn(shown, header)
+        # The runner and the detail text are on the event's page, and a column away.
+        for hidden in ('Runner', 'Detail'):
+            self.assertNotIn(hidden, header)
+        self.assertNotIn('core.jobs.SyncDataSourceJob', content)
+        # The job's UUID short, the whole one as its tooltip, linked to that job's events.
+        job_uuid = str(self.data['job_b'].job_id)
+        self.assertIn(f'<a href="{reverse(LIST_URL)}?job_uuid={job_uuid}" title="{job_uuid}">{job_uuid[:8]}</a>',
+                      content)
+
+    def test_detail_column_is_one_line_and_exports_are_whole(self):
+        from users.models import UserConfig
+
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        long_detail = 'ConnectionError: ' + 'the server closed the connection unexpectedly; ' * 5
+        event = RetryEvent.objects.create(job_uuid=uuid.uuid4(), job_name='long', kind='dispatch_failed',
+                                          runner='extras.jobs.ScriptJob', detail=long_detail)
+        config, _ = UserConfig.objects.get_or_create(user=self.user)
+        config.set('tables.RetryEventTable.columns', ['time', 'kind', 'job', 'job_uuid', 'runner', 'detail'],
+                   commit=True)
+        content = self.client.get(reverse(LIST_URL), {'kind': 'dispatch_failed'}).content.decode()
+        self.assertIn('extras.jobs.ScriptJob', content)
+        self.assertRegex(content, r'<span class="d-inline-block text-truncate align-bottom" style="max-width: \d+rem" '
+                                  rf'title="{re.escape(long_detail)}">ConnectionError: [^<]+…</span>')
+        # Exports have the whole UUID and texts: the current view (its columns), and all data (every column).
+        config.set('tables.RetryEventTable.columns', ['time', 'kind', 'job', 'job_uuid'], commit=True)
+        for export in ('table', ''):
+            with self.subTest(export=export):
+                response = self.client.get(reverse(LIST_URL), {'kind': 'dispatch_failed', 'export': export})
+                body = (b''.join(response.streaming_content) if response.streaming else response.content).decode()
+                self.assertIn(str(event.job_uuid), body)
+                if export == '':
+                    self.assertIn(long_detail.strip(), body)
+                    self.assertIn('extras.jobs.ScriptJob', body)
 
     def test_list_counts_only_so_far(self):
         # Six events, counted up to the next multiple of COUNT_STEP past the page shown.
@@ -221,6 +289,10 @@ class RetryEventPageTest(TestCase):
                    'postgres://netbox:db-pass-42@db:5432/netbox password=hunter2',
         )
         self.assertIsNotNone(event)
+        from users.models import UserConfig
+
+        config, _ = UserConfig.objects.get_or_create(user=self.user)
+        config.set('tables.RetryEventTable.columns', ['time', 'kind', 'job', 'detail'], commit=True)
         for url in (event_url(event), reverse(LIST_URL)):
             content = self.client.get(url).content.decode()
             self.assertIn('redis.example', content)
@@ -314,12 +386,40 @@ class DashboardWidgetTest(TestCase):
     def test_counts_last_24_hours_by_kind_with_links(self):
         self.add_permissions('netbox_safejobs.view_retryevent')
         html = self.render()
-        # Within 24 hours: 2 retries, 1 found_after_retry, 1 dispatch_failed; the gave_up is 3 days old.
+        # Within 24 hours: 2 retries, 1 found_after_retry, 1 dispatch_failed; the gave_up is 3 days old. Only the
+        # kinds with events are listed.
         self.assertRegex(html, r'data-kind="retry"[\s\S]*?<strong>2</strong>')
-        self.assertRegex(html, r'data-kind="gave_up"[\s\S]*?<strong>0</strong>')
         self.assertRegex(html, r'data-kind="dispatch_failed"[\s\S]*?<strong>1</strong>')
+        self.assertEqual(re.findall(r'data-kind="(\w+)"', html), ['retry', 'found_after_retry', 'dispatch_failed'])
         self.assertIn('kind=retry&amp;time__after=', html)
         self.assertRegex(html, r'All events, last 24 hours[\s\S]*?<strong>4</strong>')
+        self.assertNotIn('grid-template-columns', html)
+
+    def test_no_events_and_many_kinds(self):
+        self.add_permissions('netbox_safejobs.view_retryevent')
+        RetryEvent.objects.all().delete()
+        self.assertIn('No retry events in the last 24 hours.', self.render())
+        for kind in RetryEventKindChoices.values():
+            RetryEvent.objects.create(job_uuid=uuid.uuid4(), kind=kind)
+        html = self.render()
+        self.assertEqual(len(re.findall(r'data-kind="', html)), len(RetryEventKindChoices.values()))
+        self.assertIn('grid-template-columns: repeat(2', html)  # two columns: the default height holds them
+
+    def test_title_follows_the_hours_unless_the_user_wrote_one(self):
+        cases = (
+            # (stored title, hours, title shown)
+            (None, 24, 'Retry events (24 hours)'),
+            ('', 72, 'Retry events (72 hours)'),
+            ('Retry events (24 hours)', 72, 'Retry events (72 hours)'),
+            ('Retry events (72 hours)', 1, 'Retry events (1 hour)'),
+            ('Retry events (1 hour)', 6, 'Retry events (6 hours)'),
+            ('Safe jobs, last 3 days', 72, 'Safe jobs, last 3 days'),
+            ('Retry events (lots of hours)', 72, 'Retry events (lots of hours)'),
+        )
+        for stored, hours, shown in cases:
+            with self.subTest(stored=stored, hours=hours):
+                self.assertEqual(RetryEventsWidget(title=stored, config={'hours': hours}).title, shown)
+        self.assertEqual(RetryEventsWidget().title, 'Retry events (24 hours)')
 
     def test_without_permission(self):
         html = self.render()
