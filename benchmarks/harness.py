@@ -905,6 +905,47 @@ def scenario_worker_killed(ctx, mode, opts, runs_file):
 
 
 @scenario
+def scenario_stop(ctx, mode, opts, runs_file):
+    """
+    An operator stops jobs that run for a long time. Stock NetBox has only the delete of a running job, which cancels
+    its RQ task while its work horse runs on (NetBox #23138); the plugin stops it (``stopping.request_stop``).
+    Measured: seconds from the request to the end of each work horse.
+    """
+    from core.models import Job
+
+    from benchmarks.runners import HarnessJob
+    from netbox_safejobs import liveness, stopping
+
+    run_for = 20
+    jobs = [HarnessJob.enqueue(sleep=run_for).job_id for _ in range(ctx.workers)]
+    pool = WorkerPool(ctx, mode, runs_file)
+    ended = {}
+    try:
+        horses = wait_running(runs_file, jobs)
+        asked = time.monotonic()
+        for job in Job.objects.filter(job_id__in=jobs):
+            if mode == 'stock':
+                job.delete()
+            else:
+                stopping.request_stop(job)
+        while len(ended) < len(horses) and time.monotonic() - asked < run_for + 10:
+            for job_uuid, pid in horses.items():
+                if job_uuid not in ended and not liveness.pid_alive(pid):
+                    ended[job_uuid] = time.monotonic() - asked
+            time.sleep(0.01)
+        time.sleep(2)
+    finally:
+        pool.stop()
+    after = sorted(ended.values())
+    return collect([] if mode == 'stock' else jobs, [], runs_file, deleted=jobs if mode == 'stock' else (), extra={
+        'stopped': len(jobs),
+        'horse_ended_s_max': round(after[-1], 2) if len(after) == len(horses) else None,
+        'horse_ended_s_p50': round(percentile(after, 0.5) if len(after) > 1 else after[0], 2) if after else None,
+        'horses_ran_on': sum(1 for s in after if s > 2.0) + len(horses) - len(after),
+    })
+
+
+@scenario
 def scenario_worker_sigkill(ctx, mode, opts, runs_file):
     """Whole workers SIGKILLed with their work horses mid-job (a host lost); another worker is started."""
     from core.models import Job
@@ -2022,6 +2063,8 @@ ROWS = (
     ('all_ran_s_after_flush', 'all ran, s after the flush'), ('deleted', 'rows deleted'),
     ('next_runs_of_deleted', 'next runs of deleted periodic jobs'), ('killed', 'work horses killed'),
     ('closed_s_after_kill', 'closed, s after the kill'), ('owed_pushes', 'owed pushes'),
+    ('stopped', 'running jobs stopped (stock: deleted)'), ('horse_ended_s_p50', 'work horse ended, s after: p50'),
+    ('horse_ended_s_max', 'work horse ended, s after: max'), ('horses_ran_on', 'work horses running on past 2 s'),
     ('relays', 'concurrent relays'),
     ('pushed', 'pushes reaching Redis'), ('double_sends', 'sent twice'), ('not_sent', 'not sent'),
     ('duplicate_skipped', 'duplicate skipped events'),

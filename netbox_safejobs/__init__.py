@@ -59,4 +59,10 @@ class SafeJobsConfig(PluginConfig):
         if reason := register_job_table_column(JobRetryEventsColumn(), 'safejobs_retry_events'):
             logger.info('No "Retry events" column on the Jobs table: %s', reason)
 
+        # The permission to stop a running job (``stopping.py``): action "stop" on core | job.
+        from .compat import register_stop_action
+
+        if reason := register_stop_action():
+            logger.info('No "stop" checkbox on the object permission form: %s', reason)
+
 config = SafeJobsConfig

@@ -144,9 +144,11 @@ KIND_HELP = {
         'renamed or removed a job class.',
     ),
     'operator_stopped': (
-        'dispatch, liveness',
-        "The job's task was deleted (the job closed as failed) or stopped (closed as errored) from NetBox's "
-        'Background Tasks. It is not sent again.',
+        'dispatch, liveness, the Stop action',
+        "The job was stopped while it ran: by an operator's Stop (on its Job page, under Jobs in flight or through "
+        "the REST API; the error names who), by the delete of a running job, or from NetBox's Background Tasks (a "
+        'deleted task closes the job as failed, a stopped one as errored). A periodic job stopped with Stop gets its '
+        'next run unless the operator declined it. It is not run or sent again.',
         'Nothing: that was a decision. Enqueue the job anew to run it.',
     ),
     'webhook_failed': (

@@ -14,6 +14,7 @@ from core.choices import JobStatusChoices
 __all__ = (
     'CLAIMABLE_STATES',
     'RUNNING',
+    'bulk_stop_action',
     'capture_globals',
     'capture_unsupported_reason',
     'graphql_filter',
@@ -33,6 +34,7 @@ __all__ = (
     'refresh_event_type_choices',
     'register_filterset',
     'register_job_table_column',
+    'register_stop_action',
     'rq_queue_name',
     'rq_stop_requested',
     'rq_task_deleters',
@@ -369,6 +371,26 @@ def view_actions(*names):
     return tuple(getattr(object_actions, _ACTION_CLASSES[name]) for name in names)
 
 
+def bulk_stop_action():
+    """
+    The "Stop selected" action of the jobs-in-flight list: a ``netbox.object_actions.ObjectAction`` (4.4+) rendering
+    the plugin's button, or the legacy action name (4.2-4.3), whose button the list template adds itself. Its
+    permission (``core.stop_job``) is checked by the view, since it is not one of the listed model's.
+    """
+    try:
+        from netbox.object_actions import ObjectAction
+    except ImportError:
+        return 'bulk_stop'
+
+    class BulkStop(ObjectAction):
+        name = 'bulk_stop'
+        label = 'Stop Selected'
+        multi = True
+        template_name = 'netbox_safejobs/buttons/bulk_stop.html'
+
+    return BulkStop
+
+
 def register_filterset(filterset_class):
     """NetBox's ``register_filterset`` decorator (4.6+), a no-op before."""
     try:
@@ -376,6 +398,22 @@ def register_filterset(filterset_class):
     except ImportError:
         return filterset_class
     return register(filterset_class)
+
+
+def register_stop_action():
+    """
+    Offer the ``stop`` action of ``core | job`` as a checkbox of NetBox's object permission form, through
+    ``utilities.permissions.register_model_actions`` (NetBox 4.7 and later). Earlier releases check any action named
+    in a permission's "additional actions" the same way; only the checkbox is missing. Returns ``None``, or why the
+    checkbox is not offered.
+    """
+    try:
+        from core.models import Job
+        from utilities.permissions import ModelAction, register_model_actions
+    except ImportError as e:
+        return f'this NetBox has no registration of model actions ({e}); type "stop" under additional actions'
+    register_model_actions(Job, [ModelAction('stop', help_text='Stop a running job (netbox-safejobs)')])
+    return None
 
 
 def register_job_table_column(column, name):

@@ -34,7 +34,7 @@ from functools import partial, wraps
 
 from django.db import DatabaseError, connections, router, transaction
 
-from . import compat, events
+from . import compat, events, stopping
 from .choices import RetryEventKindChoices
 from .payload import Push, runner_path, seal
 from .queues import get_push_queue
@@ -236,6 +236,8 @@ def wrap_delete(original):
             if self.pk is not None:
                 list(type(self)._base_manager.using(using).select_for_update().filter(pk=self.pk)
                      .values_list('pk', flat=True))
+                # A running job's work horse is stopped once the delete commits (NetBox #23138).
+                stopping.stop_when_deleted(self, using)
             return original(self, *args, **kwargs)
 
     delete.__safejobs_original__ = original

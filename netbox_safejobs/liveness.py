@@ -45,6 +45,7 @@ __all__ = (
     'close_dead_horses',
     'close_horse',
     'close_stale',
+    'pid_alive',
     'stale_leases',
 )
 
@@ -52,7 +53,8 @@ logger = logging.getLogger('netbox_safejobs.liveness')
 
 BATCH = 100
 
-_COLUMNS = ('id', 'job_id', 'job_uuid', 'runner', 'queue_name', 'payload', 'worker_host', 'worker_pid')
+_COLUMNS = ('id', 'job_id', 'job_uuid', 'runner', 'queue_name', 'payload', 'worker_host', 'worker_pid',
+            'stop_requested', 'stopped_by', 'stop_next_run')
 
 
 @dataclass
@@ -130,6 +132,18 @@ def _take_lease(using, lease_id):
     return dict(zip(_COLUMNS, row, strict=True)) if row is not None else None
 
 
+def _stopped_by_operator(lease, reason, kind):
+    """
+    The reason and kind of a close, given the lease: a lease an operator asked to stop (``stopping.py``) is closed as
+    stopped by that operator, whatever ended its work horse (RQ's stop, the worker's own check, or its worker's death).
+    """
+    if lease['stop_requested'] is None:
+        return reason, kind
+    who = lease['stopped_by'] or 'an operator'
+    when = lease['stop_requested'].strftime('%Y-%m-%d %H:%M:%S %Z').strip()
+    return f'Stopped by {who} at {when}', RetryEventKindChoices.KIND_OPERATOR_STOPPED
+
+
 def _close_plainly(using, lease_id, reason, kind):
     from core.models import Job
 
@@ -137,6 +151,7 @@ def _close_plainly(using, lease_id, reason, kind):
         lease = _take_lease(using, lease_id)
         if lease is None:
             return None
+        reason, kind = _stopped_by_operator(lease, reason, kind)
         error = f'{reason}. Closed by netbox-safejobs.'
         Job.objects.using(using).filter(pk=lease['job_id'], status=compat.RUNNING).update(
             status='errored', error=error, completed=timezone.now(),
@@ -160,6 +175,7 @@ def _close_through_netbox(using, lease_id, reason, kind):
             # The work horse died between the claim and NetBox's start(): NetBox's handle() computes the next run
             # from the start time.
             job.started = timezone.now()
+        reason, kind = _stopped_by_operator(lease, reason, kind)
         where = f'worker {lease["worker_host"] or "?"}, work horse pid {lease["worker_pid"] or "?"}'
         error = f'{reason} ({where}). Closed by netbox-safejobs.'
         kwargs = {}
@@ -177,6 +193,14 @@ def _close_through_netbox(using, lease_id, reason, kind):
         if runner is None:
             job.terminate(status='errored', error=error)
             detail += f' Runner {lease["runner"]!r} not found: no next run scheduled.'
+        elif job.interval and not lease['stop_next_run']:
+            # The operator declined the next run: NetBox's handle() closes the job as for any other stop, without the
+            # interval it would schedule the next run from; the run keeps its interval on record.
+            interval, job.interval = job.interval, None
+            guard.run_nothing(_original_handle(), runner, job, error, kwargs)
+            Job.objects.using(using).filter(pk=job.pk).update(interval=interval)
+            job.interval = interval
+            detail += ' No next run was scheduled, as the operator chose.'
         else:
             guard.run_nothing(_original_handle(), runner, job, error, kwargs)
             if job.interval:
@@ -202,7 +226,7 @@ def close_horse(identity, horse_pid, reason, kind=RetryEventKindChoices.KIND_STU
     return closed
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
     """Whether a process of this host runs (a zombie, killed but not yet reaped by RQ, does not)."""
     try:
         with open(f'/proc/{pid}/stat') as f:
@@ -235,7 +259,7 @@ def close_dead_horses(identity, using='default', monitored=()):
         cursor.execute(f'SELECT id, worker_pid FROM {table} WHERE worker = %s AND claimed IS NOT NULL',
                        [identity.id])
         dead = [lease_id for lease_id, pid in cursor.fetchall()
-                if pid and pid not in monitored and not _pid_alive(pid)]
+                if pid and pid not in monitored and not pid_alive(pid)]
     closed = []
     for lease_id in dead:
         job_uuid = _close(using, lease_id, 'The work horse running this job died (killed by a signal or out of '

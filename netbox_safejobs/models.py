@@ -220,6 +220,11 @@ class JobDispatch(models.Model):
     # A task without a Job whose every attempt failed (RQ's ``retries_left`` ran out): kept, claimed by no worker,
     # with its stored push, until an operator sends it again or deletes it.
     gave_up = models.DateTimeField(null=True, editable=False)
+    # An operator asked to stop the running job (``stopping.py``): when, who, and whether a periodic job gets its next
+    # run. The worker holding the lease stops its work horse; the close that follows names the operator.
+    stop_requested = models.DateTimeField(null=True, editable=False)
+    stopped_by = models.CharField(max_length=150, blank=True, db_default='', default='', editable=False)
+    stop_next_run = models.BooleanField(default=True, db_default=True, editable=False)
 
     class Meta:
         ordering = ('created', 'pk')
@@ -248,8 +253,8 @@ class JobDispatch(models.Model):
                 condition=models.Q(claimed__isnull=False), include=('claimed', 'heartbeat'),
             ),
         )
-        verbose_name = _('job dispatch')
-        verbose_name_plural = _('job dispatches')
+        verbose_name = _('job in flight')
+        verbose_name_plural = _('jobs in flight')
 
     def __str__(self):
         return f'{self.job_uuid} ({self.state})'

@@ -5,17 +5,19 @@ behave like core pages; every queryset is restricted to the user's object permis
 """
 
 import yaml
+from core.models import Job
 from django.contrib import messages
 from django.http import Http404, StreamingHttpResponse
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import content_disposition_header
 from django.utils.translation import gettext as _
+from django.views.generic import View
 from netbox.views import generic
 from utilities.querysets import RestrictedQuerySet
-from utilities.views import register_model_view
+from utilities.views import GetReturnURLMixin, ObjectPermissionRequiredMixin, register_model_view
 
-from . import compat, filtersets, forms, tables, webhooks
+from . import compat, filtersets, forms, stopping, tables, webhooks
 from .choices import JobDispatchStateChoices, kind_help, state_help
 from .in_flight import dispatch_queryset
 from .markup import help_html
@@ -24,9 +26,11 @@ from .permissions import viewable_jobs
 from .settings import get_settings
 
 __all__ = (
+    'JobDispatchBulkStopView',
     'JobDispatchListView',
     'JobDispatchResendView',
     'JobDispatchView',
+    'JobStopView',
     'RetryEventBulkDeleteView',
     'RetryEventDeleteView',
     'RetryEventListView',
@@ -39,6 +43,10 @@ EXPORT_FIELDS = (
     'id', 'time', 'kind', 'job_id', 'job_uuid', 'job_name', 'runner', 'queue', 'attempt', 'delay', 'detail',
     'worker_host', 'worker_pid',
 )
+# Stopping a running job: action "stop" on core | job (registered as a checkbox of the permission form where NetBox
+# offers one, ``compat.register_stop_action``).
+STOP_PERMISSION = 'core.stop_job'
+
 # What the event page shows of its Job.
 JOB_FIELDS_SHOWN = ('pk', 'name', 'status', 'created', 'started', 'completed')
 
@@ -188,6 +196,13 @@ class JobDispatchListView(FilterErrorsMixin, generic.ObjectListView):
             raise Http404('Export templates are not available for jobs in flight')
         return super().get(request)
 
+    def get_permitted_actions(self, user, model=None):
+        # "Stop selected" needs the stop permission on jobs (``core.stop_job``), not one of this list's model.
+        actions = list(super().get_permitted_actions(user, model))
+        if user.has_perm(STOP_PERMISSION):
+            actions.append(compat.bulk_stop_action())
+        return actions
+
     def get_extra_context(self, request):
         settings = get_settings()
         return {
@@ -260,3 +275,87 @@ class JobDispatchResendView(generic.ObjectView):
             messages.info(request, _('Only a webhook that gave up can be sent again: this one is not waiting for an '
                                      'operator.'))
         return redirect(row.get_absolute_url())
+
+
+#
+# Stopping running jobs
+#
+
+def _next_run_wanted(request):
+    """The operator's choice for a periodic job: schedule its next run unless the box was cleared."""
+    return request.POST.get('next_run', 'true').lower() in ('true', 'on', '1', 'yes')
+
+
+def _report(request, results):
+    """One message per outcome, as NetBox reports a bulk operation."""
+    for result in results:
+        level = messages.success if result.outcome == stopping.StopOutcome.STOPPING else messages.info
+        level(request, result.message)
+
+
+class JobStopView(GetReturnURLMixin, ObjectPermissionRequiredMixin, View):
+    """
+    Stop a running job (``stopping.request_stop``): a confirmation page on GET, the stop on POST. The Stop button of
+    NetBox's Job page and of a job in flight lead here. A job that is not running gets a message, not an error.
+    """
+    queryset = Job.objects.all()
+    template_name = 'netbox_safejobs/job_stop.html'
+
+    def get_required_permission(self):
+        return STOP_PERMISSION
+
+    def get_return_url(self, request, obj=None):
+        return super().get_return_url(request, obj) if obj is None else (
+            request.GET.get('return_url') or request.POST.get('return_url') or obj.get_absolute_url())
+
+    def get(self, request, pk):
+        job = get_object_or_404(self.queryset, pk=pk)
+        return render(request, self.template_name, {
+            'object': job,
+            'running': job.status == compat.RUNNING,
+            'return_url': self.get_return_url(request, job),
+        })
+
+    def post(self, request, pk):
+        job = get_object_or_404(self.queryset, pk=pk)
+        _report(request, [stopping.request_stop(job, user=request.user, next_run=_next_run_wanted(request))])
+        return redirect(self.get_return_url(request, job))
+
+
+@register_model_view(JobDispatch, 'bulk_stop', path='stop', detail=False)
+class JobDispatchBulkStopView(GetReturnURLMixin, ObjectPermissionRequiredMixin, View):
+    """
+    Stop the jobs of the selected jobs in flight: a confirmation listing them, then the stop of each. Only jobs the
+    user may stop (``core.stop_job`` and its constraints) are stopped; rows without a job (webhooks) are skipped.
+    """
+    queryset = Job.objects.all()
+    template_name = 'netbox_safejobs/job_bulk_stop.html'
+    default_return_url = 'plugins:netbox_safejobs:jobdispatch_list'
+
+    def get_required_permission(self):
+        return STOP_PERMISSION
+
+    def get(self, request):
+        return redirect(self.get_return_url(request))
+
+    def post(self, request):
+        if '_confirm' in request.POST:
+            ids = [pk for pk in request.POST.getlist('job') if str(pk).isdigit()]
+            next_run = _next_run_wanted(request)
+            _report(request, [stopping.request_stop(job, user=request.user, next_run=next_run)
+                              for job in self.queryset.filter(pk__in=ids).order_by('pk')])
+            return redirect(self.get_return_url(request))
+        rows = RestrictedQuerySet(model=JobDispatch).restrict(request.user, 'view').defer('payload')
+        if request.POST.get('_all'):
+            rows = filtersets.JobDispatchFilterSet(request.GET, rows, request=request).qs
+        else:
+            rows = rows.filter(pk__in=[pk for pk in request.POST.getlist('pk') if str(pk).isdigit()])
+        jobs = list(self.queryset.filter(pk__in=rows.exclude(job__isnull=True).values('job_id')).order_by('pk'))
+        if not jobs:
+            messages.warning(request, _('None of the selected jobs in flight is a job you may stop.'))
+            return redirect(self.get_return_url(request))
+        return render(request, self.template_name, {
+            'jobs': jobs,
+            'periodic': any(job.interval for job in jobs),
+            'return_url': self.get_return_url(request),
+        })

@@ -20,6 +20,10 @@ and RQ's ``monitor_work_horse()``). Each tick, every ``relay_interval`` seconds:
    worked for ``stuck_after`` seconds without a failure (``WorkerLoop.may_judge``): after a database outage every
    heartbeat is stale, and none of them means a dead worker.
 
+3. while a work horse runs, the operators' stop requests on this worker's leases (``stopping.stop_requested_horses``,
+   one indexed query): the backstop of RQ's stop command, which a Redis that is away or lost the worker's keys does
+   not deliver.
+
 The thread has its own database connection (Django's connections are per thread) and never touches the worker's
 Redis connection objects. Work horses fork from the worker's main thread and run none of this; that thread keeps no
 database session across a fork (``sessions.py``).
@@ -31,7 +35,7 @@ import time
 
 from django.db import close_old_connections, connections
 
-from . import compat, guard, liveness, relay, sessions, workers
+from . import compat, guard, liveness, relay, sessions, stopping, workers
 from .choices import RetryEventKindChoices
 from .queues import bound_redis_retries
 from .settings import get_settings
@@ -58,10 +62,12 @@ SWEEP_INTERVAL = 30.0
 
 class WorkerLoop(threading.Thread):
 
-    def __init__(self, identity, settings):
+    def __init__(self, identity, settings, worker=None):
         super().__init__(name='netbox-safejobs', daemon=True)
         self.identity = identity
         self.settings = settings
+        # The RQ worker this loop runs in: its work horse is the one an operator's stop may ask this loop to end.
+        self.worker = worker
         self._stopping = threading.Event()
         self._failing = False
         self.redis_down = False
@@ -84,6 +90,8 @@ class WorkerLoop(threading.Thread):
         failures = []
         parts = [('heartbeat', self._beat)] if beat else []
         parts.append(('relay', self._relay))
+        if monitored and self.worker is not None:
+            parts.append(('stops', self._stops))
         if beat and self.settings.stuck_job_detection:
             parts.append(('liveness', self._liveness))
         for name, part in parts:
@@ -127,6 +135,12 @@ class WorkerLoop(threading.Thread):
                            f', {len(report.rejected)} rejected' if report.rejected else '')
         if report.errors:
             raise RuntimeError('; '.join(report.errors))
+
+    def _stops(self):
+        # The backstop of RQ's stop command (``stopping.py``): only while a work horse runs, one indexed query.
+        for task_id, horse_pid in stopping.stop_requested_horses(self.identity):
+            if stopping.stop_horse(self.worker, task_id, horse_pid):
+                logger.warning('job %s: stopped its work horse %s, as an operator asked', task_id, horse_pid)
 
     def _liveness(self):
         # Its own dead work horses, always (a fact about this host's processes); other workers' staleness only once
@@ -224,7 +238,7 @@ def start(worker):
             sessions.run_in_own_session(warm, identity.guard)
         except Exception:
             logger.warning('work horses not prepared at start-up; each builds what it needs', exc_info=True)
-        _loop = WorkerLoop(identity, settings)
+        _loop = WorkerLoop(identity, settings, worker=worker)
         _loop.start()
         logger.info('worker loop started for %s (relay every %ss, heartbeat every %ss)', identity.name,
                     settings.relay_interval, settings.heartbeat_interval)

@@ -147,3 +147,29 @@ class PrivateRedisTestCase(SafeJobsTransactionTestCase):
         from core.models import Job
 
         return Job.objects.filter(pk__in=[job.pk for job in jobs], status='completed').count() == len(jobs)
+
+
+# Heartbeats every second and a stuck bound of 10 s, so that a dead worker is seen within a test's patience.
+LIVELY = {'heartbeat_interval': 1, 'stuck_after': 10, 'relay_interval': 0.5}
+
+
+class RunningJobTestCase(SafeJobsTransactionTestCase):
+    """Long-running workers on this run's Redis, and a job seen running in one of them (its lease and work horse)."""
+
+    def start_worker(self, config=LIVELY):
+        worker = Worker('default', burst=False, env=worker_env(config))
+        self.addCleanup(worker.kill)
+        return worker
+
+    def wait_running(self, job, worker):
+        from netbox_safejobs.models import JobDispatch, WorkerHeartbeat
+
+        from .jobs import run_count
+
+        self.wait_for(lambda: run_count(job.job_id) == 1, timeout=90, message='run() entered')
+        self.wait_for(lambda: worker.children(), timeout=30, message='work horse')
+        lease = JobDispatch.objects.get(job=job)
+        self.assertEqual(lease.state, 'claimed')
+        self.assertIsNotNone(lease.token)
+        self.assertTrue(WorkerHeartbeat.objects.filter(id=lease.worker).exists(), 'lease without a live worker')
+        return lease

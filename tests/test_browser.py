@@ -409,3 +409,38 @@ class BrowserTest(TransactionTestCase):
         row.refresh_from_db()
         self.assertIsNone(row.gave_up)
         self.assertIsNotNone(row.owed)
+
+    def test_stop_a_running_job_from_its_job_page(self):
+        import time
+
+        from django_rq import get_connection
+
+        from .base import LIVELY, Worker
+        from .jobs import CountingJob, run_count
+
+        get_connection('default').flushdb()
+        job = CountingJob.enqueue(interval=30, sleep=120)
+        worker = Worker('default', burst=False, env=worker_env(LIVELY))
+        self.addCleanup(worker.kill)
+        deadline = timezone.now() + timedelta(seconds=90)
+        while run_count(job.job_id) < 1 and timezone.now() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(run_count(job.job_id), 1, 'the job never started')
+        with self.browser_page() as page:
+            self.log_in(page, f'/core/jobs/{job.pk}/')
+            page.click('#safejobs-stop')
+            page.wait_for_selector('#safejobs-stop-form')
+            self.assertTrue(page.is_checked('#safejobs-next-run'))
+            page.uncheck('#safejobs-next-run')
+            page.click('#safejobs-stop-confirm')
+            page.get_by_text(f'Stopping job {job}').wait_for()
+            # The ORM cannot be used inside playwright's event loop: the page tells the job's status.
+            deadline = time.monotonic() + 30
+            while 'Errored' not in page.inner_text('body') and time.monotonic() < deadline:
+                time.sleep(0.2)
+                page.reload()
+            self.assertIn('Errored', page.inner_text('body'))
+            self.assertEqual(page.locator('#safejobs-stop').count(), 0)
+        job.refresh_from_db()
+        self.assertIn('Stopped by operator', job.error)
+        self.assertFalse(Job.objects.filter(name=CountingJob.name, status='scheduled').exists())

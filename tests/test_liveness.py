@@ -19,28 +19,11 @@ from netbox_safejobs.choices import RetryEventKindChoices as Kind
 from netbox_safejobs.models import JobDispatch, RetryEvent, WorkerHeartbeat
 from netbox_safejobs.recovery import run_pass
 
-from .base import SafeJobsTransactionTestCase, Worker, netbox_command, worker_env
+from .base import LIVELY, RunningJobTestCase, SafeJobsTransactionTestCase, netbox_command, worker_env
 from .jobs import CountingJob, run_count
 
-# Heartbeats every second and a stuck bound of 10 s, so that a dead worker is seen within a test's patience.
-LIVELY = {'heartbeat_interval': 1, 'stuck_after': 10, 'relay_interval': 0.5}
 
-
-class LivenessTest(SafeJobsTransactionTestCase):
-
-    def start_worker(self, config=LIVELY):
-        worker = Worker('default', burst=False, env=worker_env(config))
-        self.addCleanup(worker.kill)
-        return worker
-
-    def wait_running(self, job, worker):
-        self.wait_for(lambda: run_count(job.job_id) == 1, timeout=90, message='run() entered')
-        self.wait_for(lambda: worker.children(), timeout=30, message='work horse')
-        lease = JobDispatch.objects.get(job=job)
-        self.assertEqual(lease.state, 'claimed')
-        self.assertIsNotNone(lease.token)
-        self.assertTrue(WorkerHeartbeat.objects.filter(id=lease.worker).exists(), 'lease without a live worker')
-        return lease
+class LivenessTest(RunningJobTestCase):
 
     def test_worker_announces_itself_and_heartbeats(self):
         worker = self.start_worker()

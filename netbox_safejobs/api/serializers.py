@@ -11,6 +11,8 @@ from ..models import JobDispatch, RetryEvent
 __all__ = (
     'JobDispatchSerializer',
     'RetryEventSerializer',
+    'StopRequestSerializer',
+    'StopResultSerializer',
 )
 
 
@@ -68,3 +70,24 @@ class JobDispatchSerializer(BaseModelSerializer):
     def get_age(self, obj) -> float | None:
         age = getattr(obj, 'age', None)
         return round(age.total_seconds(), 3) if age is not None else None
+
+
+class StopRequestSerializer(serializers.Serializer):
+    """What stops running jobs: their Job IDs (for the list endpoint) and whether a periodic job gets its next run."""
+    jobs = serializers.ListField(child=serializers.IntegerField(min_value=1), min_length=1, max_length=1000,
+                                 required=False, help_text='Job IDs (core.Job); required by the list endpoint')
+    next_run = serializers.BooleanField(default=True, help_text='Schedule the next run of a periodic job')
+
+    def validate_jobs(self, value):
+        # IntegerField takes "3", 3.0 and true as numbers: a Job ID must be an integer, as written.
+        if any(isinstance(pk, bool) or not isinstance(pk, int) for pk in self.initial_data.get('jobs', [])):
+            raise serializers.ValidationError('A Job ID is an integer.')
+        return value
+
+
+class StopResultSerializer(serializers.Serializer):
+    """The outcome of one stop (``stopping.StopOutcome``, or ``not_found``) and the message an operator reads."""
+    job = serializers.IntegerField()
+    outcome = serializers.CharField()
+    message = serializers.CharField()
+    worker = serializers.CharField(allow_blank=True)
