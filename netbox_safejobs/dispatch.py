@@ -386,9 +386,15 @@ def pushes_deferred():
     return bool(getattr(_local, 'no_push', 0))
 
 
-def push(job, runner, captured, using, dispatch_id):
-    """Send one push to RQ, after commit. Never raises: the data is committed and the push is stored."""
+def push(job, runner, captured, using, dispatch_id, job_uuid=None, job_name='',
+         saved='The job is committed and its push is stored as owed'):
+    """
+    Send one stored push to RQ, after commit. Never raises: the data is committed and the push is stored. A task that
+    is not a job (a webhook, ``webhooks.py``) passes ``job=None`` with its ``job_uuid`` and ``job_name``, and says in
+    ``saved`` what was committed and stored.
+    """
     if pushes_deferred():
+        # An event rule on the plugin's own "dispatch failed" event, enqueuing while that event is recorded.
         mark_owed(using, dispatch_id)
         return
     try:
@@ -399,10 +405,12 @@ def push(job, runner, captured, using, dispatch_id):
             events.record(
                 RetryEventKindChoices.KIND_DISPATCH_FAILED,
                 job=job,
+                job_uuid=job_uuid,
+                job_name=job_name,
                 runner=runner,
                 queue=captured.queue_name,
-                detail=f'{events.describe(e)}. The job is committed and its push is stored as owed; the relay of '
-                       f'every worker sends it as soon as Redis answers.',
+                detail=f'{events.describe(e)}. {saved}; the relay of every worker sends it as soon as Redis '
+                       f'answers.',
                 using=using,
             )
         return

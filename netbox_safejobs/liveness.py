@@ -82,7 +82,7 @@ def _release_task(using, lease_id, reason, kind):
     """
     The lease of a task without a Job (an event rule's webhook, ``webhooks.py``) whose work horse died: owed again, so
     the relay sends it once more (delivered at least once), or, stopped by an operator, kept as given up. Returns
-    ``(handled, task UUID or None)``: not handled when the lease is a job's.
+    ``(handled, task UUID or None)``: not handled when the lease is a job's, or gone.
     """
     table, _ = _tables()
     if kind == RetryEventKindChoices.KIND_OPERATOR_STOPPED:
@@ -93,14 +93,14 @@ def _release_task(using, lease_id, reason, kind):
                 'sent = NULL, owed = clock_timestamp()')
         then = 'It is owed again: the relay sends it, and the receiver may get it twice.'
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        cursor.execute(f'SELECT job_id IS NULL FROM {table} WHERE id = %s AND claimed IS NOT NULL FOR UPDATE',
-                       [lease_id])
+        # One statement, and none more for a job's lease: nothing updated is a job's lease, or one another pass took
+        # (the job's close finds it gone too).
+        cursor.execute(f'UPDATE {table} SET {sets} WHERE id = %s AND claimed IS NOT NULL AND job_id IS NULL '
+                       f'RETURNING job_uuid, name, runner, queue_name, worker_host', [lease_id])
         row = cursor.fetchone()
-        if row is None or not row[0]:
-            return row is None, None
-        cursor.execute(f'UPDATE {table} SET {sets} WHERE id = %s RETURNING job_uuid, name, runner, queue_name, '
-                       f'worker_host', [lease_id])
-        task_uuid, name, runner, queue_name, host = cursor.fetchone()
+        if row is None:
+            return False, None
+        task_uuid, name, runner, queue_name, host = row
         events.record(RetryEventKindChoices.KIND_WEBHOOK_FAILED if kind != RetryEventKindChoices.KIND_OPERATOR_STOPPED
                       else kind, job_uuid=task_uuid, job_name=name, runner=runner, queue=queue_name,
                       detail=f'{reason} (worker {host or "?"}) while it was being sent. {then}', using=using)

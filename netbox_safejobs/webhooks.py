@@ -21,6 +21,7 @@ A task without the plugin's marker in its RQ ``meta`` (pushed by a process witho
 """
 
 import logging
+import os
 import uuid
 from functools import partial, wraps
 
@@ -28,7 +29,7 @@ from django.db import connections, router, transaction
 
 from . import events, workers
 from .choices import RetryEventKindChoices
-from .dispatch import PUSH_MARKER, CapturedPush, mark_owed, mark_sent, pushes_deferred, pushes_deferred_to_relay
+from .dispatch import PUSH_MARKER, CapturedPush, push
 from .payload import Push, seal
 from .queues import get_push_queue
 
@@ -92,29 +93,10 @@ def store(queue_name, func, args, kwargs):
             [task_id, name, queue_name[:100], WEBHOOK_TASK, blob],
         )
         row_id = cursor.fetchone()[0]
-    transaction.on_commit(partial(_push, captured, using, row_id, task_id, name), using=using, robust=True)
+    send = partial(push, None, WEBHOOK_TASK, captured, using, row_id, job_uuid=task_id, job_name=name,
+                   saved='The change is saved and the webhook is stored as owed')
+    transaction.on_commit(send, using=using, robust=True)
     return task_id
-
-
-def _push(captured, using, row_id, task_id, name):
-    """Send one stored webhook push, after commit. Never raises: the change is committed and the push is stored."""
-    if pushes_deferred():
-        # A webhook of an event rule on the plugin's own "dispatch failed" event, while that event is recorded.
-        mark_owed(using, row_id)
-        return
-    try:
-        captured.send()
-    except Exception as e:
-        mark_owed(using, row_id)
-        with pushes_deferred_to_relay():
-            events.record(
-                RetryEventKindChoices.KIND_DISPATCH_FAILED, job_uuid=task_id, job_name=name, runner=WEBHOOK_TASK,
-                queue=captured.queue_name, using=using,
-                detail=f'{events.describe(e)}. The change is saved and the webhook is stored as owed; the relay of '
-                       f'every worker sends it as soon as Redis answers.',
-            )
-        return
-    mark_sent(using, row_id)
 
 
 class WebhookQueue:
@@ -160,15 +142,9 @@ def _claim(using, task_id, token):
             f'UPDATE {_table()} SET claimed = clock_timestamp(), token = %s, worker = %s, worker_host = %s, '
             f'worker_pid = %s, heartbeat = NULL, owed = NULL, sent = coalesce(sent, clock_timestamp()) '
             f'WHERE job_uuid = %s AND job_id IS NULL AND claimed IS NULL RETURNING id, name, queue_name',
-            [token, identity.id if identity else None, workers.HOST, _pid(), task_id],
+            [token, identity.id if identity else None, workers.HOST, os.getpid(), task_id],
         )
         return cursor.fetchone()
-
-
-def _pid():
-    import os
-
-    return os.getpid()
 
 
 def _finish(using, row_id, token, retry_in):
