@@ -44,6 +44,8 @@ class RetryEventKindChoices(ChoiceSet):
     KIND_OPERATOR_STOPPED = 'operator_stopped'
     # An event rule's webhook: an attempt failed (RQ retries it, or gave up), or its work horse died mid-request.
     KIND_WEBHOOK_FAILED = 'webhook_failed'
+    # Chains: a periodic job's second future run, deleted or not created.
+    KIND_CHAIN_MERGED = 'chain_merged'
 
     CHOICES = [
         (KIND_RETRY, _('Retry'), 'yellow'),
@@ -58,6 +60,7 @@ class RetryEventKindChoices(ChoiceSet):
         (KIND_PAYLOAD_REJECTED, _('Saved task rejected'), 'red'),
         (KIND_OPERATOR_STOPPED, _('Stopped by operator'), 'gray'),
         (KIND_WEBHOOK_FAILED, _('Webhook failed'), 'orange'),
+        (KIND_CHAIN_MERGED, _('Chain merged'), 'indigo'),
     ]
 
 
@@ -159,6 +162,15 @@ KIND_HELP = {
         'with the state Gave up.',
         "Check the receiver. Once it answers, click **Send again** on the webhook's page under Jobs in Flight, or "
         'run `netbox safejobs_recover --resend-webhooks`.',
+    ),
+    'chain_merged': (
+        'a worker, or `netbox safejobs_recover`',
+        'A job that repeats at an interval had, or was about to get, a second future run (NetBox #21167, #22232: '
+        'then each run schedules its own next one, and the job runs twice per interval). The plugin kept one: the '
+        'earliest waiting run was kept and the others deleted (their tasks cancelled), or the next run a finished '
+        'run was scheduling was not created, because one was already waiting. The detail names the runs.',
+        'Nothing: the job keeps one schedule. Schedules made separately (two schedules of one script, each from its '
+        'own request) are never merged.',
     ),
 }
 

@@ -13,6 +13,7 @@ from core.choices import JobStatusChoices
 
 __all__ = (
     'CLAIMABLE_STATES',
+    'RQ_ENQUEUE_OPTIONS',
     'RUNNING',
     'bulk_stop_action',
     'capture_globals',
@@ -24,10 +25,13 @@ __all__ = (
     'graphql_type',
     'handle_unsupported_reason',
     'is_not_updated',
+    'job_enqueue_parameters',
     'job_field_values',
+    'job_schedules_lock',
     'jobs_module',
     'known_rq_queue_name',
     'may_view_background_tasks',
+    'next_run_floor',
     'next_run_kwargs',
     'process_event_rules',
     'push_queue_kwargs',
@@ -43,6 +47,7 @@ __all__ = (
     'rq_workers',
     'sentinel_read_response',
     'system_job',
+    'system_job_runners',
     'view_actions',
     'warm_object_types',
     'webhook_push_module',
@@ -298,6 +303,20 @@ def _job_has_field(name):
     return True
 
 
+@functools.cache
+def job_enqueue_parameters():
+    """
+    The names of ``Job.enqueue()``'s own parameters (``instance``, ``name``, ``user``, ``schedule_at``, ``interval``,
+    ``immediate``; ``queue_name`` from 4.5, ``notifications`` from 4.6), read from its signature: whatever else a
+    caller passes is the task's arguments (and RQ's options, ``RQ_ENQUEUE_OPTIONS``).
+    """
+    from core.models import Job
+
+    parameters = inspect.signature(Job.enqueue).parameters.values()
+    return frozenset(p.name for p in parameters
+                     if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in ('cls', 'func'))
+
+
 def job_field_values(**values):
     """
     ``values`` without the Job fields this NetBox's ``Job`` model does not have (``log_entries`` is 4.4+,
@@ -339,6 +358,86 @@ def system_job(interval):
     except ImportError:
         return None
     return decorator(interval)
+
+
+def system_job_runners():
+    """
+    ``{name: runner class}`` of the system jobs in NetBox's registry (``registry['system_jobs']``, every supported
+    NetBox): NetBox's housekeeping, the plugin's retention, other plugins' system jobs. A system job is known by its
+    name and by having no object: its runner and arguments (none) can be rebuilt from the registry alone.
+    """
+    import importlib
+
+    from netbox.registry import registry
+
+    # NetBox registers its housekeeping job when core.jobs is imported, which its views do: a process that has not
+    # loaded the URLconf (a management command without system checks, the harness) would not know it otherwise.
+    try:
+        importlib.import_module('core.jobs')
+    except ImportError:
+        pass
+    try:
+        runners = registry['system_jobs']
+    except KeyError:
+        return {}
+    return {runner.name: runner for runner in runners}
+
+
+# A key of the plugin's own, where NetBox has none for job schedules; distinct from NetBox's (small integers).
+_JOB_SCHEDULES_LOCK = 0x5AFE_C4A1
+
+
+def job_schedules_lock():
+    """
+    The PostgreSQL advisory lock key NetBox takes around the scheduling of periodic jobs:
+    ``ADVISORY_LOCK_KEYS['job-schedules']``, held by ``enqueue_once()`` (every supported NetBox) and, from NetBox
+    4.6.2, by ``handle()`` while it reschedules a system job (#22232). The plugin's checks of a periodic job's chain
+    take the same key, so that they and NetBox's own exclude each other; taken as a transaction-level lock, it is
+    granted at once in the session that already holds NetBox's session-level one. A key of the plugin's own where
+    NetBox has none.
+    """
+    try:
+        from netbox.constants import ADVISORY_LOCK_KEYS
+    except ImportError:
+        return _JOB_SCHEDULES_LOCK
+    return ADVISORY_LOCK_KEYS.get('job-schedules', _JOB_SCHEDULES_LOCK)
+
+
+# The keyword arguments RQ's ``Queue.enqueue()`` and ``enqueue_at()`` take for themselves and never pass on to the
+# task's function (``Queue.parse_args``, RQ 1.x – 2.12). NetBox passes its caller's extra keyword arguments to RQ as
+# they are, so ``job_timeout`` sits among a script's arguments in the push and not in the task. An option missing here
+# only makes two runs of a periodic job look different: they are then never merged.
+RQ_ENQUEUE_OPTIONS = frozenset({
+    'job_timeout', 'description', 'result_ttl', 'ttl', 'failure_ttl', 'depends_on', 'job_id', 'at_front', 'meta',
+    'retry', 'repeat', 'on_success', 'on_failure', 'on_stopped', 'webhooks', 'pipeline', 'unique', 'group_id',
+})
+
+# The earliest next run NetBox 4.4.2+ give a periodic job, from now (#20450).
+NEXT_RUN_MIN_DELAY = 60
+# Seconds between NetBox's reading of the clock and this module's, allowed for: a value NetBox already raised to its
+# floor is left exactly as it is.
+_NEXT_RUN_SLACK = 5
+
+
+def next_run_floor(schedule_at, now=None):
+    """
+    The next run of a periodic job as NetBox's ``handle()`` asks for it, but never in the past: at least one minute
+    from now, as NetBox itself computes it from 4.4.2 (#20450: ``max(scheduled + interval, now + 1 minute)``).
+    NetBox 4.2.0 – 4.4.1 schedule it at ``scheduled + interval`` even when that is long past: a job whose runs were
+    missed while no worker ran then fires every missed run back to back, one per interval missed (#20243). Detected
+    from the value, not the version: what NetBox already raised to its floor (or a next run on time) comes back
+    unchanged.
+    """
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    if schedule_at is None:
+        return None
+    floor = (now or timezone.now()) + timedelta(seconds=NEXT_RUN_MIN_DELAY)
+    if schedule_at < floor - timedelta(seconds=_NEXT_RUN_SLACK):
+        return floor
+    return schedule_at
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from functools import partial, wraps
 
 from django.db import DatabaseError, connections, router, transaction
 
-from . import compat, events, stopping
+from . import chains, compat, events, stopping
 from .choices import RetryEventKindChoices
 from .payload import Push, runner_path, seal
 from .queues import get_push_queue
@@ -452,6 +452,24 @@ def successors_held(job, runner):
         stack.pop()
 
 
+def _next_run_of(cls, kwargs):
+    """
+    The run in this thread whose next run this enqueue is: NetBox's ``handle()`` enqueuing, in its ``finally``, the
+    next run of the periodic job it just ended (terminated, same runner, same interval). ``None`` for any other enqueue.
+    """
+    stack = getattr(_local, 'runs', None)
+    if not stack:
+        return None
+    from core.choices import JobStatusChoices
+
+    held = stack[-1]
+    job = held.job
+    if (cls is held.runner and job.interval and kwargs.get('interval') == job.interval
+            and job.status in JobStatusChoices.TERMINAL_STATE_CHOICES):
+        return held
+    return None
+
+
 def _successor_of_deleted(cls, kwargs):
     stack = getattr(_local, 'runs', None)
     if not stack:
@@ -499,6 +517,15 @@ def wrap_enqueue(original):
         # the caller's transaction as stock NetBox leaves it, usable, instead of marked for rollback. In autocommit
         # the block is the transaction itself.
         with transaction.atomic(using=using, savepoint=connections[using].in_atomic_block):
+            ended = _next_run_of(cls, kwargs)
+            if ended is not None:
+                # One chain per periodic job: not a second future run (NetBox #21167, #22232), and none in the past
+                # (#20243). The existing run is returned, as enqueue_once() returns it: a runner's own enqueue()
+                # (SyncDataSourceJob's) reads the job it gets back.
+                waiting = chains.next_run_taken(cls, kwargs, ended.job, using)
+                if waiting is not None:
+                    return waiting
+                kwargs['schedule_at'] = compat.next_run_floor(kwargs.get('schedule_at'))
             return _enqueue_captured(original, cls, args, kwargs, using)
 
     enqueue.__safejobs_original__ = original
