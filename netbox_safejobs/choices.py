@@ -44,6 +44,9 @@ class RetryEventKindChoices(ChoiceSet):
     KIND_OPERATOR_STOPPED = 'operator_stopped'
     # An event rule's webhook: an attempt failed (RQ retries it, or gave up), or its work horse died mid-request.
     KIND_WEBHOOK_FAILED = 'webhook_failed'
+    # Adoption: a job NetBox left waiting or running without the plugin, taken over (or listed: it cannot be rebuilt).
+    KIND_ADOPTED = 'adopted'
+    KIND_NOT_ADOPTED = 'not_adopted'
     # Chains: a periodic job's second future run, deleted or not created.
     KIND_CHAIN_MERGED = 'chain_merged'
 
@@ -60,6 +63,8 @@ class RetryEventKindChoices(ChoiceSet):
         (KIND_PAYLOAD_REJECTED, _('Saved task rejected'), 'red'),
         (KIND_OPERATOR_STOPPED, _('Stopped by operator'), 'gray'),
         (KIND_WEBHOOK_FAILED, _('Webhook failed'), 'orange'),
+        (KIND_ADOPTED, _('Adopted'), 'cyan'),
+        (KIND_NOT_ADOPTED, _('Not adopted'), 'orange'),
         (KIND_CHAIN_MERGED, _('Chain merged'), 'indigo'),
     ]
 
@@ -162,6 +167,25 @@ KIND_HELP = {
         'with the state Gave up.',
         "Check the receiver. Once it answers, click **Send again** on the webhook's page under Jobs in Flight, or "
         'run `netbox safejobs_recover --resend-webhooks`.',
+    ),
+    'adopted': (
+        'a worker starting, or `netbox safejobs_recover --adopt`',
+        'NetBox left the job waiting or running without the plugin (before the plugin was installed, or in a process '
+        'without it during an upgrade), so nothing of the plugin watched it. The detail says what was done: a '
+        "waiting job whose task is in Redis is now kept like the plugin's own (sent again if Redis loses it); one "
+        'whose task Redis lost was rebuilt (a system job, a data source sync) and sent again; one left running with '
+        'no worker to run it was closed as errored, and a job that repeats at an interval was scheduled again.',
+        'Nothing: the job runs once, or was closed with the reason as its error. A closed job may have done part of '
+        'its work: check its result before running it again.',
+    ),
+    'not_adopted': (
+        'a worker starting, or `netbox safejobs_recover --adopt`',
+        'NetBox left the job waiting without the plugin, and Redis no longer holds its task (or holds it cancelled, '
+        'or in a form that cannot be read). What the job was to run with was only in that task (for a script: its '
+        'data and the request), so the plugin cannot send it again: it stays pending and nothing runs it. The detail '
+        'says why.',
+        'Run it again from NetBox (for a script: run the script), then delete the pending job. `netbox '
+        'safejobs_check` counts the jobs left this way.',
     ),
     'chain_merged': (
         'a worker, or `netbox safejobs_recover`',

@@ -48,6 +48,8 @@ _LEVELS = {
     RetryEventKindChoices.KIND_PAYLOAD_REJECTED: logging.ERROR,
     RetryEventKindChoices.KIND_OPERATOR_STOPPED: logging.WARNING,
     RetryEventKindChoices.KIND_WEBHOOK_FAILED: logging.WARNING,
+    RetryEventKindChoices.KIND_ADOPTED: logging.WARNING,
+    RetryEventKindChoices.KIND_NOT_ADOPTED: logging.ERROR,
     RetryEventKindChoices.KIND_CHAIN_MERGED: logging.WARNING,
 }
 

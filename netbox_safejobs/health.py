@@ -11,7 +11,10 @@ wording by ``netbox safejobs_check``, ``/api/plugins/safejobs/health/`` and the 
 - ``redis``: each Redis answers, keeps tasks under memory pressure (``maxmemory-policy``) and across a restart
   (persistence);
 - ``clock``: the clocks of this host and of each worker host against PostgreSQL's;
-- ``backlog``: owed pushes and the oldest one's age, leases whose worker stopped heartbeating, stuck candidates.
+- ``backlog``: owed pushes and the oldest one's age, leases whose worker stopped heartbeating, stuck candidates;
+- ``adoption``: jobs waiting or running that the plugin does not watch (left by NetBox without it), and the jobs it
+  adopted or could not;
+- ``chains``: system jobs with more than one future run.
 
 Every age is measured with the database's clock, as the relay and the liveness check measure it. ``backlog()`` is also
 what the Prometheus gauges read (``metrics.py``): one statement.
@@ -34,12 +37,14 @@ from .version import __version__
 __all__ = (
     'CHECKS',
     'CLOCK_SKEW_WARNING',
+    'COVERAGE_MAX_AGE',
     'Finding',
     'HealthReport',
     'LEVELS',
     'OWED_AGE_WARNING',
     'backlog',
     'check',
+    'job_coverage',
     'may_view_health',
 )
 
@@ -47,7 +52,7 @@ logger = logging.getLogger('netbox_safejobs.health')
 
 # From best to worst. "info" says something worth knowing that needs no action.
 LEVELS = ('ok', 'info', 'warning', 'error')
-CHECKS = ('settings', 'database', 'redis', 'workers', 'versions', 'clock', 'backlog')
+CHECKS = ('settings', 'database', 'redis', 'workers', 'versions', 'clock', 'backlog', 'adoption', 'chains')
 
 # Seconds: an owed push older than this means no relay is sending (no worker with the plugin, or Redis is down).
 OWED_AGE_WARNING = 60
@@ -527,6 +532,101 @@ def _check_backlog(report, settings, using):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# adoption and chains
+# --------------------------------------------------------------------------------------------------------------------
+
+# Seconds the pages and the REST API reuse this process's last reading of ``job_coverage()`` (the command reads it
+# afresh): it reads ``core_job`` whole, 90 ms at a million jobs (docs/performance.md).
+COVERAGE_MAX_AGE = 60
+
+_coverage = {}
+
+
+def job_coverage(using='default', settings=None, max_age=0):
+    """
+    One statement over the jobs waiting or running (it reads ``core_job`` whole: NetBox indexes no job by status), or
+    this process's reading of it from less than ``max_age`` seconds ago:
+
+    - ``uncovered``: ``{status: count}`` of those without a dispatch row, saved more than ``unknown_push_age``
+      seconds ago by the database's clock: what NetBox left without the plugin, which the plugin does not watch;
+    - ``system_runs``: ``{name: count}`` of the waiting runs of each registered system job.
+    """
+    from core.models import Job
+
+    from .models import JobDispatch
+
+    kept = _coverage.get(using)
+    if max_age and kept is not None and time.monotonic() - kept[0] < max_age:
+        return kept[1]
+    settings = settings or get_settings()
+    sql = (
+        f'SELECT j.status, '
+        f'CASE WHEN j.object_type_id IS NULL AND j.object_id IS NULL AND j.name = ANY(%s) THEN j.name END, '
+        f"j.created < clock_timestamp() - %s * interval '1 second' "
+        f'AND NOT EXISTS (SELECT 1 FROM {JobDispatch._meta.db_table} d WHERE d.job_id = j.id), count(*) '
+        f'FROM {Job._meta.db_table} j WHERE j.status = ANY(%s) GROUP BY 1, 2, 3'
+    )
+    waiting = list(compat.CLAIMABLE_STATES)
+    uncovered, system_runs = {}, {}
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, [list(compat.system_job_runners()), settings.unknown_push_age,
+                             [*waiting, compat.RUNNING]])
+        for status, system_job, without_row, count in cursor.fetchall():
+            if without_row:
+                uncovered[status] = uncovered.get(status, 0) + count
+            if system_job is not None and status in waiting:
+                system_runs[system_job] = system_runs.get(system_job, 0) + count
+    value = {'uncovered': uncovered, 'system_runs': system_runs}
+    _coverage[using] = (time.monotonic(), value)
+    return value
+
+
+def _adoption_events(using):
+    """Events of jobs adopted, and of jobs not adopted whose job still waits: on the index of kinds."""
+    from .choices import RetryEventKindChoices as Kind
+    from .models import RetryEvent
+
+    events = RetryEvent.objects.using(using)
+    return (events.filter(kind=Kind.KIND_ADOPTED).count(),
+            events.filter(kind=Kind.KIND_NOT_ADOPTED, job__status__in=compat.CLAIMABLE_STATES).count())
+
+
+def _check_adoption(report, settings, coverage, using):
+    uncovered = coverage['uncovered']
+    total = sum(uncovered.values())
+    adopted, listed = _adoption_events(using)
+    done = f'{adopted} job(s) adopted so far (events `adopted`).' if adopted else ''
+    if not total:
+        report.add('adoption', 'ok', f'netbox-safejobs watches every job waiting or running. {done}'.strip(),
+                   adopted=adopted)
+        return
+    parts = ', '.join(f'{uncovered[status]} {status}' for status in (*compat.CLAIMABLE_STATES, compat.RUNNING)
+                      if uncovered.get(status))
+    message = (f'{total} job(s) waiting or running that netbox-safejobs does not watch ({parts}): NetBox left them '
+               f'without the plugin (before it was installed, or in a process without it).')
+    if listed:
+        message += f' {listed} of them cannot be sent again by the plugin (events `not adopted` say why).'
+    report.add(
+        'adoption', 'warning', f'{message} {done}'.strip(),
+        fix='Workers adopt them when they start; `netbox safejobs_recover --adopt` does it now (add --dry-run to see '
+            'what it would do). Run the jobs listed as `not adopted` again from NetBox, then delete them. A job '
+            'running under a worker without the plugin is left to it: restart that worker with the plugin.',
+        uncovered=uncovered, not_adopted=listed, adopted=adopted,
+    )
+
+
+def _check_chains(report, coverage):
+    doubled = {name: count for name, count in coverage['system_runs'].items() if count > 1}
+    for name, count in sorted(doubled.items()):
+        report.add('chains', 'warning', f'System job "{name}" has {count} future runs: each schedules its own next '
+                   f'one, so it runs {count} times per interval (NetBox #21167, #22232).',
+                   fix='Workers merge them when they start; `netbox safejobs_recover` does it now.', job=name,
+                   runs=count)
+    if not doubled:
+        report.add('chains', 'ok', 'Every system job has at most one future run.')
+
+
+# --------------------------------------------------------------------------------------------------------------------
 
 def may_view_health(request):
     """
@@ -540,8 +640,11 @@ def may_view_health(request):
     return compat.may_view_background_tasks(request) or user.has_perm('netbox_safejobs.view_workerheartbeat')
 
 
-def check(using='default'):
-    """Run every check. Never raises: a failure of a check is a finding of level error."""
+def check(using='default', coverage_max_age=0):
+    """
+    Run every check. Never raises: a failure of a check is a finding of level error. ``coverage_max_age``: the
+    pages and the REST API take the count of jobs not watched from up to that many seconds ago (``job_coverage``).
+    """
     report = HealthReport()
     settings = _check_settings(report) or validate_settings({})
     db_now = _check_database(report, using)
@@ -567,6 +670,14 @@ def check(using='default'):
         _check_backlog(report, settings, using)
     except DatabaseError as e:
         report.add('backlog', 'error', f'Cannot read the backlog: {_describe(e)}', fix='Check PostgreSQL.')
+        _close(using)
+    try:
+        coverage = job_coverage(using, settings, max_age=coverage_max_age)
+        _check_adoption(report, settings, coverage, using)
+        _check_chains(report, coverage)
+    except DatabaseError as e:
+        report.add('adoption', 'error', f'Cannot read the jobs waiting or running: {_describe(e)}',
+                   fix='Check PostgreSQL.')
         _close(using)
     report.findings.sort(key=lambda f: CHECKS.index(f.check))
     return report

@@ -45,6 +45,7 @@ __all__ = (
     'close_dead_horses',
     'close_horse',
     'close_stale',
+    'close_with_netbox',
     'pid_alive',
     'stale_leases',
 )
@@ -76,6 +77,27 @@ def _original_handle():
 
     func = inspect.getattr_static(JobRunner, 'handle').__func__
     return getattr(func, '__safejobs_original__', func)
+
+
+def close_with_netbox(job, runner, error, kwargs=None):
+    """
+    Close a running ``job`` that holds no lease (one NetBox left running without the plugin, ``adoption.py``) as
+    NetBox's own ``handle()`` closes a failed run (``guard.run_nothing``): errored with ``error``, with its
+    notifications, ``job_end`` and event rules, and a periodic job's next run scheduled with ``kwargs``. A periodic job
+    whose runner or arguments are not known (``None``) is only terminated as errored: a next run with made-up arguments
+    would run something else. Inside the caller's transaction, the row locked by it. Returns whether NetBox was asked
+    to schedule a next run.
+    """
+    from netbox.jobs import JobRunner
+
+    if job.started is None:
+        # Never started by NetBox: its handle() computes the next run from the start time.
+        job.started = timezone.now()
+    if job.interval and (runner is None or kwargs is None):
+        job.terminate(status='errored', error=error)
+        return False
+    guard.run_nothing(_original_handle(), runner or JobRunner, job, error, kwargs or {})
+    return bool(job.interval)
 
 
 def _release_task(using, lease_id, reason, kind):

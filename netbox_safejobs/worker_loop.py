@@ -35,7 +35,7 @@ import time
 
 from django.db import close_old_connections, connections
 
-from . import compat, guard, liveness, relay, sessions, stopping, workers
+from . import adoption, compat, guard, liveness, relay, sessions, stopping, workers
 from .choices import RetryEventKindChoices
 from .queues import bound_redis_retries
 from .settings import get_settings
@@ -77,6 +77,9 @@ class WorkerLoop(threading.Thread):
         # covered every sent row; otherwise at ``_next_sweep``.
         self._sweep_wanted = True
         self._next_sweep = 0.0
+        # When (monotonic) the adoption of what NetBox left without the plugin is due: on the first tick of a guarded
+        # worker, again while jobs were too recent to judge or ran under a live stock worker; None once all is decided.
+        self._adopt_at = 0.0 if identity.guard else None
 
     def stop(self, timeout=10):
         self._stopping.set()
@@ -89,6 +92,8 @@ class WorkerLoop(threading.Thread):
         """
         failures = []
         parts = [('heartbeat', self._beat)] if beat else []
+        if self._adopt_at is not None and time.monotonic() >= self._adopt_at:
+            parts.append(('adoption', self._adopt))
         parts.append(('relay', self._relay))
         if monitored and self.worker is not None:
             parts.append(('stops', self._stops))
@@ -115,6 +120,27 @@ class WorkerLoop(threading.Thread):
 
     def _beat(self):
         workers.beat(self.identity)
+
+    def _adopt(self):
+        """
+        The jobs NetBox left waiting or running without the plugin, adopted, then the chains of periodic jobs merged
+        (``adoption.adopt_and_merge``). Nothing is decided while Redis does not answer: tried again on the next tick,
+        as after an error.
+        """
+        now = time.monotonic()
+        report = adoption.adopt_and_merge(close_running=self.settings.stuck_job_detection)
+        if report.errors:
+            raise RuntimeError('; '.join(report.errors))
+        if report.redis_down:
+            return
+        if report.deferred:
+            self._adopt_at = now + self.settings.unknown_push_age
+        elif report.vouched:
+            # A stock worker runs them: looked at again, and closed once that worker is gone (RQ forgets a worker that
+            # died within its worker_ttl).
+            self._adopt_at = now + self.settings.stuck_after
+        else:
+            self._adopt_at = None
 
     def _relay(self):
         now = time.monotonic()

@@ -5,7 +5,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ..health import check, may_view_health
+from ..health import COVERAGE_MAX_AGE, check, may_view_health
 
 __all__ = (
     'HealthView',
@@ -28,4 +28,4 @@ class HealthView(APIView):
         if not may_view_health(request):
             raise PermissionDenied('Staff users, superusers and users who may view worker heartbeats see the health '
                                    'report.')
-        return Response(check().as_dict())
+        return Response(check(coverage_max_age=COVERAGE_MAX_AGE).as_dict())

@@ -2,7 +2,7 @@
 
 from django import template
 
-from ..health import check, may_view_health
+from ..health import COVERAGE_MAX_AGE, check, may_view_health
 from ..markup import help_html
 
 __all__ = (
@@ -27,7 +27,7 @@ def safejobs_health_panel(context):
     """Run the checks (as ``netbox safejobs_check`` does) and render them; nothing for users who may not see them."""
     if not may_view_health(context.get('request')):
         return {'report': None}
-    return panel_context(check())
+    return panel_context(check(coverage_max_age=COVERAGE_MAX_AGE))
 
 
 def panel_context(report):
