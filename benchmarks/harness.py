@@ -66,7 +66,8 @@ OUTAGES = (1, 3, 5, 7, 10)
 # Guarantees the plugin must keep in every scenario (the exit status depends on them).
 GUARANTEES = ('lost', 'ghost_rows', 'resurrected', 'duplicate_runs', 'caller_exceptions', 'callers_broken',
               'shared_sessions', 'killed_transactions_committed', 'live_jobs_closed', 'extra_next_runs',
-              'requests_failed', 'webhooks_lost', 'webhooks_twice', 'webhooks_rolled_back_sent', 'runs_lost')
+              'requests_failed', 'webhooks_lost', 'webhooks_twice', 'webhooks_rolled_back_sent', 'runs_lost',
+              'unwatched', 'extra_future_runs', 'chains_broken', 'chain_rows_left_running')
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1406,6 +1407,265 @@ def scenario_snapshot_restore(ctx, mode, opts, runs_file):
     })
 
 
+# Heartbeats every second and the shortest stuck bound the settings allow, where a scenario kills whole workers and
+# waits for their jobs to be closed by the next ones (plugin only; stock NetBox has no liveness to set).
+LIVELY = {'heartbeat_interval': 1, 'stuck_after': 10}
+
+
+def _children(pid):
+    try:
+        with open(f'/proc/{pid}/task/{pid}/children') as f:
+            return [int(child) for child in f.read().split()]
+    except OSError:
+        return []
+
+
+def _kill_pool(pool):
+    """
+    SIGKILL every worker of ``pool`` and its work horse (RQ runs a horse in a session of its own): a host lost, or an
+    OOM kill of the whole service. Then what RQ does once a dead worker's registration expires (``worker_ttl``, 420 s
+    by default): its key is removed, so that no registration vouches for the jobs it ran.
+    """
+    from django_rq import get_connection
+    from rq import worker_registration
+    from rq.worker import Worker
+
+    pool._stopping.set()
+    if pool._supervisor:
+        pool._supervisor.join()
+    pids = {p.pid for p in pool.processes}
+    horses = [child for pid in pids for child in _children(pid)]
+    for pid in [*pids, *horses]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for process in pool.processes:
+        process.wait()
+    connection = get_connection('default')
+    for worker in Worker.all(connection=connection):
+        if worker.pid in pids:
+            worker_registration.unregister(worker)
+            connection.delete(worker.key)
+    return horses
+
+
+def _delete_tasks(job_uuids):
+    """Redis loses these tasks (and only these): their hashes and their places in queues and registries."""
+    from django_rq import get_connection
+    from rq.job import Job as RQJob
+
+    connection = get_connection('default')
+    for task in RQJob.fetch_many([str(u) for u in job_uuids], connection=connection):
+        if task is not None:
+            task.delete()
+
+
+def _task_runnable(job_uuids):
+    """The jobs whose task Redis holds runnable (queued, scheduled, deferred or started)."""
+    from django_rq import get_connection
+    from rq.job import Job as RQJob
+
+    tasks = RQJob.fetch_many([str(u) for u in job_uuids], connection=get_connection('default'))
+    return {uuid.UUID(task.id) for task in tasks
+            if task is not None and task.get_status(refresh=False) in ('queued', 'scheduled', 'deferred', 'started')}
+
+
+@scenario
+def scenario_adoption(ctx, mode, opts, runs_file):
+    """
+    What stock NetBox leaves in the database, made by stock code paths in both modes (NetBox #22714): jobs left
+    running by workers SIGKILLed mid-job, waiting jobs with their task in Redis, waiting jobs whose task Redis lost
+    (jobs whose arguments were only in the task, and the system jobs' next runs). Then the mode's workers start once.
+    Stock: what was stuck stays stuck. Plugin: each job decided once, at the workers' start-up (``adoption.py``).
+    """
+    from datetime import timedelta
+
+    from core.models import Job
+    from django.utils import timezone
+    from netbox.registry import registry
+
+    from benchmarks.runners import HarnessJob
+    from netbox_safejobs import compat
+    from netbox_safejobs.choices import RetryEventKindChoices
+    from netbox_safejobs.models import JobDispatch, RetryEvent
+
+    systems = compat.system_job_runners()
+    waiting_systems = Job.objects.filter(name__in=list(systems), object_type__isnull=True,
+                                         status__in=compat.CLAIMABLE_STATES)
+    waiting_systems.delete()
+    set_mode('stock')
+    try:
+        running = [HarnessJob.enqueue(sleep=120).job_id for _ in range(ctx.workers)]
+        old = WorkerPool(ctx, 'stock', runs_file)
+        try:
+            wait_running(runs_file, running)
+        finally:
+            _kill_pool(old)
+        queued, _, _, _ = enqueue_many(opts.fault_jobs, threads=2)
+        lost, _, _, _ = enqueue_many(opts.fault_jobs, threads=2)
+        # Each system job's next run, as a stock worker leaves it: one waiting run (its task lost below, #22714).
+        for name, runner in systems.items():
+            if not waiting_systems.filter(name=name).exists():
+                interval = registry['system_jobs'][runner]['interval']
+                runner.enqueue(schedule_at=timezone.now() + timedelta(minutes=interval), interval=interval)
+    finally:
+        set_mode(mode)
+    system_runs = list(waiting_systems.values_list('job_id', flat=True))
+    _delete_tasks(lost + system_runs)
+    left = {'running': len(running), 'waiting with a task': len(queued),
+            'waiting, task lost': len(lost), 'system job runs, task lost': len(system_runs)}
+    # Judged by their age: saved more than unknown_push_age (10 s) before the workers start.
+    time.sleep(11)
+    pool = WorkerPool(ctx, mode, runs_file)
+    try:
+        pool.wait_ready()
+        wait_until_settled(queued, timeout=opts.timeout, idle=15, pool=pool)
+        time.sleep(3)
+    finally:
+        pool.stop()
+    everything = running + queued + lost + system_runs
+    rows = dict(Job.objects.filter(job_id__in=everything).values_list('job_id', 'status'))
+    watched = set(JobDispatch.objects.filter(job_uuid__in=everything).values_list('job_uuid', flat=True))
+    listed = set(RetryEvent.objects.filter(kind=RetryEventKindChoices.KIND_NOT_ADOPTED, job_uuid__in=everything)
+                 .values_list('job_uuid', flat=True))
+    runnable = _task_runnable(system_runs + lost)
+    left_running = sum(1 for u in running if rows.get(u) == 'running')
+    lost_unlisted = sum(1 for u in lost if rows.get(u) in compat.CLAIMABLE_STATES and u not in listed | runnable)
+    systems_dead = sum(1 for u in system_runs if rows.get(u) in compat.CLAIMABLE_STATES
+                       and u not in watched | runnable)
+    adopted = RetryEvent.objects.filter(kind=RetryEventKindChoices.KIND_ADOPTED, job_uuid__in=everything).count()
+    runs, _ = read_runs(runs_file)
+    Job.objects.filter(job_id__in=system_runs).delete()
+    RetryEvent.objects.filter(job_uuid__in=system_runs).delete()
+    return {
+        'left_by_stock': ', '.join(f'{count} {what}' for what, count in left.items()),
+        'stuck_running': left_running,
+        'queued_completed': sum(1 for u in queued if rows.get(u) == 'completed'),
+        'lost_listed': len(listed & set(lost)),
+        'lost_unlisted': lost_unlisted,
+        'system_runs_without_task': systems_dead,
+        'adopted_events': adopted,
+        'unwatched': left_running + lost_unlisted + systems_dead,
+        'runs': sum(runs.values()),
+        'duplicate_runs': sum(1 for c in runs.values() if c > 1),
+    }
+
+
+def _make_due(pks):
+    """Time passes: the waiting runs ``pks`` are due now, in the database and in RQ's registry of scheduled tasks."""
+    from core.models import Job
+    from django.utils import timezone
+    from django_rq import get_queue
+    from rq.registry import ScheduledJobRegistry
+
+    now = timezone.now()
+    runs = list(Job.objects.filter(pk__in=pks, status='scheduled'))
+    Job.objects.filter(pk__in=[run.pk for run in runs]).update(scheduled=now)
+    for name in QUEUES:
+        queue = get_queue(name)
+        registry = ScheduledJobRegistry(queue=queue)
+        scheduled = set(registry.get_job_ids())
+        for run in runs:
+            if str(run.job_id) in scheduled:
+                registry.schedule(queue.fetch_job(str(run.job_id)), now)
+
+
+@scenario
+def scenario_chains(ctx, mode, opts, runs_file):
+    """
+    A simulated day of worker restarts: ``--chain-cycles`` cycles, each a restart of every worker (NetBox's
+    ``enqueue_once()`` of the system jobs at each start) after which the next run of every periodic job is due; every
+    fourth restart, from the second, kills the workers with SIGKILL in the middle of the runs (an OOM kill, a host
+    lost). At the start, each system job has two future runs, as NetBox 4.2 – 4.6.1 leave them (#21167, #22232),
+    made by stock code paths in both modes, and due in the first cycle. Counted after the day: future runs per system
+    job and per hourly job (a "chain"), runs, and rows left running.
+    """
+    from datetime import timedelta
+
+    from core.models import Job
+    from django.utils import timezone
+    from netbox.registry import registry
+
+    from benchmarks.runners import HarnessJob
+    from netbox_safejobs import compat
+    from netbox_safejobs.choices import RetryEventKindChoices
+    from netbox_safejobs.models import RetryEvent
+
+    systems = compat.system_job_runners()
+    names = [f'{HarnessJob.name}-chain-{n}' for n in range(2 * ctx.workers)]
+    Job.objects.filter(name__in=list(systems), object_type__isnull=True,
+                       status__in=compat.CLAIMABLE_STATES).delete()
+    started = timezone.now()
+    set_mode('stock')
+    try:
+        for runner in systems.values():
+            for minutes in (0, 5):
+                runner.enqueue(schedule_at=started + timedelta(days=1, minutes=minutes),
+                               interval=registry['system_jobs'][runner]['interval'])
+    finally:
+        set_mode(mode)
+    for name in names:
+        HarnessJob.enqueue(name=name, interval=60, sleep=2)
+    extra_config = LIVELY if mode == 'plugin' else None
+    try:
+        for cycle in range(opts.chain_cycles):
+            cycle_start = time.monotonic()
+            pool = WorkerPool(ctx, mode, runs_file, extra_config=extra_config)
+            kill = cycle % 4 == 1
+            try:
+                pool.wait_ready()
+                time.sleep(2)  # the workers' first tick: the plugin's adoption and merge of chains
+                waiting = Job.objects.filter(status__in=compat.CLAIMABLE_STATES)
+                due = list(waiting.filter(name__in=names).values_list('pk', flat=True))
+                if cycle == 0:
+                    due += list(waiting.filter(name__in=list(systems), object_type__isnull=True)
+                                .values_list('pk', flat=True))
+                _make_due(due)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    runs = Job.objects.filter(pk__in=due)
+                    if kill and runs.filter(status='running').count() >= min(ctx.workers, len(due)):
+                        break
+                    if not kill and not runs.filter(status__in=(*compat.CLAIMABLE_STATES, 'running')).exists():
+                        break
+                    time.sleep(0.2)
+                if not kill:
+                    # Workers run on: the plugin's liveness closes what the previous restart killed (stuck_after).
+                    time.sleep(max(0.0, 20 - (time.monotonic() - cycle_start)))
+            finally:
+                if kill:
+                    _kill_pool(pool)
+                else:
+                    pool.stop()
+        waiting = Job.objects.filter(status__in=compat.CLAIMABLE_STATES)
+        chain_runs = {name: waiting.filter(name=name).count() for name in names}
+        system_runs = {name: waiting.filter(name=name, object_type__isnull=True).count() for name in systems}
+        left_running = Job.objects.filter(name__in=names, status='running').count()
+        ran = Job.objects.filter(created__gte=started, status__in=('completed', 'errored', 'failed'))
+        runs, _ = read_runs(runs_file)
+        return {
+            'cycles': opts.chain_cycles,
+            'system_jobs': len(systems),
+            'system_job_runs': ran.filter(name__in=list(systems), object_type__isnull=True).count(),
+            'system_job_future_runs': ', '.join(str(system_runs[name]) for name in systems),
+            'chains': len(names),
+            'chain_runs': ran.filter(name__in=names).count(),
+            'chains_broken': sum(1 for count in chain_runs.values() if count == 0),
+            'chains_doubled': sum(1 for count in chain_runs.values() if count > 1),
+            'chain_rows_left_running': left_running,
+            'extra_future_runs': sum(max(0, count - 1) for count in [*chain_runs.values(), *system_runs.values()]),
+            'merge_events': RetryEvent.objects.filter(kind=RetryEventKindChoices.KIND_CHAIN_MERGED).count(),
+            'duplicate_runs': sum(1 for c in runs.values() if c > 1),
+        }
+    finally:
+        RetryEvent.objects.filter(job_name__in=names).delete()
+        RetryEvent.objects.filter(kind=RetryEventKindChoices.KIND_CHAIN_MERGED).delete()
+        Job.objects.filter(name__in=names).delete()
+        Job.objects.filter(name__in=list(systems), object_type__isnull=True,
+                           status__in=compat.CLAIMABLE_STATES).delete()
+
+
 @scenario
 def scenario_caller_catches(ctx, mode, opts, runs_file):
     """
@@ -2093,6 +2353,18 @@ ROWS = (
     ('runs_accepted_ui', 'accepted by the UI'), ('runs_lost', 'script runs left pending'),
     ('all_ran_s_after_worker_start', 'all ran, s after the worker process started'),
     ('all_ran_s_after_first_heartbeat', 'all ran, s after its first heartbeat'),
+    ('left_by_stock', 'left by stock NetBox before the start-up'),
+    ('stuck_running', 'left running, no worker running them'),
+    ('queued_completed', 'waiting with a task: completed'), ('lost_listed', 'task lost: listed for the operator'),
+    ('lost_unlisted', 'task lost: left waiting, unlisted'),
+    ('system_runs_without_task', 'system job runs left without a task'), ('adopted_events', '"adopted" events'),
+    ('unwatched', 'jobs nothing watches'), ('cycles', 'restarts (one per simulated hour)'),
+    ('system_jobs', 'system jobs'), ('system_job_runs', 'system job runs (each due once)'),
+    ('system_job_future_runs', 'future runs per system job, after'), ('chains', 'hourly jobs'),
+    ('chain_runs', 'hourly job runs'), ('chains_broken', 'hourly jobs without a future run, after'),
+    ('chains_doubled', 'hourly jobs with two or more future runs, after'),
+    ('chain_rows_left_running', 'hourly job rows left running'), ('extra_future_runs', 'future runs too many'),
+    ('merge_events', '"chain merged" events'),
     ('worker_restarts', 'workers restarted'),
     ('seconds', 'scenario time, s'),
 )
@@ -2228,6 +2500,9 @@ def parse_args(argv=None):
     parser.add_argument('--crashes', type=int, default=4, help='processes killed between commit and push')
     parser.add_argument('--outage-seconds', type=int, default=5,
                         help='Redis outage: seconds up, then down, then up again while enqueuing')
+    parser.add_argument('--chain-cycles', type=int, default=24,
+                        help='worker restarts of the chains scenario, one per simulated hour (default 24; 8 with '
+                             '--short)')
     parser.add_argument('--outage-jobs', type=int, default=100,
                         help='jobs enqueued across the five outages of redis_outages (default 100)')
     parser.add_argument('--timeout', type=int, default=900, help='seconds to wait for a scenario to settle')
@@ -2257,6 +2532,7 @@ def parse_args(argv=None):
     opts = parser.parse_args(argv)
     if opts.short:
         opts.jobs, opts.fault_jobs, opts.crashes, opts.recovery_scale = 300, 20, 1, False
+        opts.chain_cycles = min(opts.chain_cycles, 8)
     opts.cost_jobs = 100 if opts.short else 1000
     opts.throughput_jobs = opts.throughput_jobs or (100 if opts.short else 1000)
     opts.latency_jobs = 30 if opts.short else 200

@@ -22,7 +22,11 @@ and RQ's ``monitor_work_horse()``). Each tick, every ``relay_interval`` seconds:
 
 3. while a work horse runs, the operators' stop requests on this worker's leases (``stopping.stop_requested_horses``,
    one indexed query): the backstop of RQ's stop command, which a Redis that is away or lost the worker's keys does
-   not deliver.
+   not deliver;
+4. in a guarded worker, on its first tick (and on the next ones until it has worked once): the adoption of the jobs
+   NetBox left waiting or running without the plugin, then the merge of periodic jobs with more than one future run
+   (``adoption.adopt_and_merge``; each reads ``core_job`` once). Again after ``unknown_push_age`` seconds while a job
+   was too recent to judge, and every ``stuck_after`` seconds while a job a live stock worker runs is left to it.
 
 The thread has its own database connection (Django's connections are per thread) and never touches the worker's
 Redis connection objects. Work horses fork from the worker's main thread and run none of this; that thread keeps no

@@ -958,8 +958,11 @@ def cmd_netbox_tests(args):
     outcomes = {}
     for mode in ('without', 'with'):
         env = netbox_env()
-        env.update(SAFEJOBS_DEBUG='0', SAFEJOBS_PLUGIN='0' if mode == 'without' else '1',
-                   SAFEJOBS_REDIS_TASKS_DB=str(TEST_REDIS_TASKS_DB), SAFEJOBS_REDIS_CACHE_DB=str(TEST_REDIS_CACHE_DB))
+        env.update(SAFEJOBS_DEBUG='0', SAFEJOBS_PLUGIN='0' if mode == 'without' else '1')
+        # The test Redis databases, as `test` takes them: those given in the environment win, so that two runs at once
+        # (each with its own) do not flush each other's queues.
+        env.setdefault('SAFEJOBS_REDIS_TASKS_DB', str(TEST_REDIS_TASKS_DB))
+        env.setdefault('SAFEJOBS_REDIS_CACHE_DB', str(TEST_REDIS_CACHE_DB))
         # What NetBox's own test configuration sets: its tests read the RQ queue inside transactions that never
         # commit. SAFEJOBS_RQ_COMMIT_MODE=on_db_commit runs them under django-rq's default instead.
         env.setdefault('SAFEJOBS_RQ_COMMIT_MODE', 'auto')
