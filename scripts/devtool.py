@@ -934,6 +934,8 @@ def cmd_test(args):
     env['SAFEJOBS_SERVICES'] = json.dumps(services)
     labels = args.labels or ['tests']
     cmd = netbox_cmd('test', *labels, '--keepdb', '--noinput', '--parallel', '1', '-v', str(args.verbosity))
+    if args.durations:
+        cmd += ['--durations', str(args.durations)]
     code = subprocess.run(cmd, env=env, cwd=ROOT).returncode
     if check:
         say(f'test suite exited with {code}; private PostgreSQL self-check:')
@@ -1240,6 +1242,7 @@ def main(argv=None):
     test = sub.add_parser('test', help='ruff, makemigrations --check, package build, the whole test suite')
     test.add_argument('labels', nargs='*', help='test labels, e.g. tests.test_settings (default: all)')
     test.add_argument('-v', '--verbosity', type=int, default=1)
+    test.add_argument('--durations', type=int, metavar='N', help='list the N slowest tests at the end')
     bench = sub.add_parser('bench', help='run benchmarks/NAME.py against the development database and Redis')
     bench.add_argument('name')
     bench.add_argument('args', nargs=argparse.REMAINDER)
