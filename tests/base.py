@@ -76,6 +76,14 @@ class Worker:
 
     def kill(self, sig=signal.SIGKILL):
         """``sig`` to the worker and its work horse (default: SIGKILL, a crash); SIGKILL after 30 s."""
+        # RQ's work horse leaves the worker's process group (``os.setpgrp()`` after the fork) and holds the worker's
+        # output pipe: a crash kills it too, or reading the worker's output would wait for the horse's job to end.
+        horses = self.children() if sig == signal.SIGKILL else []
+        for pid in horses:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.output += stop_process_group([self.process], grace=30, sig=sig)[self.process] or ''
 
     def children(self):
@@ -156,9 +164,20 @@ LIVELY = {'heartbeat_interval': 1, 'stuck_after': 10, 'relay_interval': 0.5}
 class RunningJobTestCase(SafeJobsTransactionTestCase):
     """Long-running workers on this run's Redis, and a job seen running in one of them (its lease and work horse)."""
 
+    def setUp(self):
+        super().setUp()
+        self.workers = []
+
+    def tearDown(self):
+        # Before the database is emptied: a work horse still inside its job would hold the flush's TRUNCATE until
+        # the job ends (minutes, for the long jobs these tests stop).
+        for worker in self.workers:
+            worker.kill()
+        super().tearDown()
+
     def start_worker(self, config=LIVELY):
         worker = Worker('default', burst=False, env=worker_env(config))
-        self.addCleanup(worker.kill)
+        self.workers.append(worker)
         return worker
 
     def wait_running(self, job, worker):
