@@ -84,6 +84,9 @@ class ChainTest(SafeJobsTransactionTestCase):
         self.wait_for(lambda: run_count(job.job_id) == 1, timeout=90, message='run() entered')
         other = CountingJob.enqueue(interval=30, sleep=3, schedule_at=later(hours=1))
         self.wait_for(lambda: Job.objects.get(pk=job.pk).status == 'completed', timeout=30, message='run ended')
+        # NetBox decides on the next run after it has saved the run completed: wait for that decision, the event.
+        self.wait_for(lambda: RetryEvent.objects.filter(kind=Kind.KIND_CHAIN_MERGED).exists(), timeout=30,
+                      message='the next run declined')
         self.assertEqual([run.pk for run in waiting(CountingJob.name)], [other.pk])
         event = RetryEvent.objects.get(kind=Kind.KIND_CHAIN_MERGED)
         self.assertEqual(event.job_uuid, job.job_id)
