@@ -128,6 +128,15 @@ def run_demo(out=print, wait=60):
     staged = _refused_webhook()
     jobs.append(staged['task'])
 
+    out('11. Two jobs NetBox left without the plugin (staged: created an hour ago by a process without it, so with '
+        'no row in flight): one scheduled with its task in Redis is "adopted"; one whose task Redis lost, with '
+        'arguments nothing can rebuild, is "not adopted" and listed. What a worker does when it starts.')
+    jobs += _left_without_the_plugin()
+
+    out('12. A periodic job with two future runs (NetBox #21167): merged into the earliest, "chain merged". What a '
+        'worker does when it starts.')
+    jobs += _two_future_runs()
+
     out(f'Waiting up to {wait}s for the worker to take the tasks...')
     wanted = set(RetryEventKindChoices.values())
     deadline = time.monotonic() + wait
@@ -146,6 +155,40 @@ def run_demo(out=print, wait=60):
     if missing:
         out(f'Not seen (is an rqworker running?): {", ".join(sorted(missing))}')
     return counts, missing
+
+
+def _left_without_the_plugin():
+    """
+    A scheduled job with its task in Redis and a pending one without, both as stock NetBox leaves them (no dispatch
+    row, created long enough ago to be judged), adopted; the pending one, listed and never to run, is then deleted.
+    """
+    from core.models import Job
+
+    from .adoption import adopt
+    from .queues import get_push_queue
+
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    waiting = create_job(DemoJob.name, status='scheduled', scheduled=timezone.now() + timedelta(hours=1))
+    get_push_queue('default').enqueue_at(waiting.scheduled, DemoJob.handle, job_id=str(waiting.job_id), job=waiting)
+    orphan = create_job(DemoJob.name)
+    Job.objects.filter(pk__in=[waiting.pk, orphan.pk]).update(created=an_hour_ago)
+    adopt()
+    Job.objects.get(pk=orphan.pk).delete()
+    return [waiting.job_id, orphan.job_id]
+
+
+def _two_future_runs():
+    """Two future runs of one hourly demo job, merged; the run kept is deleted too (the demo leaves no schedule)."""
+    from core.models import Job
+
+    from .chains import merge
+
+    runs = [DemoJob.enqueue(interval=60, schedule_at=timezone.now() + timedelta(minutes=minutes))
+            for minutes in (30, 40)]
+    merge()
+    for job in Job.objects.filter(pk__in=[run.pk for run in runs]):
+        job.delete()
+    return [run.job_id for run in runs]
 
 
 def _refused_webhook():

@@ -9,8 +9,8 @@ class Command(BaseCommand):
     help = (
         'Provoke every kind of netbox-safejobs retry event (retry, found after retry, gave up, database error, '
         'duplicate skipped, dispatch failed, recovered, stuck job errored, row deleted mid-run, saved task rejected, '
-        'stopped by operator) with small demo jobs, so that they can '
-        'be seen on the Retry events page. Needs a running rqworker.'
+        'stopped by operator, webhook failed, adopted, not adopted, chain merged) with small demo jobs, so that they '
+        'can be seen on the Retry events page. Needs a running rqworker.'
     )
 
     def add_arguments(self, parser):
