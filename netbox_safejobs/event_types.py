@@ -65,9 +65,8 @@ def trigger(event, using='default'):
         return 0
     try:
         from core.models import ObjectType
+        from extras.events import serialize_for_event
         from extras.models import EventRule
-
-        from .api.serializers import RetryEventSerializer
 
         object_type = ObjectType.objects.db_manager(using).get_for_model(type(event))
         rules = list(EventRule.objects.using(using).filter(
@@ -75,7 +74,9 @@ def trigger(event, using='default'):
         ))
         if not rules:
             return 0
-        data = RetryEventSerializer(event, context={'request': None}).data
+        # NetBox's own serialization of an object for its event rules: the plugin's REST serializer, found by name,
+        # so that this module needs nothing from the API above it.
+        data = serialize_for_event(event)
         compat.process_event_rules(rules, object_type, event_type, data)
         return len(rules)
     except Exception:

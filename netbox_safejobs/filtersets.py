@@ -2,27 +2,26 @@
 The filter sets of retry events and of jobs in flight, each shared by its list page, its bulk actions and the REST API.
 """
 
-import re
 import string
 import uuid
 
 import django_filters
 from core.models import Job
 from django import forms
-from django.contrib.postgres.search import SearchQuery
-from django.db import connection, transaction
-from django.db.models import BooleanField, Q
-from django.db.models.expressions import RawSQL
+from django.db.models import Q
 from django.utils.translation import gettext as _
 from netbox.filtersets import BaseFilterSet
 from utilities.filters import MultiValueCharFilter, MultiValueDecimalFilter, multivalue_field_factory
 
-from . import compat, tables
+from . import compat
+from .bounded_count import count_at_least
 from .choices import JobDispatchStateChoices, RetryEventKindChoices
 from .forms import JobUUIDField
 from .in_flight import state_q
 from .models import JobDispatch, RetryEvent
 from .settings import get_settings
+from .tables import SHORT_UUID_LENGTH
+from .word_search import search_terms, word_matches
 
 __all__ = (
     'JobDispatchFilterSet',
@@ -33,18 +32,8 @@ __all__ = (
 
 # Filters whose values are checked whole (a kind, a UUID): no partial-match lookup variants.
 WHOLE_VALUE_FILTERS = ('kind', 'job_uuid')
-# The most words of a quick search looked up, and the shortest start of a word looked up as one.
-SEARCH_WORDS = 8
-SEARCH_PREFIX_LENGTH = 3
-NUMBER = re.compile(r'[-+]?[\d.]+')
-# How a quick search is read (``word_matches``): how many of the newest events are checked first, how many of them
-# must match for the search to be read newest first (enough that the first pages need not count them), and the most
-# matches kept as a list of IDs.
-RECENT_EVENTS = 10_000
-RECENT_MATCHES = tables.COUNT_STEP + 1
-SEARCH_IDS = 2000
 # The fewest hexadecimal digits of a job UUID's start that the quick search looks up as one: the 8 the tables show.
-UUID_PREFIX_DIGITS = tables.SHORT_UUID_LENGTH
+UUID_PREFIX_DIGITS = SHORT_UUID_LENGTH
 UUID_LAYOUT = '00000000-0000-0000-0000-000000000000'
 
 
@@ -195,7 +184,7 @@ class RetryEventFilterSet(RefuseInvalidMixin, BaseFilterSet):
         if known and not self.other_filters(name):
             # The words alone are known to match this many events (the queue and kind parts only add to them): the
             # page's count need not count them again, newest first, to show "1000+".
-            tables.count_at_least(queryset, known)
+            count_at_least(queryset, known)
         return queryset
 
     def other_filters(self, name):
@@ -203,98 +192,6 @@ class RetryEventFilterSet(RefuseInvalidMixin, BaseFilterSet):
         # An empty value is None, '', [] or an empty queryset (job_id), which is empty without a query; False is a
         # value (job_exists=false).
         return any(value is False or bool(value) for key, value in self.form.cleaned_data.items() if key != name)
-
-
-class _Rollback(Exception):
-    pass
-
-
-def word_matches(queryset, terms):
-    """
-    The condition "the stored words of the event match ``terms``" for ``queryset``, and how many events are known to
-    match it (0 when that is not known, or when they are few enough to count).
-
-    How to read a search depends on how many events it matches, which PostgreSQL can only guess for a word it has
-    no statistics of, and it guesses few: left to itself, it would look for a rare word by reading every event newest
-    first (about 0.7 s with 1,000,000 events). So, in at most two cheap statements:
-
-    1. the newest ``RECENT_EVENTS`` events are checked, from the time index and their stored words (about 1.7 µs
-       each). When ``RECENT_MATCHES`` of them match, the search is frequent among the events an operator pages
-       through: the condition is the search itself, read newest first, and the matches found are known (more than
-       the first page's count would count). The full-text index is not read: for words in a large share of the
-       events, it would read every one of their entries (160 ms for a worker host's words at 1,000,000 events);
-    2. otherwise the matches are read from the full-text index alone (a bitmap scan, forced for that one statement;
-       fast for rarer words), up to ``SEARCH_IDS``: when that is all of them, the condition is those IDs (the
-       primary key answers the page and its count). More matches are read as the search itself, and are known.
-    """
-    query = SearchQuery(terms, search_type='raw', config='simple')
-    newest = queryset.order_by('-time', '-pk').values('search_words')[:RECENT_EVENTS]
-    sql, params = newest.query.sql_with_params()
-    with connection.cursor() as cursor:
-        # The filter outside the LIMIT: the newest events first, whatever PostgreSQL guesses of the words.
-        cursor.execute(
-            f"SELECT count(*) FROM ({sql}) newest WHERE newest.search_words @@ to_tsquery('simple'::regconfig, %s)",
-            [*params, terms],
-        )
-        recent = cursor.fetchone()[0]
-    if recent >= RECENT_MATCHES:
-        return read_newest_first(terms), recent
-    ids = None
-    matches = queryset.filter(search_words=query).order_by()
-    try:
-        with transaction.atomic(using=matches.db), connection.cursor() as cursor:
-            # Only for this statement: the savepoint (or transaction) is rolled back, which undoes SET LOCAL.
-            cursor.execute('SET LOCAL enable_seqscan = off')
-            cursor.execute('SET LOCAL enable_indexscan = off')
-            ids = list(matches.values_list('pk', flat=True)[:SEARCH_IDS + 1])
-            raise _Rollback
-    except _Rollback:
-        pass
-    if len(ids) <= SEARCH_IDS:
-        return Q(pk__in=ids), 0
-    return read_newest_first(terms), SEARCH_IDS + 1
-
-
-def read_newest_first(terms):
-    """
-    The condition "the stored words match ``terms``" for a search known to match many events, written so that
-    PostgreSQL reads events by the order or the other filters asked for and checks their words, rather than reading
-    every match from the full-text index and sorting them. As a plain ``@@`` it estimates the share of events matching
-    several words as the product of their shares, and words that come together (``timeout expired``, 3 % of the
-    events, each word 3 %) look rare to it: the first page then sorted 30,000 matches (55 to 90 ms at 1,000,000
-    events), and worse without the index (a whole-table scan). Inside a ``CASE`` the condition has no estimate and is
-    taken to match half of the events, nearer the truth for such a search: the first page reads events newest first
-    (2 ms), a count of 1,000 among ``kind=retry`` reads 13,000 events (14 ms), a rare kind's index is still used.
-    """
-    table = RetryEvent._meta.db_table
-    return Q(RawSQL(
-        f'CASE WHEN "{table}"."search_words" @@ to_tsquery(\'simple\'::regconfig, %s) THEN true ELSE false END',
-        [terms], output_field=BooleanField(),
-    ))
-
-
-def search_terms(value):
-    """
-    The quick search's text as a raw ``tsquery``: its words as PostgreSQL's parser splits them (the same parser as
-    the index's, so that ``worker-2`` is ``worker`` and ``-2`` in both), all required, at most ``SEARCH_WORDS``. The
-    last one may be the start of a word (as typed so far: ``SyncDataSource`` finds ``SyncDataSourceJob``) when it
-    has ``SEARCH_PREFIX_LENGTH`` characters or more and is not a number: a shorter prefix would expand to most
-    entries of the index, and PostgreSQL cannot estimate how many rows a numeric prefix (a job number, a PID)
-    matches. Empty when the text has no words.
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT lexeme FROM unnest(to_tsvector('simple', %s)) ORDER BY positions[array_length(positions, 1)]",
-            [value],
-        )
-        words = [row[0] for row in cursor.fetchall()][-SEARCH_WORDS:]
-    if not words:
-        return ''
-    terms = ["'{}'".format(word.replace('\\', '\\\\').replace("'", "''")) for word in words]
-    last = words[-1]
-    if len(last) >= SEARCH_PREFIX_LENGTH and not NUMBER.fullmatch(last):
-        terms[-1] += ':*'
-    return ' & '.join(terms)
 
 
 def search_kinds(value):

@@ -132,7 +132,7 @@ def _wrap_work(original):
 
     @wraps(original)
     def work(self, *args, **kwargs):
-        worker_loop.start(self)
+        worker_loop.start(self, guard='guard' in _installed)
         try:
             return worker_resume.work(original, self, *args, **kwargs)
         finally:

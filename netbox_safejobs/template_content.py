@@ -10,7 +10,7 @@ from django.urls import reverse
 from netbox.plugins import PluginTemplateExtension
 
 from . import compat
-from .tables import job_events
+from .job_events import job_events
 
 __all__ = (
     'JobRetryEvents',

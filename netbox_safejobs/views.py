@@ -20,6 +20,7 @@ from utilities.views import GetReturnURLMixin, ObjectPermissionRequiredMixin, re
 from . import compat, filtersets, forms, stopping, tables, webhooks
 from .choices import JobDispatchStateChoices, kind_help, state_help
 from .in_flight import dispatch_queryset
+from .job_events import job_events
 from .markup import help_html
 from .models import JobDispatch, RetryEvent
 from .permissions import viewable_jobs
@@ -147,7 +148,7 @@ class RetryEventView(generic.ObjectView):
             'rq_task_url': (reverse('core:background_task', kwargs={'job_id': str(instance.job_uuid)})
                             if compat.may_view_background_tasks(request) else None),
             # The events of the same job, newest first, as the panel on its Job page shows them.
-            'related': tables.job_events(request.user, instance.job_uuid),
+            'related': job_events(request.user, instance.job_uuid),
             'list_url': list_url,
         }
 

@@ -238,10 +238,11 @@ _loop = None
 monitored = set()
 
 
-def start(worker):
+def start(worker, guard=False):
     """
     Start the loop for an RQ worker (from ``Worker.work()``). Registers the worker's heartbeat first, so that the
-    work horses it forks stamp their leases with a worker the liveness check knows. Never raises.
+    work horses it forks stamp their leases with a worker the liveness check knows. `guard` says whether the worker
+    guard is installed in this process (the patch installer knows; the heartbeat tells the pages). Never raises.
     """
     global _loop
     settings = get_settings()
@@ -254,9 +255,7 @@ def start(worker):
         worker.max_connection_wait_time = min(getattr(worker, 'max_connection_wait_time', 60),
                                               settings.worker_reconnect_interval)
         bound_redis_retries(worker.connection, settings.worker_reconnect_interval)
-        from .patches import installed
-
-        identity = workers.set_current(getattr(worker, 'name', ''), guard='guard' in installed(),
+        identity = workers.set_current(getattr(worker, 'name', ''), guard=guard,
                                        queues=_queue_names(worker))
         # This thread forks the work horses: it must hold no database session when it does (sessions.py).
         sessions.install_fork_hook()

@@ -12,7 +12,7 @@ from users.models import ObjectPermission
 from utilities.testing import APITestCase, APIViewTestCases
 from utilities.testing.utils import disable_warnings
 
-from netbox_safejobs import events, tables
+from netbox_safejobs import bounded_count, events
 from netbox_safejobs.choices import RetryEventKindChoices
 from netbox_safejobs.models import RetryEvent
 
@@ -168,7 +168,7 @@ class RetryEventAPIBehaviourTest(APITestCase):
 
     def test_count_is_bounded_past_the_page(self):
         self.grant('view')
-        with mock.patch.object(tables, 'COUNT_STEP', 2):
+        with mock.patch.object(bounded_count, 'COUNT_STEP', 2):
             body = self.get(reverse(LIST), {'limit': 1}).json()
             self.assertEqual((body['count'], len(body['results'])), (2, 1))
             self.assertIsNotNone(body['next'])

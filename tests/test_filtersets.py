@@ -10,7 +10,7 @@ from django.test import TestCase
 from django.utils import timezone
 from utilities import testing as netbox_testing
 
-from netbox_safejobs import filtersets, tables
+from netbox_safejobs import bounded_count, filtersets, word_search
 from netbox_safejobs.filtersets import JobDispatchFilterSet, RetryEventFilterSet
 from netbox_safejobs.models import JobDispatch, RetryEvent
 
@@ -116,37 +116,37 @@ class RetryEventFilterSetTest(TestCase, BaseFilterSetTestMixin):
 
     def test_q_with_many_matches_gives_the_same_rows(self):
         # Above SEARCH_IDS matches the condition is the full-text search itself rather than a list of IDs.
-        with mock.patch.object(filtersets, 'SEARCH_IDS', 1):
+        with mock.patch.object(word_search, 'SEARCH_IDS', 1):
             self.assertFilter({'q': 'nightly'}, 0, 1, 2)
             self.assertFilter({'q': 'worker'}, 0, 1, 2, 4, 5)
             self.assertFilter({'q': 'ScriptJob'}, 3)
 
     def test_q_with_many_matches_is_known_to_count_more(self):
-        with mock.patch.object(filtersets, 'SEARCH_IDS', 2):
-            self.assertEqual(tables.count_at_least(self.filterset({'q': 'worker'}, self.queryset).qs), 3)
+        with mock.patch.object(word_search, 'SEARCH_IDS', 2):
+            self.assertEqual(bounded_count.count_at_least(self.filterset({'q': 'worker'}, self.queryset).qs), 3)
             # Another filter may leave fewer: nothing is known.
             qs = self.filterset({'q': 'worker', 'kind': ['gave_up']}, self.queryset).qs
-            self.assertEqual(tables.count_at_least(qs), 0)
-            self.assertEqual(tables.bounded_count(qs, 1), 1)
+            self.assertEqual(bounded_count.count_at_least(qs), 0)
+            self.assertEqual(bounded_count.bounded_count(qs, 1), 1)
             # Two matches are read as IDs: counted.
-            self.assertEqual(tables.count_at_least(self.filterset({'q': 'lost job'}, self.queryset).qs), 0)
+            self.assertEqual(bounded_count.count_at_least(self.filterset({'q': 'lost job'}, self.queryset).qs), 0)
 
     def test_q_frequent_among_the_newest_events_is_read_newest_first(self):
         # RECENT_MATCHES of the newest RECENT_EVENTS match: the condition is the search, and those matches are known.
-        with mock.patch.object(filtersets, 'RECENT_MATCHES', 2):
+        with mock.patch.object(word_search, 'RECENT_MATCHES', 2):
             qs = self.filterset({'q': 'worker'}, self.queryset).qs
-            self.assertEqual(tables.count_at_least(qs), 5)
+            self.assertEqual(bounded_count.count_at_least(qs), 5)
             self.assertNotIn('"id" IN', str(qs.query))
             self.assertFilter({'q': 'worker'}, 0, 1, 2, 4, 5)
             self.assertFilter({'q': 'worker-2'}, 4, 5)
             # Only the newest are checked: 'worker' is in 3 of the newest 3, 'nightly' in none of them.
-            with mock.patch.object(filtersets, 'RECENT_EVENTS', 3):
+            with mock.patch.object(word_search, 'RECENT_EVENTS', 3):
                 newest = sorted(self.events, key=lambda event: (event.time, event.pk))[-3:]
-                self.assertEqual(tables.count_at_least(self.filterset({'q': 'worker'}, self.queryset).qs),
+                self.assertEqual(bounded_count.count_at_least(self.filterset({'q': 'worker'}, self.queryset).qs),
                                  sum(1 for event in newest if 'worker' in event.worker_host))
             # Fewer than RECENT_MATCHES: read from the full-text index, as IDs, and counted.
             qs = self.filterset({'q': 'ScriptJob'}, self.queryset).qs
-            self.assertEqual(tables.count_at_least(qs), 0)
+            self.assertEqual(bounded_count.count_at_least(qs), 0)
             self.assertIn('"id" IN', str(qs.query))
 
     def test_lookups_never_add_distinct(self):

@@ -11,8 +11,9 @@ from django.test import TestCase
 from django.utils import timezone
 
 from netbox_safejobs.choices import RetryEventKindChoices
-from netbox_safejobs.filtersets import RetryEventFilterSet, search_terms
+from netbox_safejobs.filtersets import RetryEventFilterSet
 from netbox_safejobs.models import RetryEvent
+from netbox_safejobs.word_search import search_terms
 
 
 def make_job(name='test job'):
@@ -161,7 +162,7 @@ class EventListIndexTest(TestCase):
 
     def test_quick_search_reads_the_full_text_index(self):
         self.assertIn('USING gin (search_words)', self.indexes()['netbox_safejobs_search_idx'])
-        # The look-up of the matching words (filtersets.word_matches) is answered from the full-text index.
+        # The look-up of the matching words (word_search.word_matches) is answered from the full-text index.
         for value in ('nightly', 'SyncData', 'worker-2', 'after 5 retries'):
             with self.subTest(value):
                 query = SearchQuery(search_terms(value), search_type='raw', config='simple')

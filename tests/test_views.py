@@ -14,7 +14,7 @@ from users.models import ObjectPermission
 from utilities.testing import TestCase, ViewTestCases
 from utilities.testing.utils import disable_warnings
 
-from netbox_safejobs import events, tables
+from netbox_safejobs import bounded_count, events, tables
 from netbox_safejobs.choices import RetryEventKindChoices
 from netbox_safejobs.models import RetryEvent
 from netbox_safejobs.widgets import RetryEventsWidget
@@ -178,27 +178,28 @@ class RetryEventPageTest(TestCase):
     def test_list_counts_only_so_far(self):
         # Six events, counted up to the next multiple of COUNT_STEP past the page shown.
         self.add_permissions('netbox_safejobs.view_retryevent')
-        with mock.patch.object(tables, 'COUNT_STEP', 2):
+        with mock.patch.object(bounded_count, 'COUNT_STEP', 2):
             content = self.client.get(reverse(LIST_URL), {'per_page': 1}).content.decode()
             self.assertIn('of 2+', content)
             # The bound moves on with the page asked for: page 5 of 1 event is counted to 6, all of them.
             content = self.client.get(reverse(LIST_URL), {'per_page': 1, 'page': 5}).content.decode()
             self.assertIn('of 6', content)
             self.assertNotIn('of 6+', content)
-        with mock.patch.object(tables, 'COUNT_STEP', 10):
+        with mock.patch.object(bounded_count, 'COUNT_STEP', 10):
             content = self.client.get(reverse(LIST_URL)).content.decode()
             self.assertIn('Showing 1-6 of 6', content)
 
     def test_bounded_count_paginator(self):
         queryset = RetryEvent.objects.all()
-        with mock.patch.object(tables, 'COUNT_STEP', 4):
+        with mock.patch.object(bounded_count, 'COUNT_STEP', 4):
             for page, count in ((1, 4), (2, 4), (4, 6), (9, 6)):
-                paginator = tables.BoundedCountPaginator(queryset, 1, orphans=0, queryset=queryset, page_number=page)
+                paginator = bounded_count.BoundedCountPaginator(queryset, 1, orphans=0, queryset=queryset,
+                                                                page_number=page)
                 with self.subTest(page=page):
                     self.assertEqual(paginator.count, count)
-                    self.assertEqual(isinstance(paginator.count, tables.CountAtLeast), count == 4)
-            self.assertEqual(str(tables.CountAtLeast(4)), '4+')
-            paginator = tables.BoundedCountPaginator(queryset, 1, queryset=queryset, page_number='x')
+                    self.assertEqual(isinstance(paginator.count, bounded_count.CountAtLeast), count == 4)
+            self.assertEqual(str(bounded_count.CountAtLeast(4)), '4+')
+            paginator = bounded_count.BoundedCountPaginator(queryset, 1, queryset=queryset, page_number='x')
             self.assertEqual(paginator.page_number, 1)
 
     def test_bounded_count_reads_ids_in_the_page_order_where_an_index_leads(self):
@@ -225,7 +226,7 @@ class RetryEventPageTest(TestCase):
             for in_page_order in (True, False):
                 with (self.subTest(sql=str(queryset.query)[-80:], in_page_order=in_page_order),
                       CaptureQueriesContext(connection) as queries):
-                    self.assertEqual(tables.bounded_count(queryset, 1, in_page_order), queryset.count())
+                    self.assertEqual(bounded_count.bounded_count(queryset, 1, in_page_order), queryset.count())
                     sql = queries.captured_queries[0]['sql']
                     self.assertEqual('ORDER BY' in sql, ordered and in_page_order)
                     # Only the IDs: neither the event's columns nor the in-flight state and subqueries.

@@ -17,7 +17,8 @@ from rest_framework.routers import APIRootView
 from rest_framework.settings import api_settings
 from utilities.querysets import RestrictedQuerySet
 
-from .. import filtersets, stopping, tables
+from .. import filtersets, stopping
+from ..bounded_count import bounded_count
 from ..in_flight import dispatch_queryset
 from ..models import JobDispatch, RetryEvent
 from ..permissions import viewable_jobs
@@ -50,11 +51,11 @@ class SafeJobsRootView(APIRootView):
 
 class BoundedCountPagination(api_settings.DEFAULT_PAGINATION_CLASS):
     """
-    NetBox's pagination, with the list page's bounded count (``tables.BoundedCountPaginator``): ``count`` is exact up
-    to the next multiple of ``tables.COUNT_STEP`` past the end of the page asked for (``offset + limit``), and that
+    NetBox's pagination, with the list page's bounded count (``bounded_count.BoundedCountPaginator``): ``count`` is
+    exact up to the next multiple of ``COUNT_STEP`` past the end of the page asked for (``offset + limit``), and that
     bound when more events match, so that a page of a million events does not cost a pass over all of them. ``next``
     is set whenever more events follow. Without a limit (``limit=0`` where allowed) every row is read: exact.
-    ``count_in_page_order``: see ``tables.bounded_count``.
+    ``count_in_page_order``: see ``bounded_count.bounded_count``.
     """
     count_in_page_order = False
 
@@ -67,7 +68,7 @@ class BoundedCountPagination(api_settings.DEFAULT_PAGINATION_CLASS):
         limit = self.get_limit(self.request)
         if not limit:
             return super().get_queryset_count(queryset)
-        return int(tables.bounded_count(queryset, self.get_offset(self.request) + limit, self.count_in_page_order))
+        return int(bounded_count(queryset, self.get_offset(self.request) + limit, self.count_in_page_order))
 
 
 class RetryEventPagination(BoundedCountPagination):
