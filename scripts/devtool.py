@@ -144,6 +144,11 @@ def db_name():
     return f'{DB_NAME}_{ext["slug"]}' if ext else DB_NAME
 
 
+def test_db_name():
+    """The test database: the development database's name prefixed with test_, or SAFEJOBS_TEST_DB_NAME."""
+    return os.environ.get('SAFEJOBS_TEST_DB_NAME', f'test_{db_name()}')
+
+
 def netbox_root():
     """NetBox's instance root (configuration, media, scripts): one per external NetBox version."""
     ext = external_netbox()
@@ -908,7 +913,6 @@ def cmd_test(args):
         ensure_browser_test_tools()
     if not args.labels or any(label in ('tests', 'tests.') or 'test_pgbouncer' in label for label in args.labels):
         ensure_pgbouncer()
-    check = start_selfcheck(args)
     sources = [ROOT / name for name in ('netbox_safejobs', 'tests', 'scripts', 'benchmarks') if (ROOT / name).exists()]
     ruff = ruff_command()
     if ruff:
@@ -923,7 +927,9 @@ def cmd_test(args):
     netbox('makemigrations', 'netbox_safejobs', '--check', '--dry-run')
     if not args.labels and not external_netbox():
         check_package()
-    say(f'test suite on NetBox {netbox_version()} (NetBox test runner, database test_{db_name()} kept between runs)')
+    # After the checks that take seconds: a fresh clone's first migrate takes minutes.
+    check = start_selfcheck(args, dump_test_database(services) if selfcheck_wanted(args) else None)
+    say(f'test suite on NetBox {netbox_version()} (NetBox test runner, database {test_db_name()} kept between runs)')
     env = netbox_env()
     # Django runs tests with DEBUG off; NetBox's debug toolbar refuses to load unless it was off from the start.
     env['SAFEJOBS_DEBUG'] = '0'
@@ -1129,6 +1135,9 @@ def cmd_selfcheck_private_pg(args):
     step = time.monotonic()
     if manage('migrate', '--check').returncode == 0:
         say(f'database {database} already migrated (kept from an earlier self-check; --fresh starts from an empty one)')
+    elif args.from_dump and restore_dump(Path(args.from_dump), services, database, bindir):
+        say(f'restored into {database} in {elapsed(step)} from a dump of the migrated test database (every table, '
+            'index and the ICU collation natural_sort created on this server)')
     else:
         say(f'migrate: every NetBox and plugin migration into {database} (several CPU-minutes)')
         out = manage('migrate', '--no-input')
@@ -1175,6 +1184,24 @@ def cmd_selfcheck_private_pg(args):
     return 0
 
 
+def restore_dump(dump, services, database, bindir):
+    """
+    Restore ``dump`` (``pg_dump -Fc`` of a migrated NetBox database) into ``database``, emptied first, with the
+    server's own ``pg_restore``. Whether it worked; when it did not (a dump from a newer server, say), why is printed
+    and the caller migrates instead, which fails the same way on a server without ICU.
+    """
+    ensure_database(services, database, fresh=True)
+    out = run([bindir / 'pg_restore', '--no-owner', '--no-privileges', '--exit-on-error', '-h', services['pg_host'],
+               '-p', str(services['pg_port']), '-U', services['pg_user'], '-d', database, dump],
+              check=False, capture_output=True, text=True)
+    if out.returncode == 0:
+        return True
+    say(f'restoring the dump of the test database failed (exit status {out.returncode}), migrating instead:\n'
+        + (out.stdout + out.stderr).strip()[-2000:])
+    ensure_database(services, database, fresh=True)
+    return False
+
+
 def session_tests_over_tls(services, database, env):
     """
     Run tests.test_sessions against the private server with TLS on, in a copy of its migrated database made with
@@ -1195,13 +1222,50 @@ def session_tests_over_tls(services, database, env):
                env=test_env, cwd=ROOT, capture_output=True, text=True)
 
 
-def start_selfcheck(args):
+def selfcheck_wanted(args):
     """
-    Start `selfcheck-private-pg` in the background, so that its migrate overlaps the suite, when the whole suite of
-    the .venv NetBox runs (SAFEJOBS_PGCHECK=1: always, and failing when it cannot run; 0: never).
+    Whether `test` runs `selfcheck-private-pg`: when the whole suite of the .venv NetBox runs (SAFEJOBS_PGCHECK=1:
+    always, and failing when it cannot run; 0: never).
     """
     mode = os.environ.get('SAFEJOBS_PGCHECK', '')
-    if mode == '0' or (mode != '1' and (args.labels or external_netbox())):
+    return mode == '1' or (mode != '0' and not args.labels and not external_netbox())
+
+
+def dump_test_database(services):
+    """
+    Migrate the test database now (the test runner, with --keepdb, then finds nothing to apply) and dump it for the
+    private PostgreSQL self-check, which restores it rather than running every migration a second time. The dump is
+    made with the pg_dump of the server binaries the self-check starts its server from. Returns the dump's path, or
+    None when it cannot be made (no such binaries, or a server newer than them): the self-check then migrates.
+    """
+    usable = pg_servers()[1]
+    if not usable:
+        return None
+    database = test_db_name()
+    ensure_database(services, database)
+    env = dict(netbox_env(), SAFEJOBS_DB_NAME=database, SAFEJOBS_DEBUG='0')
+    step = time.monotonic()
+    if run(netbox_cmd('migrate', '--check'), env=env, cwd=ROOT, check=False, capture_output=True).returncode:
+        say(f'migrate: the test database {database} (the first time this takes several minutes)')
+        run(netbox_cmd('migrate', '--no-input'), env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        say(f'migrate done in {elapsed(step)}')
+    dump = STATE / 'test-database.dump'
+    out = run([usable[0][1] / 'pg_dump', '-Fc', '--no-owner', '--no-privileges', '-h', services['pg_host'],
+               '-p', str(services['pg_port']), '-U', services['pg_user'], '-f', dump, database],
+              check=False, capture_output=True, text=True)
+    if out.returncode:
+        say(f'no dump of the test database for the self-check ({out.stderr.strip()[-300:]}); it will migrate')
+        return None
+    return dump
+
+
+def start_selfcheck(args, dump=None):
+    """
+    Start `selfcheck-private-pg` in the background (``selfcheck_wanted``), restoring ``dump`` rather than migrating
+    when one is given.
+    """
+    mode = os.environ.get('SAFEJOBS_PGCHECK', '')
+    if not selfcheck_wanted(args):
         return None
     logs = STATE / 'logs'
     logs.mkdir(exist_ok=True)
@@ -1209,6 +1273,8 @@ def start_selfcheck(args):
     say(f'private PostgreSQL self-check: started in the background, at a lower CPU priority (log: '
         f'{log.relative_to(ROOT)})')
     cmd = [sys.executable, __file__, 'selfcheck-private-pg'] + ([] if mode == '1' else ['--skip-if-impossible'])
+    if dump:
+        cmd += ['--from-dump', str(dump)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, 'wb'), stderr=subprocess.STDOUT, start_new_session=True)
     started.append(('private PostgreSQL self-check', proc))
     return proc, log
@@ -1260,6 +1326,8 @@ def main(argv=None):
                                   '(part of `test`)')
     pgcheck.add_argument('--port', type=int, default=PGCHECK_PORT)
     pgcheck.add_argument('--fresh', action='store_true', help='drop its database first: a full migrate')
+    pgcheck.add_argument('--from-dump', metavar='FILE',
+                         help='restore this pg_dump -Fc of a migrated NetBox database rather than migrating')
     pgcheck.add_argument('--skip-if-impossible', action='store_true',
                          help='succeed with a note when there are no server binaries and no way to install them')
     args = parser.parse_args(argv)
