@@ -39,7 +39,34 @@ class JobUUIDField(forms.UUIDField):
             ) from None
 
 
-class RetryEventFilterForm(SavedFiltersMixin, FilterForm):
+def date_time_field(label):
+    """One end of a time range, with NetBox's date and time picker."""
+    return forms.DateTimeField(label=label, required=False, widget=DateTimePicker())
+
+
+class JobFilterFields(forms.Form):
+    """The filters both lists have, of the job and of the worker that ran it; each form adds its own."""
+
+    job_uuid = JobUUIDField(
+        label=_('Job UUID'),
+        required=False,
+    )
+    runner = forms.CharField(
+        label=_('Runner'),
+        required=False,
+    )
+    queue = forms.CharField(
+        label=_('Queue'),
+        required=False,
+    )
+    worker_pid = forms.IntegerField(
+        label=_('Worker PID'),
+        required=False,
+        min_value=0,
+    )
+
+
+class RetryEventFilterForm(SavedFiltersMixin, FilterForm, JobFilterFields):
     model = RetryEvent
     fieldsets = (
         FieldSet('q', 'filter_id'),
@@ -52,20 +79,8 @@ class RetryEventFilterForm(SavedFiltersMixin, FilterForm):
         choices=RetryEventKindChoices,
         required=False,
     )
-    time__after = forms.DateTimeField(
-        label=_('From'),
-        required=False,
-        widget=DateTimePicker(),
-    )
-    time__before = forms.DateTimeField(
-        label=_('Until'),
-        required=False,
-        widget=DateTimePicker(),
-    )
-    job_uuid = JobUUIDField(
-        label=_('Job UUID'),
-        required=False,
-    )
+    time__after = date_time_field(_('From'))
+    time__before = date_time_field(_('Until'))
     job_name = forms.CharField(
         label=_('Job name'),
         required=False,
@@ -75,26 +90,13 @@ class RetryEventFilterForm(SavedFiltersMixin, FilterForm):
         required=False,
         widget=forms.Select(choices=BOOLEAN_WITH_BLANK_CHOICES),
     )
-    runner = forms.CharField(
-        label=_('Runner'),
-        required=False,
-    )
-    queue = forms.CharField(
-        label=_('Queue'),
-        required=False,
-    )
     worker = forms.CharField(
         label=_('Worker host'),
         required=False,
     )
-    worker_pid = forms.IntegerField(
-        label=_('Worker PID'),
-        required=False,
-        min_value=0,
-    )
 
 
-class JobDispatchFilterForm(SavedFiltersMixin, FilterForm):
+class JobDispatchFilterForm(SavedFiltersMixin, FilterForm, JobFilterFields):
     model = JobDispatch
     fieldsets = (
         FieldSet('q', 'filter_id'),
@@ -112,34 +114,9 @@ class JobDispatchFilterForm(SavedFiltersMixin, FilterForm):
         required=False,
         widget=forms.Select(choices=BOOLEAN_WITH_BLANK_CHOICES),
     )
-    created__after = forms.DateTimeField(
-        label=_('Created from'),
-        required=False,
-        widget=DateTimePicker(),
-    )
-    created__before = forms.DateTimeField(
-        label=_('Created until'),
-        required=False,
-        widget=DateTimePicker(),
-    )
-    job_uuid = JobUUIDField(
-        label=_('Job UUID'),
-        required=False,
-    )
-    runner = forms.CharField(
-        label=_('Runner'),
-        required=False,
-    )
-    queue = forms.CharField(
-        label=_('Queue'),
-        required=False,
-    )
+    created__after = date_time_field(_('Created from'))
+    created__before = date_time_field(_('Created until'))
     worker_host = forms.CharField(
         label=_('Worker host'),
         required=False,
-    )
-    worker_pid = forms.IntegerField(
-        label=_('Worker PID'),
-        required=False,
-        min_value=0,
     )
