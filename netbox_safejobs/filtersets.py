@@ -37,6 +37,12 @@ UUID_PREFIX_DIGITS = SHORT_UUID_LENGTH
 UUID_LAYOUT = '00000000-0000-0000-0000-000000000000'
 
 
+def time_range(field_name, from_label, until_label):
+    """The two ends of a range of ``field_name``'s times (``<name>__after``, ``<name>__before``), both included."""
+    return (django_filters.DateTimeFilter(field_name=field_name, lookup_expr='gte', label=from_label),
+            django_filters.DateTimeFilter(field_name=field_name, lookup_expr='lte', label=until_label))
+
+
 class MultiValueUUIDFilter(django_filters.MultipleChoiceFilter):
     """One or more UUIDs (ORed); a value that is not a UUID is a validation error (400 in the API)."""
     field_class = multivalue_field_factory(forms.UUIDField)
@@ -117,16 +123,7 @@ class RetryEventFilterSet(RefuseInvalidMixin, BaseFilterSet):
     delay = MultiValueDecimalFilter(
         label=_('Delay (seconds)'),
     )
-    time__after = django_filters.DateTimeFilter(
-        field_name='time',
-        lookup_expr='gte',
-        label=_('Time (from)'),
-    )
-    time__before = django_filters.DateTimeFilter(
-        field_name='time',
-        lookup_expr='lte',
-        label=_('Time (until)'),
-    )
+    time__after, time__before = time_range('time', _('Time (from)'), _('Time (until)'))
 
     class Meta:
         model = RetryEvent
@@ -240,16 +237,7 @@ class JobDispatchFilterSet(RefuseInvalidMixin, BaseFilterSet):
         method='filter_recovered',
         label=_('Recovered'),
     )
-    created__after = django_filters.DateTimeFilter(
-        field_name='created',
-        lookup_expr='gte',
-        label=_('Created (from)'),
-    )
-    created__before = django_filters.DateTimeFilter(
-        field_name='created',
-        lookup_expr='lte',
-        label=_('Created (until)'),
-    )
+    created__after, created__before = time_range('created', _('Created (from)'), _('Created (until)'))
 
     class Meta:
         model = JobDispatch
