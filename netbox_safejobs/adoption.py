@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from django.db import DatabaseError, connections, transaction
 
 from . import chains, compat, events, liveness
-from .choices import RetryEventKindChoices
+from .choices import CLAIMABLE_STATES, RUNNING, RetryEventKindChoices
 from .dispatch import ROW_COLUMNS
 from .payload import Push, runner_path, seal
 from .queues import redis_groups
@@ -139,7 +139,7 @@ def _candidates(using, age):
         cursor.execute(
             f"SELECT j.id, j.created < clock_timestamp() - %s * interval '1 second' FROM {job_table} j "
             f'WHERE j.status = ANY(%s) AND NOT EXISTS (SELECT 1 FROM {table} d WHERE d.job_id = j.id) ORDER BY j.id',
-            [age, [*compat.CLAIMABLE_STATES, compat.RUNNING]],
+            [age, [*CLAIMABLE_STATES, RUNNING]],
         )
         return cursor.fetchall()
 
@@ -361,14 +361,14 @@ def _adopt_one(pk, queues, alive, report, using, dry_run, close_running):
         try:
             task = _read_task(job, queues)
         except TaskUnreadable as e:
-            if job.status in compat.CLAIMABLE_STATES:
+            if job.status in CLAIMABLE_STATES:
                 _list(job, str(e), report, using, dry_run)
             return
-        if job.status in compat.CLAIMABLE_STATES:
+        if job.status in CLAIMABLE_STATES:
             _adopt_waiting(job, task, alive, report, using, dry_run)
-        elif job.status == compat.RUNNING and close_running:
+        elif job.status == RUNNING and close_running:
             _adopt_running(job, task, alive, report, using, dry_run)
-        elif job.status == compat.RUNNING:
+        elif job.status == RUNNING:
             report.left_running.append(job.job_id)
 
 

@@ -36,7 +36,7 @@ from django.db import connections, transaction
 from django.db.models.functions import Coalesce
 
 from . import compat, events
-from .choices import RetryEventKindChoices
+from .choices import CLAIMABLE_STATES, RetryEventKindChoices
 from .payload import BadPayload, Push, unseal
 from .queues import get_push_queue
 
@@ -172,7 +172,7 @@ def next_run_taken(runner, kwargs, finished, using='default'):
     _lock(using)
     name = kwargs.get('name') or runner.name
     instance = kwargs.get('instance')
-    runs = Job.objects.using(using).filter(name=name, status__in=compat.CLAIMABLE_STATES).exclude(pk=finished.pk)
+    runs = Job.objects.using(using).filter(name=name, status__in=CLAIMABLE_STATES).exclude(pk=finished.pk)
     if instance is None:
         runs = runs.filter(object_type__isnull=True, object_id__isnull=True)
         system = _is_system_job(name, None, None, runner)
@@ -202,7 +202,7 @@ def _chains_with_duplicates(using):
     """Groups of primary keys of waiting runs of periodic jobs that are one chain, each of two runs or more."""
     from core.models import Job
 
-    rows = (Job.objects.using(using).filter(status__in=compat.CLAIMABLE_STATES, interval__isnull=False).order_by()
+    rows = (Job.objects.using(using).filter(status__in=CLAIMABLE_STATES, interval__isnull=False).order_by()
             .values_list('pk', 'name', 'object_type_id', 'object_id', 'interval', 'user_id'))
     groups = {}
     for pk, name, object_type_id, object_id, interval, user_id in rows:
@@ -231,7 +231,7 @@ def _merge_chain(pks, using, dry_run, report):
     from .models import JobDispatch
 
     with transaction.atomic(using=using):
-        runs = Job.objects.using(using).filter(pk__in=pks, status__in=compat.CLAIMABLE_STATES)
+        runs = Job.objects.using(using).filter(pk__in=pks, status__in=CLAIMABLE_STATES)
         if not dry_run:
             _lock(using)
             # A run a worker is claiming right now is skipped, not waited for: it is no longer a future run.

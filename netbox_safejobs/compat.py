@@ -9,12 +9,8 @@ import inspect
 import logging
 import sys
 
-from core.choices import JobStatusChoices
-
 __all__ = (
-    'CLAIMABLE_STATES',
     'RQ_ENQUEUE_OPTIONS',
-    'RUNNING',
     'bulk_stop_action',
     'capture_globals',
     'capture_unsupported_reason',
@@ -55,12 +51,6 @@ __all__ = (
 )
 
 logger = logging.getLogger('netbox_safejobs.compat')
-
-
-# The states a job waits in before a worker starts it: a claim moves exactly these to "running". The same on every
-# supported NetBox (4.2 – 4.7); named here so that a NetBox adding a waiting state changes one line.
-CLAIMABLE_STATES = (JobStatusChoices.STATUS_PENDING, JobStatusChoices.STATUS_SCHEDULED)
-RUNNING = JobStatusChoices.STATUS_RUNNING
 
 
 def jobs_module():
