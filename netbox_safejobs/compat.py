@@ -13,18 +13,15 @@ __all__ = (
     'RQ_ENQUEUE_OPTIONS',
     'bulk_stop_action',
     'capture_globals',
-    'capture_unsupported_reason',
     'graphql_filter',
     'graphql_filter_base',
     'graphql_legacy_filters',
     'graphql_lookups',
     'graphql_type',
-    'handle_unsupported_reason',
     'is_not_updated',
     'job_enqueue_parameters',
     'job_field_values',
     'job_schedules_lock',
-    'jobs_module',
     'known_rq_queue_name',
     'may_view_background_tasks',
     'next_run_floor',
@@ -37,11 +34,8 @@ __all__ = (
     'register_stop_action',
     'rq_queue_name',
     'rq_stop_requested',
-    'rq_task_deleters',
-    'rq_worker_class',
     'rq_worker_names',
     'rq_workers',
-    'sentinel_read_response',
     'system_job',
     'system_job_runners',
     'view_actions',
@@ -53,125 +47,14 @@ __all__ = (
 logger = logging.getLogger('netbox_safejobs.compat')
 
 
-def jobs_module():
+def capture_globals(module):
     """
-    The module that defines ``Job.enqueue`` (``core.models.jobs`` on every supported NetBox, 4.2 – 4.7): looked up
-    rather than named, so that a NetBox moving it makes the dispatch patch say why it is not installed.
+    The globals of ``module``, the module that defines ``Job.enqueue`` (``patches.jobs_module()``), the dispatch patch
+    stands in for: ``django_rq`` on every NetBox, and ``transaction`` where ``Job.enqueue`` defers its push with
+    ``transaction.on_commit()`` (4.2.6+, #18880). On 4.2.0 - 4.2.5 it pushes at once and the module has no
+    ``transaction`` global.
     """
-    from core.models import Job
-
-    return inspect.getmodule(Job.enqueue)
-
-
-def capture_unsupported_reason():
-    """
-    Why the dispatch patch cannot capture NetBox's push on this NetBox, or ``None`` when it can.
-
-    ``Job.enqueue`` looks its RQ queue up with ``django_rq.get_queue()`` and (from NetBox 4.2.6, #18880) defers the
-    push with ``transaction.on_commit()``; both are module globals of the module that defines it. The dispatch patch
-    stands in for those two names, in that module only. Every supported NetBox (4.2 – 4.7) passes; the check guards
-    future releases.
-    """
-    try:
-        from netbox.jobs import JobRunner
-    except ImportError:
-        return 'netbox.jobs.JobRunner does not exist'
-    if not isinstance(inspect.getattr_static(JobRunner, 'enqueue', None), classmethod):
-        return 'JobRunner.enqueue is not a classmethod'
-    module = jobs_module()
-    if module is None:
-        return 'the module defining Job.enqueue cannot be found'
-    if not hasattr(module, 'django_rq'):
-        return f"{module.__name__} has no module global 'django_rq'"
-    if not hasattr(module.django_rq, 'get_queue'):
-        return 'django_rq.get_queue does not exist'
-    return None
-
-
-def capture_globals():
-    """
-    The module globals of ``jobs_module()`` the dispatch patch stands in for: ``django_rq`` on every NetBox, and
-    ``transaction`` where ``Job.enqueue`` defers its push with ``transaction.on_commit()`` (4.2.6+, #18880). On
-    4.2.0 - 4.2.5 it pushes at once and the module has no ``transaction`` global.
-    """
-    module = jobs_module()
     return tuple(name for name in ('django_rq', 'transaction') if hasattr(module, name))
-
-
-def handle_unsupported_reason():
-    """
-    Why the worker guard cannot wrap ``JobRunner.handle`` on this NetBox, or ``None`` when it can. Every supported
-    NetBox (4.2 – 4.7) has the classmethod ``handle(job, *args, **kwargs)``; the check guards future releases.
-    """
-    try:
-        from netbox.jobs import JobRunner
-    except ImportError:
-        return 'netbox.jobs.JobRunner does not exist'
-    if not isinstance(inspect.getattr_static(JobRunner, 'handle', None), classmethod):
-        return 'JobRunner.handle is not a classmethod'
-    params = list(inspect.signature(JobRunner.handle).parameters)
-    if not params or params[0] != 'job':
-        return f'JobRunner.handle has the signature {params}, not (job, *args, **kwargs)'
-    return None
-
-
-def rq_task_deleters():
-    """
-    ``[(module, 'delete_rq_job')]``: NetBox's function that deletes a task from Background Tasks (UI and REST API,
-    4.2+), in ``core.utils`` and in each module that imported it by name (``core.views``, ``core.api.views``), so
-    that one wrapper sees every call. Empty where NetBox has no such function.
-    """
-    import importlib
-
-    try:
-        modules = [importlib.import_module('core.utils')]
-    except ImportError:
-        return []
-    # The views import it by name when they are first imported (with the URLconf): patched in core.utils before
-    # that, they take the wrapper. Where they are imported already, their names are patched too.
-    modules += [sys.modules[name] for name in ('core.views', 'core.api.views') if name in sys.modules]
-    return [(module, 'delete_rq_job') for module in modules if callable(getattr(module, 'delete_rq_job', None))]
-
-
-def rq_worker_class():
-    """
-    ``(class, None)``: RQ's forking ``Worker``, which ``netbox rqworker`` runs (django-rq's default ``WORKER_CLASS``),
-    with the ``work()`` method the worker loop wraps; or ``(None, reason)``. Subclasses (django-rq's, a custom
-    ``WORKER_CLASS``) inherit the wrapper. The same on every supported NetBox (4.2 – 4.7; RQ 2.1 – 2.12 in the
-    runs of COMPATIBILITY.md).
-    """
-    try:
-        from rq.worker import Worker
-    except ImportError:
-        return None, 'rq.worker.Worker does not exist'
-    if not callable(getattr(Worker, 'work', None)):
-        return None, 'rq.worker.Worker has no work() method'
-    return Worker, None
-
-
-def sentinel_read_response():
-    """
-    ``(class, original)`` when redis-py's ``SentinelManagedConnection.read_response`` keeps a connection whose reply
-    was never read, or None. There ``disconnect_on_error`` defaults to False (True in every other ``read_response``;
-    redis-py 4.5.5 to at least 8.1, redis/redis-py#4292): when RQ's SIGTERM handler raises ``StopRequested`` in the
-    worker's BLPOP, the connection goes back to the pool with the BLPOP still pending on the server. The worker's
-    ``register_death()`` then queues behind it and waits for good (no socket timeout), and the next task pushed to
-    its queues is popped by that BLPOP and never run. None once redis-py defaults to True.
-    """
-    try:
-        from redis.sentinel import SentinelManagedConnection
-    except ImportError:
-        return None
-    original = SentinelManagedConnection.__dict__.get('read_response')
-    if original is None or hasattr(original, '__safejobs_original__'):  # absent, or already ours
-        return None
-    try:
-        parameter = inspect.signature(original).parameters.get('disconnect_on_error')
-    except (TypeError, ValueError):
-        return None
-    if parameter is None or parameter.default is not False:
-        return None
-    return SentinelManagedConnection, original
 
 
 def rq_stop_requested():
