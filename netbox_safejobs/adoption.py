@@ -50,7 +50,7 @@ from . import chains, compat, events, liveness
 from .choices import CLAIMABLE_STATES, RUNNING, RetryEventKindChoices
 from .dispatch import ROW_COLUMNS
 from .payload import Push, runner_path, seal
-from .queues import redis_groups
+from .queues import redis_groups, rq_worker_names
 from .settings import get_settings
 
 __all__ = (
@@ -152,7 +152,7 @@ def _redis_view():
     try:
         for connection, names in redis_groups().values():
             connection.ping()
-            alive |= compat.rq_worker_names(connection)
+            alive |= rq_worker_names(connection)
             queues.update(dict.fromkeys(names, connection))
     except (RedisError, OSError) as e:
         raise RedisAway(events.describe(e)) from e

@@ -34,7 +34,6 @@ __all__ = (
     'register_stop_action',
     'rq_queue_name',
     'rq_stop_requested',
-    'rq_worker_names',
     'rq_workers',
     'system_job',
     'system_job_runners',
@@ -96,27 +95,6 @@ def rq_workers(connection):
             'birth': birth,
         })
     return workers
-
-
-def rq_worker_names(connection):
-    """
-    The names of the workers RQ lists as live on one Redis, in two round trips (the registry's members, then one
-    pipelined ``EXISTS`` per worker key, skipping registrations whose key expired): for the Prometheus gauges, which
-    must stay cheap (all supported NetBox releases). Every RQ release the plugin supports (1.x, 2.x) keeps the
-    registry in ``rq.worker_registration.get_keys()`` and names keys ``Worker.redis_worker_namespace_prefix + name``.
-    """
-    from rq import worker_registration
-    from rq.worker import Worker
-
-    keys = sorted(worker_registration.get_keys(connection=connection))
-    if not keys:
-        return set()
-    pipe = connection.pipeline(transaction=False)
-    for key in keys:
-        pipe.exists(key)
-    prefix = Worker.redis_worker_namespace_prefix
-    return {key[len(prefix):] for key, present in zip(keys, pipe.execute(), strict=True)
-            if present and key.startswith(prefix)}
 
 
 @functools.cache
