@@ -1486,11 +1486,11 @@ def scenario_adoption(ctx, mode, opts, runs_file):
     from netbox.registry import registry
 
     from benchmarks.runners import HarnessJob
-    from netbox_safejobs import compat
     from netbox_safejobs.choices import CLAIMABLE_STATES, RetryEventKindChoices
+    from netbox_safejobs.jobs import system_job_runners
     from netbox_safejobs.models import JobDispatch, RetryEvent
 
-    systems = compat.system_job_runners()
+    systems = system_job_runners()
     waiting_systems = Job.objects.filter(name__in=list(systems), object_type__isnull=True,
                                          status__in=CLAIMABLE_STATES)
     waiting_systems.delete()
@@ -1588,11 +1588,11 @@ def scenario_chains(ctx, mode, opts, runs_file):
     from netbox.registry import registry
 
     from benchmarks.runners import HarnessJob
-    from netbox_safejobs import compat
     from netbox_safejobs.choices import CLAIMABLE_STATES, RetryEventKindChoices
+    from netbox_safejobs.jobs import system_job_runners
     from netbox_safejobs.models import RetryEvent
 
-    systems = compat.system_job_runners()
+    systems = system_job_runners()
     names = [f'{HarnessJob.name}-chain-{n}' for n in range(2 * ctx.workers)]
     Job.objects.filter(name__in=list(systems), object_type__isnull=True,
                        status__in=CLAIMABLE_STATES).delete()

@@ -49,6 +49,7 @@ from django.db import DatabaseError, connections, transaction
 from . import chains, compat, events, liveness
 from .choices import CLAIMABLE_STATES, RUNNING, RetryEventKindChoices
 from .dispatch import ROW_COLUMNS
+from .jobs import system_job_runners
 from .payload import Push, runner_path, seal
 from .queues import redis_groups, rq_worker_names
 from .settings import get_settings
@@ -200,7 +201,7 @@ def _rebuilt_runner(job):
     ``(None, None, why not)``.
     """
     if job.object_type_id is None and job.object_id is None:
-        runner = compat.system_job_runners().get(job.name)
+        runner = system_job_runners().get(job.name)
         if runner is not None:
             return runner, {}, "NetBox's registry of system jobs"
         return None, None, ('its runner and arguments were only in the task Redis lost (a job without an object that '

@@ -37,6 +37,7 @@ from django.db.models.functions import Coalesce
 
 from . import compat, events
 from .choices import CLAIMABLE_STATES, RetryEventKindChoices
+from .jobs import system_job_runners
 from .payload import BadPayload, Push, unseal
 from .queues import get_push_queue
 
@@ -145,7 +146,7 @@ def _lock(using, wait=LOCK_WAIT):
 def _is_system_job(name, object_type_id, object_id, runner=None):
     if object_type_id is not None or object_id is not None:
         return False
-    registered = compat.system_job_runners().get(name)
+    registered = system_job_runners().get(name)
     return registered is not None and (runner is None or issubclass(runner, registered))
 
 

@@ -35,8 +35,6 @@ __all__ = (
     'rq_queue_name',
     'rq_stop_requested',
     'rq_workers',
-    'system_job',
-    'system_job_runners',
     'view_actions',
     'warm_object_types',
     'webhook_push_module',
@@ -197,41 +195,6 @@ def is_not_updated(exc):
     if not_updated is not None and isinstance(exc, not_updated):
         return True
     return type(exc) is DatabaseError and 'did not affect any rows' in str(exc)
-
-
-def system_job(interval):
-    """
-    NetBox's ``system_job`` decorator, or ``None`` where it does not exist. Every supported NetBox (4.2 – 4.7) has
-    it: the fallback serves none of them and can go with its caller's check.
-    """
-    try:
-        from netbox.jobs import system_job as decorator
-    except ImportError:
-        return None
-    return decorator(interval)
-
-
-def system_job_runners():
-    """
-    ``{name: runner class}`` of the system jobs in NetBox's registry (``registry['system_jobs']``, every supported
-    NetBox): NetBox's housekeeping, the plugin's retention, other plugins' system jobs. A system job is known by its
-    name and by having no object: its runner and arguments (none) can be rebuilt from the registry alone.
-    """
-    import importlib
-
-    from netbox.registry import registry
-
-    # NetBox registers its housekeeping job when core.jobs is imported, which its views do: a process that has not
-    # loaded the URLconf (a management command without system checks, the harness) would not know it otherwise.
-    try:
-        importlib.import_module('core.jobs')
-    except ImportError:
-        pass
-    try:
-        runners = registry['system_jobs']
-    except KeyError:
-        return {}
-    return {runner.name: runner for runner in runners}
 
 
 # A key of the plugin's own, where NetBox has none for job schedules; distinct from NetBox's (small integers).

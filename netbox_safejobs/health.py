@@ -31,6 +31,7 @@ from django.db import DatabaseError, connections
 
 from . import compat
 from .choices import CLAIMABLE_STATES, RUNNING
+from .jobs import system_job_runners
 from .queues import redis_groups
 from .settings import DEFAULT_SETTINGS, PLUGIN_NAME, get_settings, retired_keys_warnings, validate_settings
 from .version import __version__
@@ -570,7 +571,7 @@ def job_coverage(using='default', settings=None, max_age=0):
     waiting = list(CLAIMABLE_STATES)
     uncovered, system_runs = {}, {}
     with connections[using].cursor() as cursor:
-        cursor.execute(sql, [list(compat.system_job_runners()), settings.unknown_push_age,
+        cursor.execute(sql, [list(system_job_runners()), settings.unknown_push_age,
                              [*waiting, RUNNING]])
         for status, system_job, without_row, count in cursor.fetchall():
             if without_row:
