@@ -10,7 +10,7 @@ On every supported NetBox the plugin
 
 - skips the next run ``handle()`` schedules for the run it just ended when the chain already has a future run
   (``next_run_taken``, called by ``dispatch.wrap_enqueue``), under NetBox's own advisory lock for job schedules
-  (``compat.job_schedules_lock``), with one ``chain merged`` event; the next run is never scheduled in the past
+  (``JOB_SCHEDULES_LOCK``), with one ``chain merged`` event; the next run is never scheduled in the past
   either (``compat.next_run_floor``, #20243);
 - at a worker's start-up and in ``netbox safejobs_recover`` (``merge``), finds the chains that already have two or more
   future runs and keeps one: the earliest of those the plugin holds a push for (so that it runs), the others deleted
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from django.db import connections, transaction
 from django.db.models.functions import Coalesce
+from netbox.constants import ADVISORY_LOCK_KEYS
 
 from . import compat, events
 from .choices import CLAIMABLE_STATES, RetryEventKindChoices
@@ -50,9 +51,23 @@ __all__ = (
 
 logger = logging.getLogger('netbox_safejobs.chains')
 
+# NetBox's advisory lock key for job schedules (every supported NetBox), held by ``enqueue_once()`` and, from NetBox
+# 4.6.2, by ``handle()`` while it reschedules a system job (#22232). The plugin's checks of a chain take the same key,
+# so that they and NetBox's own exclude each other.
+JOB_SCHEDULES_LOCK = ADVISORY_LOCK_KEYS['job-schedules']
 # Seconds to wait for NetBox's advisory lock for job schedules before checking a chain without it, and between tries.
 LOCK_WAIT = 10.0
 LOCK_POLL = 0.05
+
+# The keyword arguments RQ's ``Queue.enqueue()`` and ``enqueue_at()`` take for themselves and never pass on to the
+# task's function (``Queue.parse_args``; one set for RQ 2.1 – 2.12, the RQ the supported NetBox releases install).
+# NetBox passes its caller's extra keyword arguments to RQ as they are, so ``job_timeout`` sits among a script's
+# arguments in the push and not in the task. An option missing here only makes two runs of a periodic job look
+# different: they are then never merged.
+RQ_ENQUEUE_OPTIONS = frozenset({
+    'job_timeout', 'description', 'result_ttl', 'ttl', 'failure_ttl', 'depends_on', 'job_id', 'at_front', 'meta',
+    'retry', 'repeat', 'on_success', 'on_failure', 'on_stopped', 'webhooks', 'pipeline', 'unique', 'group_id',
+})
 
 
 @dataclass
@@ -81,7 +96,7 @@ def run_arguments(kwargs):
     """
     own = compat.job_enqueue_parameters()
     return {key: value for key, value in (kwargs or {}).items()
-            if key != 'job' and key not in own and key not in compat.RQ_ENQUEUE_OPTIONS}
+            if key != 'job' and key not in own and key not in RQ_ENQUEUE_OPTIONS}
 
 
 def _fingerprint(arguments):
@@ -133,7 +148,7 @@ def _lock(using, wait=LOCK_WAIT):
     deadline = time.monotonic() + wait
     with connections[using].cursor() as cursor:
         while True:
-            cursor.execute('SELECT pg_try_advisory_xact_lock(%s)', [compat.job_schedules_lock()])
+            cursor.execute('SELECT pg_try_advisory_xact_lock(%s)', [JOB_SCHEDULES_LOCK])
             if cursor.fetchone()[0]:
                 return True
             if time.monotonic() >= deadline:

@@ -10,7 +10,6 @@ import logging
 import sys
 
 __all__ = (
-    'RQ_ENQUEUE_OPTIONS',
     'bulk_stop_action',
     'capture_globals',
     'graphql_filter',
@@ -21,7 +20,6 @@ __all__ = (
     'is_not_updated',
     'job_enqueue_parameters',
     'job_field_values',
-    'job_schedules_lock',
     'known_rq_queue_name',
     'may_view_background_tasks',
     'next_run_floor',
@@ -157,7 +155,7 @@ def job_enqueue_parameters():
     """
     The names of ``Job.enqueue()``'s own parameters (``instance``, ``name``, ``user``, ``schedule_at``, ``interval``,
     ``immediate``; ``queue_name`` from 4.5, ``notifications`` from 4.6), read from its signature: whatever else a
-    caller passes is the task's arguments (and RQ's options, ``RQ_ENQUEUE_OPTIONS``).
+    caller passes is the task's arguments (and RQ's options, ``chains.RQ_ENQUEUE_OPTIONS``).
     """
     from core.models import Job
 
@@ -196,35 +194,6 @@ def is_not_updated(exc):
         return True
     return type(exc) is DatabaseError and 'did not affect any rows' in str(exc)
 
-
-# A key of the plugin's own, where NetBox has none for job schedules; distinct from NetBox's (small integers).
-_JOB_SCHEDULES_LOCK = 0x5AFE_C4A1
-
-
-def job_schedules_lock():
-    """
-    The PostgreSQL advisory lock key NetBox takes around the scheduling of periodic jobs:
-    ``ADVISORY_LOCK_KEYS['job-schedules']``, held by ``enqueue_once()`` (every supported NetBox) and, from NetBox
-    4.6.2, by ``handle()`` while it reschedules a system job (#22232). The plugin's checks of a periodic job's chain
-    take the same key, so that they and NetBox's own exclude each other; taken as a transaction-level lock, it is
-    granted at once in the session that already holds NetBox's session-level one. A key of the plugin's own where
-    NetBox has none.
-    """
-    try:
-        from netbox.constants import ADVISORY_LOCK_KEYS
-    except ImportError:
-        return _JOB_SCHEDULES_LOCK
-    return ADVISORY_LOCK_KEYS.get('job-schedules', _JOB_SCHEDULES_LOCK)
-
-
-# The keyword arguments RQ's ``Queue.enqueue()`` and ``enqueue_at()`` take for themselves and never pass on to the
-# task's function (``Queue.parse_args``, RQ 1.x – 2.12). NetBox passes its caller's extra keyword arguments to RQ as
-# they are, so ``job_timeout`` sits among a script's arguments in the push and not in the task. An option missing here
-# only makes two runs of a periodic job look different: they are then never merged.
-RQ_ENQUEUE_OPTIONS = frozenset({
-    'job_timeout', 'description', 'result_ttl', 'ttl', 'failure_ttl', 'depends_on', 'job_id', 'at_front', 'meta',
-    'retry', 'repeat', 'on_success', 'on_failure', 'on_stopped', 'webhooks', 'pipeline', 'unique', 'group_id',
-})
 
 # The earliest next run NetBox 4.4.2+ give a periodic job, from now (#20450).
 NEXT_RUN_MIN_DELAY = 60
