@@ -26,7 +26,6 @@ __all__ = (
     'next_run_kwargs',
     'process_event_rules',
     'push_queue_kwargs',
-    'refresh_event_type_choices',
     'register_filterset',
     'register_job_table_column',
     'register_stop_action',
@@ -434,51 +433,6 @@ def may_view_background_tasks(request):
     except Exception:
         logger.debug('Cannot ask NetBox whether the user may view Background Tasks', exc_info=True)
         return False
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Event types in NetBox's event rule forms
-# --------------------------------------------------------------------------------------------------------------------
-
-# The forms whose event_types field NetBox builds with get_event_type_choices() called once, at import.
-_EVENT_RULE_FORMS = (
-    ('extras.forms.model_forms', 'EventRuleForm'),
-    ('extras.forms.bulk_edit', 'EventRuleBulkEditForm'),
-    ('extras.forms.bulk_import', 'EventRuleImportForm'),
-)
-
-
-def refresh_event_type_choices():
-    """
-    Make the ``event_types`` choices of NetBox's event rule add/edit, bulk edit and import forms follow the registry
-    of event types, so that the plugin's types can be chosen. Returns the names of the forms changed.
-
-    Needed on NetBox 4.2.0 - 4.7.x (every release with plugin event types up to the one this was written against):
-    those three forms call ``get_event_type_choices()`` once, when ``extras.forms`` is imported, and extras' own
-    ``ready()`` imports it before any plugin's ``ready()`` can register a type. The filter form and the model field
-    already take the function itself. Feature-detected, not by version: a form whose field already offers every
-    registered type (a NetBox that reads the registry on each use) is left as it is. The field is given
-    ``get_event_type_choices`` itself, so types registered later (by other plugins) appear too.
-    """
-    import importlib
-
-    from netbox.events import get_event_type_choices
-    from netbox.registry import registry
-
-    changed = []
-    for module_name, class_name in _EVENT_RULE_FORMS:
-        try:
-            form_class = getattr(importlib.import_module(module_name), class_name)
-            field = form_class.base_fields['event_types']
-        except (ImportError, AttributeError, KeyError):
-            logger.debug('%s.%s has no event_types field to refresh', module_name, class_name)
-            continue
-        offered = {str(value) for value, _label in field.choices}
-        if set(registry['event_types']) <= offered:
-            continue
-        field.choices = get_event_type_choices
-        changed.append(class_name)
-    return changed
 
 
 def warm_object_types():
