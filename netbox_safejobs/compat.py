@@ -27,7 +27,6 @@ __all__ = (
     'process_event_rules',
     'push_queue_kwargs',
     'register_filterset',
-    'register_job_table_column',
     'register_stop_action',
     'rq_queue_name',
     'rq_stop_requested',
@@ -294,25 +293,6 @@ def register_stop_action():
     except ImportError as e:
         return f'this NetBox has no registration of model actions ({e}); type "stop" under additional actions'
     register_model_actions(Job, [ModelAction('stop', help_text='Stop a running job (netbox-safejobs)')])
-    return None
-
-
-def register_job_table_column(column, name):
-    """
-    Add ``column`` to NetBox's Jobs table (``core.tables.JobTable``) through NetBox's registration of plugin table
-    columns, ``utilities.tables.register_table_column`` (NetBox 4.2-4.7; the table shows it under *Configure Table*).
-    Returns ``None``, or why it was not added (no such registration or table in this NetBox, or a column of that name
-    already registered).
-    """
-    try:
-        from core.tables import JobTable
-        from utilities.tables import register_table_column
-    except ImportError as e:
-        return f'this NetBox has no registration of plugin table columns ({e})'
-    try:
-        register_table_column(column, name, JobTable)
-    except ValueError as e:
-        return str(e)
     return None
 
 
