@@ -1,7 +1,11 @@
 """
-Every difference between the NetBox (and django-rq) versions the plugin supports, in one place, feature-detected.
+What differs between the NetBox releases the plugin supports (4.2 – 4.7), and between the django-rq, RQ, Django and
+strawberry-django releases they install, in one place: each definition names the releases that need it, and detects
+the feature, never the version number.
 
-Nothing else in the plugin looks at a version number or probes NetBox's internals: it asks this module.
+Nothing else in the plugin looks at a version number or tells releases apart: it asks this module. What is the same on
+every supported release lives with the module that uses it (the patches check what they need in ``patches``), so
+that dropping a release means reading this module alone.
 """
 
 import functools
@@ -53,8 +57,8 @@ def capture_globals(module):
 def rq_stop_requested():
     """
     The exception RQ's signal handler raises when a worker that is not busy is asked to stop:
-    ``rq.worker.StopRequested`` in the RQ of NetBox 4.2.9 (RQ 2.3), ``rq.exceptions.StopRequested`` in later ones
-    (RQ 2.10 of NetBox 4.6.8, RQ 2.12 of NetBox 4.7.3).
+    ``rq.worker.StopRequested`` in RQ 2.1 – 2.5 (NetBox 4.2.0 – 4.4.0), ``rq.exceptions.StopRequested`` from RQ 2.6
+    (NetBox 4.4.1 and later).
     """
     from rq import exceptions, worker
 
@@ -67,9 +71,8 @@ def rq_workers(connection):
     ``{'name', 'host', 'pid', 'queues', 'birth'}``; ``birth`` is the worker's start by its own host's clock, as an
     aware UTC datetime, or ``None``.
 
-    RQ 2.x parses ``birth`` as an aware UTC datetime; RQ 1.x (and early 2.x releases) as a naive one in UTC. Detected
-    from the value, not the version: the RQ a NetBox 4.2 – 4.7 installs (2.1 – 2.12 in the runs of COMPATIBILITY.md)
-    decides which.
+    RQ 2.1 (NetBox 4.2.0 – 4.2.7) parses ``birth`` as a naive datetime in UTC; RQ 2.3 and later (NetBox 4.2.8 and
+    later) as an aware one. Detected from the value, not the version.
     """
     from datetime import timezone
 
@@ -95,8 +98,8 @@ def rq_workers(connection):
 def push_queue_kwargs():
     """
     The arguments of ``django_rq.get_queue()`` for a queue that pushes at once, whatever ``RQ['COMMIT_MODE']``:
-    ``commit_mode='auto'`` on django-rq 4, ``autocommit=True`` on django-rq 3. In the runs of COMPATIBILITY.md,
-    NetBox 4.2 – 4.4 installed django-rq 3, and 4.5.10 – 4.7 django-rq 4.
+    ``commit_mode='auto'`` on django-rq 4 (NetBox 4.5.7 and later), ``autocommit=True`` on django-rq 3 (NetBox 4.2.0 –
+    4.5.6).
     """
     import django_rq
 
@@ -109,7 +112,7 @@ def push_queue_kwargs():
 
 
 def rq_queue_name(job):
-    """The RQ queue of a job: ``Job.queue_name`` where NetBox stores it (4.5+), else NetBox's model mapping."""
+    """The RQ queue of a job: ``Job.queue_name`` where NetBox stores it (4.5.2+), else NetBox's model mapping."""
     name = getattr(job, 'queue_name', '')
     if name:
         return name
@@ -121,7 +124,7 @@ def rq_queue_name(job):
 def known_rq_queue_name(job):
     """
     The RQ queue of a job as far as it is known without a query and without raising (for an event: the database may
-    be what failed): ``Job.queue_name`` where NetBox stores it (4.5+), else NetBox's mapping of the job's object type
+    be what failed): ``Job.queue_name`` where NetBox stores it (4.5.2+), else NetBox's mapping of the job's object type
     (content types are cached); '' when unknown.
     """
     if _job_has_field('queue_name'):
@@ -152,7 +155,7 @@ def _job_has_field(name):
 def job_enqueue_parameters():
     """
     The names of ``Job.enqueue()``'s own parameters (``instance``, ``name``, ``user``, ``schedule_at``, ``interval``,
-    ``immediate``; ``queue_name`` from 4.5, ``notifications`` from 4.6), read from its signature: whatever else a
+    ``immediate``; ``queue_name`` from 4.3.1, ``notifications`` from 4.6), read from its signature: whatever else a
     caller passes is the task's arguments (and RQ's options, ``chains.RQ_ENQUEUE_OPTIONS``).
     """
     from core.models import Job
@@ -165,7 +168,7 @@ def job_enqueue_parameters():
 def job_field_values(**values):
     """
     ``values`` without the Job fields this NetBox's ``Job`` model does not have (``log_entries`` is 4.4+,
-    ``queue_name`` 4.5+, ``notifications`` 4.6+), for building a Job row directly (tests, the demo, the harness).
+    ``queue_name`` 4.5.2+, ``notifications`` 4.6+), for building a Job row directly (tests, the demo, the harness).
     """
     return {name: value for name, value in values.items() if _job_has_field(name)}
 
@@ -181,8 +184,8 @@ def next_run_kwargs(job):
 def is_not_updated(exc):
     """
     True when ``exc`` is Django's refusal of a forced UPDATE that touched no row (the row is gone), as opposed to an
-    error of the database: ``ObjectNotUpdated`` on Django 6.0+ (NetBox 4.6+ in the runs of COMPATIBILITY.md), a plain
-    ``DatabaseError`` with Django's message before (NetBox 4.2 – 4.5, Django 5.1 – 5.2).
+    error of the database: ``ObjectNotUpdated`` on Django 6.0+ (NetBox 4.6 and later), a plain ``DatabaseError`` with
+    Django's message before (Django 5.1 – 5.2, NetBox 4.2 – 4.5).
     """
     from django.core import exceptions
     from django.db import DatabaseError
@@ -272,7 +275,7 @@ def bulk_stop_action():
 
 
 def register_filterset(filterset_class):
-    """NetBox's ``register_filterset`` decorator (4.6+), a no-op before."""
+    """NetBox's ``register_filterset`` decorator (4.5+), a no-op before."""
     try:
         from utilities.filtersets import register_filterset as register
     except ImportError:
@@ -283,7 +286,7 @@ def register_filterset(filterset_class):
 def register_stop_action():
     """
     Offer the ``stop`` action of ``core | job`` as a checkbox of NetBox's object permission form, through
-    ``utilities.permissions.register_model_actions`` (NetBox 4.7 and later). Earlier releases check any action named
+    ``utilities.permissions.register_model_actions`` (NetBox 4.6 and later). Earlier releases check any action named
     in a permission's "additional actions" the same way; only the checkbox is missing. Returns ``None``, or why the
     checkbox is not offered.
     """
@@ -357,7 +360,8 @@ def graphql_lookups():
     strawberry-django's lookup input types by value type, as the installed version spells them: ``str``,
     ``datetime``, ``int``, ``float`` and ``uuid``. Older strawberry-django releases take the value type as a
     parameter; detected from the class (``__parameters__``), so it serves whichever release a supported NetBox
-    (4.2 – 4.7) installs, and can go with the last NetBox that installs a parameterised one.
+    installs, and can go with the last NetBox that installs a parameterised one. ``StrFilterLookup`` is missing from
+    the strawberry-django of NetBox 4.3.0 – 4.4.9 (0.58 – 0.70). NetBox 4.2 does not ask (``graphql_legacy_filters``).
     """
     import datetime
     import uuid
@@ -419,8 +423,8 @@ def warm_object_types():
     """
     Answer, once in this process, the question NetBox's ``ObjectTypeManager.get_for_model()`` asks PostgreSQL on its
     first call in every process: does ``core_objecttype`` exist yet (``connection.introspection.table_names()``, a
-    ``pg_class`` scan)? NetBox keeps the answer in a class attribute (``_table_exists``, since the fix of NetBox #21231;
-    the releases before it ask on every call); a work horse forked from a worker that never asked asks again, for
+    ``pg_class`` scan)? NetBox keeps the answer in a class attribute (``_table_exists``, since the fix of NetBox #21231
+    in 4.5.1; 4.2.0 – 4.5.0 ask on every call); a work horse forked from a worker that never asked asks again, for
     every job. Asked through NetBox's own call. Returns whether the answer is kept (False without the attribute).
     """
     try:
@@ -459,14 +463,14 @@ def webhook_push_module():
     return None, 'no module of extras pushes extras.webhooks.send_webhook through a get_queue global'
 
 
-# The modules that ask whether a worker listens before they push (a script run from the UI and the REST API, a
-# background API request of 4.6+, the search cache of 4.7), each importing the check by name.
+# The modules that ask whether a worker listens before they push (a script run from the UI and the REST API; a
+# background API request and the search cache of 4.7), each importing the check by name.
 _WORKER_CHECK_USERS = ('extras.views', 'extras.api.views', 'netbox.api.viewsets.mixins', 'netbox.search.deferred')
 
 
 def worker_checks():
     """
-    ``[(module, name, counts)]``: NetBox's "is a worker running?" functions, ``any_workers_for_queue`` (a bool; 4.6+)
+    ``[(module, name, counts)]``: NetBox's "is a worker running?" functions, ``any_workers_for_queue`` (a bool; 4.6.2+)
     and ``get_workers_for_queue`` (a number; every supported NetBox), in ``utilities.rqworker`` and in each module
     of ``_WORKER_CHECK_USERS`` already imported under that name. The views import them when the URLconf loads, after
     the plugin's ``ready()``: they take the wrapper from ``utilities.rqworker``.
