@@ -1486,13 +1486,13 @@ def scenario_adoption(ctx, mode, opts, runs_file):
     from netbox.registry import registry
 
     from benchmarks.runners import HarnessJob
-    from netbox_safejobs import compat
-    from netbox_safejobs.choices import RetryEventKindChoices
+    from netbox_safejobs.choices import CLAIMABLE_STATES, RetryEventKindChoices
+    from netbox_safejobs.jobs import system_job_runners
     from netbox_safejobs.models import JobDispatch, RetryEvent
 
-    systems = compat.system_job_runners()
+    systems = system_job_runners()
     waiting_systems = Job.objects.filter(name__in=list(systems), object_type__isnull=True,
-                                         status__in=compat.CLAIMABLE_STATES)
+                                         status__in=CLAIMABLE_STATES)
     waiting_systems.delete()
     set_mode('stock')
     try:
@@ -1531,8 +1531,8 @@ def scenario_adoption(ctx, mode, opts, runs_file):
                  .values_list('job_uuid', flat=True))
     runnable = _task_runnable(system_runs + lost)
     left_running = sum(1 for u in running if rows.get(u) == 'running')
-    lost_unlisted = sum(1 for u in lost if rows.get(u) in compat.CLAIMABLE_STATES and u not in listed | runnable)
-    systems_dead = sum(1 for u in system_runs if rows.get(u) in compat.CLAIMABLE_STATES
+    lost_unlisted = sum(1 for u in lost if rows.get(u) in CLAIMABLE_STATES and u not in listed | runnable)
+    systems_dead = sum(1 for u in system_runs if rows.get(u) in CLAIMABLE_STATES
                        and u not in watched | runnable)
     adopted = RetryEvent.objects.filter(kind=RetryEventKindChoices.KIND_ADOPTED, job_uuid__in=everything).count()
     runs, _ = read_runs(runs_file)
@@ -1588,14 +1588,14 @@ def scenario_chains(ctx, mode, opts, runs_file):
     from netbox.registry import registry
 
     from benchmarks.runners import HarnessJob
-    from netbox_safejobs import compat
-    from netbox_safejobs.choices import RetryEventKindChoices
+    from netbox_safejobs.choices import CLAIMABLE_STATES, RetryEventKindChoices
+    from netbox_safejobs.jobs import system_job_runners
     from netbox_safejobs.models import RetryEvent
 
-    systems = compat.system_job_runners()
+    systems = system_job_runners()
     names = [f'{HarnessJob.name}-chain-{n}' for n in range(2 * ctx.workers)]
     Job.objects.filter(name__in=list(systems), object_type__isnull=True,
-                       status__in=compat.CLAIMABLE_STATES).delete()
+                       status__in=CLAIMABLE_STATES).delete()
     started = timezone.now()
     set_mode('stock')
     try:
@@ -1616,7 +1616,7 @@ def scenario_chains(ctx, mode, opts, runs_file):
             try:
                 pool.wait_ready()
                 time.sleep(2)  # the workers' first tick: the plugin's adoption and merge of chains
-                waiting = Job.objects.filter(status__in=compat.CLAIMABLE_STATES)
+                waiting = Job.objects.filter(status__in=CLAIMABLE_STATES)
                 due = list(waiting.filter(name__in=names).values_list('pk', flat=True))
                 if cycle == 0:
                     due += list(waiting.filter(name__in=list(systems), object_type__isnull=True)
@@ -1627,7 +1627,7 @@ def scenario_chains(ctx, mode, opts, runs_file):
                     runs = Job.objects.filter(pk__in=due)
                     if kill and runs.filter(status='running').count() >= min(ctx.workers, len(due)):
                         break
-                    if not kill and not runs.filter(status__in=(*compat.CLAIMABLE_STATES, 'running')).exists():
+                    if not kill and not runs.filter(status__in=(*CLAIMABLE_STATES, 'running')).exists():
                         break
                     time.sleep(0.2)
                 if not kill:
@@ -1638,7 +1638,7 @@ def scenario_chains(ctx, mode, opts, runs_file):
                     _kill_pool(pool)
                 else:
                     pool.stop()
-        waiting = Job.objects.filter(status__in=compat.CLAIMABLE_STATES)
+        waiting = Job.objects.filter(status__in=CLAIMABLE_STATES)
         chain_runs = {name: waiting.filter(name=name).count() for name in names}
         system_runs = {name: waiting.filter(name=name, object_type__isnull=True).count() for name in systems}
         left_running = Job.objects.filter(name__in=names, status='running').count()
@@ -1663,7 +1663,7 @@ def scenario_chains(ctx, mode, opts, runs_file):
         RetryEvent.objects.filter(kind=RetryEventKindChoices.KIND_CHAIN_MERGED).delete()
         Job.objects.filter(name__in=names).delete()
         Job.objects.filter(name__in=list(systems), object_type__isnull=True,
-                           status__in=compat.CLAIMABLE_STATES).delete()
+                           status__in=CLAIMABLE_STATES).delete()
 
 
 @scenario

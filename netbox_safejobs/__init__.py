@@ -52,9 +52,8 @@ class SafeJobsConfig(PluginConfig):
 
         event_types.register()
 
-        # A "Retry events" count on NetBox's own Jobs table, where this NetBox registers plugin table columns.
-        from .compat import register_job_table_column
-        from .tables import JobRetryEventsColumn
+        # A "Retry events" count on NetBox's own Jobs table, through its registration of plugin table columns.
+        from .tables import JobRetryEventsColumn, register_job_table_column
 
         if reason := register_job_table_column(JobRetryEventsColumn(), 'safejobs_retry_events'):
             logger.info('No "Retry events" column on the Jobs table: %s', reason)

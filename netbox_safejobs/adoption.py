@@ -47,10 +47,11 @@ from dataclasses import dataclass, field
 from django.db import DatabaseError, connections, transaction
 
 from . import chains, compat, events, liveness
-from .choices import RetryEventKindChoices
+from .choices import CLAIMABLE_STATES, RUNNING, RetryEventKindChoices
 from .dispatch import ROW_COLUMNS
+from .jobs import system_job_runners
 from .payload import Push, runner_path, seal
-from .queues import redis_groups
+from .queues import redis_groups, rq_worker_names
 from .settings import get_settings
 
 __all__ = (
@@ -139,7 +140,7 @@ def _candidates(using, age):
         cursor.execute(
             f"SELECT j.id, j.created < clock_timestamp() - %s * interval '1 second' FROM {job_table} j "
             f'WHERE j.status = ANY(%s) AND NOT EXISTS (SELECT 1 FROM {table} d WHERE d.job_id = j.id) ORDER BY j.id',
-            [age, [*compat.CLAIMABLE_STATES, compat.RUNNING]],
+            [age, [*CLAIMABLE_STATES, RUNNING]],
         )
         return cursor.fetchall()
 
@@ -152,7 +153,7 @@ def _redis_view():
     try:
         for connection, names in redis_groups().values():
             connection.ping()
-            alive |= compat.rq_worker_names(connection)
+            alive |= rq_worker_names(connection)
             queues.update(dict.fromkeys(names, connection))
     except (RedisError, OSError) as e:
         raise RedisAway(events.describe(e)) from e
@@ -200,7 +201,7 @@ def _rebuilt_runner(job):
     ``(None, None, why not)``.
     """
     if job.object_type_id is None and job.object_id is None:
-        runner = compat.system_job_runners().get(job.name)
+        runner = system_job_runners().get(job.name)
         if runner is not None:
             return runner, {}, "NetBox's registry of system jobs"
         return None, None, ('its runner and arguments were only in the task Redis lost (a job without an object that '
@@ -361,14 +362,14 @@ def _adopt_one(pk, queues, alive, report, using, dry_run, close_running):
         try:
             task = _read_task(job, queues)
         except TaskUnreadable as e:
-            if job.status in compat.CLAIMABLE_STATES:
+            if job.status in CLAIMABLE_STATES:
                 _list(job, str(e), report, using, dry_run)
             return
-        if job.status in compat.CLAIMABLE_STATES:
+        if job.status in CLAIMABLE_STATES:
             _adopt_waiting(job, task, alive, report, using, dry_run)
-        elif job.status == compat.RUNNING and close_running:
+        elif job.status == RUNNING and close_running:
             _adopt_running(job, task, alive, report, using, dry_run)
-        elif job.status == compat.RUNNING:
+        elif job.status == RUNNING:
             report.left_running.append(job.job_id)
 
 

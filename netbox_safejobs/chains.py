@@ -10,7 +10,7 @@ On every supported NetBox the plugin
 
 - skips the next run ``handle()`` schedules for the run it just ended when the chain already has a future run
   (``next_run_taken``, called by ``dispatch.wrap_enqueue``), under NetBox's own advisory lock for job schedules
-  (``compat.job_schedules_lock``), with one ``chain merged`` event; the next run is never scheduled in the past
+  (``JOB_SCHEDULES_LOCK``), with one ``chain merged`` event; the next run is never scheduled in the past
   either (``compat.next_run_floor``, #20243);
 - at a worker's start-up and in ``netbox safejobs_recover`` (``merge``), finds the chains that already have two or more
   future runs and keeps one: the earliest of those the plugin holds a push for (so that it runs), the others deleted
@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 
 from django.db import connections, transaction
 from django.db.models.functions import Coalesce
+from netbox.constants import ADVISORY_LOCK_KEYS
 
 from . import compat, events
-from .choices import RetryEventKindChoices
+from .choices import CLAIMABLE_STATES, RetryEventKindChoices
+from .jobs import system_job_runners
 from .payload import BadPayload, Push, unseal
 from .queues import get_push_queue
 
@@ -49,9 +51,23 @@ __all__ = (
 
 logger = logging.getLogger('netbox_safejobs.chains')
 
+# NetBox's advisory lock key for job schedules (every supported NetBox), held by ``enqueue_once()`` and, from NetBox
+# 4.6.2, by ``handle()`` while it reschedules a system job (#22232). The plugin's checks of a chain take the same key,
+# so that they and NetBox's own exclude each other.
+JOB_SCHEDULES_LOCK = ADVISORY_LOCK_KEYS['job-schedules']
 # Seconds to wait for NetBox's advisory lock for job schedules before checking a chain without it, and between tries.
 LOCK_WAIT = 10.0
 LOCK_POLL = 0.05
+
+# The keyword arguments RQ's ``Queue.enqueue()`` and ``enqueue_at()`` take for themselves and never pass on to the
+# task's function (``Queue.parse_args``; one set for RQ 2.1 – 2.12, the RQ the supported NetBox releases install).
+# NetBox passes its caller's extra keyword arguments to RQ as they are, so ``job_timeout`` sits among a script's
+# arguments in the push and not in the task. An option missing here only makes two runs of a periodic job look
+# different: they are then never merged.
+RQ_ENQUEUE_OPTIONS = frozenset({
+    'job_timeout', 'description', 'result_ttl', 'ttl', 'failure_ttl', 'depends_on', 'job_id', 'at_front', 'meta',
+    'retry', 'repeat', 'on_success', 'on_failure', 'on_stopped', 'webhooks', 'pipeline', 'unique', 'group_id',
+})
 
 
 @dataclass
@@ -80,7 +96,7 @@ def run_arguments(kwargs):
     """
     own = compat.job_enqueue_parameters()
     return {key: value for key, value in (kwargs or {}).items()
-            if key != 'job' and key not in own and key not in compat.RQ_ENQUEUE_OPTIONS}
+            if key != 'job' and key not in own and key not in RQ_ENQUEUE_OPTIONS}
 
 
 def _fingerprint(arguments):
@@ -132,7 +148,7 @@ def _lock(using, wait=LOCK_WAIT):
     deadline = time.monotonic() + wait
     with connections[using].cursor() as cursor:
         while True:
-            cursor.execute('SELECT pg_try_advisory_xact_lock(%s)', [compat.job_schedules_lock()])
+            cursor.execute('SELECT pg_try_advisory_xact_lock(%s)', [JOB_SCHEDULES_LOCK])
             if cursor.fetchone()[0]:
                 return True
             if time.monotonic() >= deadline:
@@ -145,7 +161,7 @@ def _lock(using, wait=LOCK_WAIT):
 def _is_system_job(name, object_type_id, object_id, runner=None):
     if object_type_id is not None or object_id is not None:
         return False
-    registered = compat.system_job_runners().get(name)
+    registered = system_job_runners().get(name)
     return registered is not None and (runner is None or issubclass(runner, registered))
 
 
@@ -172,7 +188,7 @@ def next_run_taken(runner, kwargs, finished, using='default'):
     _lock(using)
     name = kwargs.get('name') or runner.name
     instance = kwargs.get('instance')
-    runs = Job.objects.using(using).filter(name=name, status__in=compat.CLAIMABLE_STATES).exclude(pk=finished.pk)
+    runs = Job.objects.using(using).filter(name=name, status__in=CLAIMABLE_STATES).exclude(pk=finished.pk)
     if instance is None:
         runs = runs.filter(object_type__isnull=True, object_id__isnull=True)
         system = _is_system_job(name, None, None, runner)
@@ -202,7 +218,7 @@ def _chains_with_duplicates(using):
     """Groups of primary keys of waiting runs of periodic jobs that are one chain, each of two runs or more."""
     from core.models import Job
 
-    rows = (Job.objects.using(using).filter(status__in=compat.CLAIMABLE_STATES, interval__isnull=False).order_by()
+    rows = (Job.objects.using(using).filter(status__in=CLAIMABLE_STATES, interval__isnull=False).order_by()
             .values_list('pk', 'name', 'object_type_id', 'object_id', 'interval', 'user_id'))
     groups = {}
     for pk, name, object_type_id, object_id, interval, user_id in rows:
@@ -231,7 +247,7 @@ def _merge_chain(pks, using, dry_run, report):
     from .models import JobDispatch
 
     with transaction.atomic(using=using):
-        runs = Job.objects.using(using).filter(pk__in=pks, status__in=compat.CLAIMABLE_STATES)
+        runs = Job.objects.using(using).filter(pk__in=pks, status__in=CLAIMABLE_STATES)
         if not dry_run:
             _lock(using)
             # A run a worker is claiming right now is skipped, not waited for: it is no longer a future run.

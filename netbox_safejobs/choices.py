@@ -1,20 +1,28 @@
-"""Choice sets of the plugin's models."""
+"""Choice sets of the plugin's models, and the states of NetBox's Job the plugin acts on."""
 
+from core.choices import JobStatusChoices
 from django.utils.translation import gettext_lazy as _
 from utilities.choices import ChoiceSet
 
 from .settings import get_settings
 
 __all__ = (
+    'CLAIMABLE_STATES',
     'JobDispatchStateChoices',
     'KIND_HELP',
     'KIND_LABELS',
+    'RUNNING',
     'RetryEventKindChoices',
     'STATE_HELP',
     'kind_help',
     'state_help',
     'strip_marks',
 )
+
+# The states a job waits in before a worker starts it: a claim moves exactly these to "running". The same on every
+# supported NetBox (4.2 – 4.7); named here so that a NetBox adding a waiting state changes one line.
+CLAIMABLE_STATES = (JobStatusChoices.STATUS_PENDING, JobStatusChoices.STATUS_SCHEDULED)
+RUNNING = JobStatusChoices.STATUS_RUNNING
 
 
 class RetryEventKindChoices(ChoiceSet):

@@ -1,7 +1,11 @@
 """
-Every difference between the NetBox (and django-rq) versions the plugin supports, in one place, feature-detected.
+What differs between the NetBox releases the plugin supports (4.2 – 4.7), and between the django-rq, RQ, Django and
+strawberry-django releases they install, in one place: each definition names the releases that need it, and detects
+the feature, never the version number.
 
-Nothing else in the plugin looks at a version number or probes NetBox's internals: it asks this module.
+Nothing else in the plugin looks at a version number or tells releases apart: it asks this module. What is the same on
+every supported release lives with the module that uses it (the patches check what they need in ``patches``), so
+that dropping a release means reading this module alone.
 """
 
 import functools
@@ -9,45 +13,28 @@ import inspect
 import logging
 import sys
 
-from core.choices import JobStatusChoices
-
 __all__ = (
-    'CLAIMABLE_STATES',
-    'RQ_ENQUEUE_OPTIONS',
-    'RUNNING',
     'bulk_stop_action',
     'capture_globals',
-    'capture_unsupported_reason',
     'graphql_filter',
     'graphql_filter_base',
     'graphql_legacy_filters',
     'graphql_lookups',
     'graphql_type',
-    'handle_unsupported_reason',
     'is_not_updated',
     'job_enqueue_parameters',
     'job_field_values',
-    'job_schedules_lock',
-    'jobs_module',
     'known_rq_queue_name',
     'may_view_background_tasks',
     'next_run_floor',
     'next_run_kwargs',
     'process_event_rules',
     'push_queue_kwargs',
-    'refresh_event_type_choices',
     'register_filterset',
-    'register_job_table_column',
     'register_stop_action',
     'rq_queue_name',
     'rq_stop_requested',
-    'rq_task_deleters',
-    'rq_worker_class',
-    'rq_worker_names',
     'rq_workers',
-    'sentinel_read_response',
-    'system_job',
-    'system_job_runners',
     'view_actions',
     'warm_object_types',
     'webhook_push_module',
@@ -57,138 +44,21 @@ __all__ = (
 logger = logging.getLogger('netbox_safejobs.compat')
 
 
-# The states a job waits in before a worker starts it: a claim moves exactly these to "running". The same on every
-# supported NetBox (4.2 – 4.7); named here so that a NetBox adding a waiting state changes one line.
-CLAIMABLE_STATES = (JobStatusChoices.STATUS_PENDING, JobStatusChoices.STATUS_SCHEDULED)
-RUNNING = JobStatusChoices.STATUS_RUNNING
-
-
-def jobs_module():
+def capture_globals(module):
     """
-    The module that defines ``Job.enqueue`` (``core.models.jobs`` on every supported NetBox, 4.2 – 4.7): looked up
-    rather than named, so that a NetBox moving it makes the dispatch patch say why it is not installed.
+    The globals of ``module``, the module that defines ``Job.enqueue`` (``patches.jobs_module()``), the dispatch patch
+    stands in for: ``django_rq`` on every NetBox, and ``transaction`` where ``Job.enqueue`` defers its push with
+    ``transaction.on_commit()`` (4.2.6+, #18880). On 4.2.0 - 4.2.5 it pushes at once and the module has no
+    ``transaction`` global.
     """
-    from core.models import Job
-
-    return inspect.getmodule(Job.enqueue)
-
-
-def capture_unsupported_reason():
-    """
-    Why the dispatch patch cannot capture NetBox's push on this NetBox, or ``None`` when it can.
-
-    ``Job.enqueue`` looks its RQ queue up with ``django_rq.get_queue()`` and (from NetBox 4.2.6, #18880) defers the
-    push with ``transaction.on_commit()``; both are module globals of the module that defines it. The dispatch patch
-    stands in for those two names, in that module only. Every supported NetBox (4.2 – 4.7) passes; the check guards
-    future releases.
-    """
-    try:
-        from netbox.jobs import JobRunner
-    except ImportError:
-        return 'netbox.jobs.JobRunner does not exist'
-    if not isinstance(inspect.getattr_static(JobRunner, 'enqueue', None), classmethod):
-        return 'JobRunner.enqueue is not a classmethod'
-    module = jobs_module()
-    if module is None:
-        return 'the module defining Job.enqueue cannot be found'
-    if not hasattr(module, 'django_rq'):
-        return f"{module.__name__} has no module global 'django_rq'"
-    if not hasattr(module.django_rq, 'get_queue'):
-        return 'django_rq.get_queue does not exist'
-    return None
-
-
-def capture_globals():
-    """
-    The module globals of ``jobs_module()`` the dispatch patch stands in for: ``django_rq`` on every NetBox, and
-    ``transaction`` where ``Job.enqueue`` defers its push with ``transaction.on_commit()`` (4.2.6+, #18880). On
-    4.2.0 - 4.2.5 it pushes at once and the module has no ``transaction`` global.
-    """
-    module = jobs_module()
     return tuple(name for name in ('django_rq', 'transaction') if hasattr(module, name))
-
-
-def handle_unsupported_reason():
-    """
-    Why the worker guard cannot wrap ``JobRunner.handle`` on this NetBox, or ``None`` when it can. Every supported
-    NetBox (4.2 – 4.7) has the classmethod ``handle(job, *args, **kwargs)``; the check guards future releases.
-    """
-    try:
-        from netbox.jobs import JobRunner
-    except ImportError:
-        return 'netbox.jobs.JobRunner does not exist'
-    if not isinstance(inspect.getattr_static(JobRunner, 'handle', None), classmethod):
-        return 'JobRunner.handle is not a classmethod'
-    params = list(inspect.signature(JobRunner.handle).parameters)
-    if not params or params[0] != 'job':
-        return f'JobRunner.handle has the signature {params}, not (job, *args, **kwargs)'
-    return None
-
-
-def rq_task_deleters():
-    """
-    ``[(module, 'delete_rq_job')]``: NetBox's function that deletes a task from Background Tasks (UI and REST API,
-    4.2+), in ``core.utils`` and in each module that imported it by name (``core.views``, ``core.api.views``), so
-    that one wrapper sees every call. Empty where NetBox has no such function.
-    """
-    import importlib
-
-    try:
-        modules = [importlib.import_module('core.utils')]
-    except ImportError:
-        return []
-    # The views import it by name when they are first imported (with the URLconf): patched in core.utils before
-    # that, they take the wrapper. Where they are imported already, their names are patched too.
-    modules += [sys.modules[name] for name in ('core.views', 'core.api.views') if name in sys.modules]
-    return [(module, 'delete_rq_job') for module in modules if callable(getattr(module, 'delete_rq_job', None))]
-
-
-def rq_worker_class():
-    """
-    ``(class, None)``: RQ's forking ``Worker``, which ``netbox rqworker`` runs (django-rq's default ``WORKER_CLASS``),
-    with the ``work()`` method the worker loop wraps; or ``(None, reason)``. Subclasses (django-rq's, a custom
-    ``WORKER_CLASS``) inherit the wrapper. The same on every supported NetBox (4.2 – 4.7; RQ 2.1 – 2.12 in the
-    runs of COMPATIBILITY.md).
-    """
-    try:
-        from rq.worker import Worker
-    except ImportError:
-        return None, 'rq.worker.Worker does not exist'
-    if not callable(getattr(Worker, 'work', None)):
-        return None, 'rq.worker.Worker has no work() method'
-    return Worker, None
-
-
-def sentinel_read_response():
-    """
-    ``(class, original)`` when redis-py's ``SentinelManagedConnection.read_response`` keeps a connection whose reply
-    was never read, or None. There ``disconnect_on_error`` defaults to False (True in every other ``read_response``;
-    redis-py 4.5.5 to at least 8.1, redis/redis-py#4292): when RQ's SIGTERM handler raises ``StopRequested`` in the
-    worker's BLPOP, the connection goes back to the pool with the BLPOP still pending on the server. The worker's
-    ``register_death()`` then queues behind it and waits for good (no socket timeout), and the next task pushed to
-    its queues is popped by that BLPOP and never run. None once redis-py defaults to True.
-    """
-    try:
-        from redis.sentinel import SentinelManagedConnection
-    except ImportError:
-        return None
-    original = SentinelManagedConnection.__dict__.get('read_response')
-    if original is None or hasattr(original, '__safejobs_original__'):  # absent, or already ours
-        return None
-    try:
-        parameter = inspect.signature(original).parameters.get('disconnect_on_error')
-    except (TypeError, ValueError):
-        return None
-    if parameter is None or parameter.default is not False:
-        return None
-    return SentinelManagedConnection, original
 
 
 def rq_stop_requested():
     """
     The exception RQ's signal handler raises when a worker that is not busy is asked to stop:
-    ``rq.worker.StopRequested`` in the RQ of NetBox 4.2.9 (RQ 2.3), ``rq.exceptions.StopRequested`` in later ones
-    (RQ 2.10 of NetBox 4.6.8, RQ 2.12 of NetBox 4.7.3).
+    ``rq.worker.StopRequested`` in RQ 2.1 – 2.5 (NetBox 4.2.0 – 4.4.0), ``rq.exceptions.StopRequested`` from RQ 2.6
+    (NetBox 4.4.1 and later).
     """
     from rq import exceptions, worker
 
@@ -201,9 +71,8 @@ def rq_workers(connection):
     ``{'name', 'host', 'pid', 'queues', 'birth'}``; ``birth`` is the worker's start by its own host's clock, as an
     aware UTC datetime, or ``None``.
 
-    RQ 2.x parses ``birth`` as an aware UTC datetime; RQ 1.x (and early 2.x releases) as a naive one in UTC. Detected
-    from the value, not the version: the RQ a NetBox 4.2 – 4.7 installs (2.1 – 2.12 in the runs of COMPATIBILITY.md)
-    decides which.
+    RQ 2.1 (NetBox 4.2.0 – 4.2.7) parses ``birth`` as a naive datetime in UTC; RQ 2.3 and later (NetBox 4.2.8 and
+    later) as an aware one. Detected from the value, not the version.
     """
     from datetime import timezone
 
@@ -225,33 +94,12 @@ def rq_workers(connection):
     return workers
 
 
-def rq_worker_names(connection):
-    """
-    The names of the workers RQ lists as live on one Redis, in two round trips (the registry's members, then one
-    pipelined ``EXISTS`` per worker key, skipping registrations whose key expired): for the Prometheus gauges, which
-    must stay cheap (all supported NetBox releases). Every RQ release the plugin supports (1.x, 2.x) keeps the
-    registry in ``rq.worker_registration.get_keys()`` and names keys ``Worker.redis_worker_namespace_prefix + name``.
-    """
-    from rq import worker_registration
-    from rq.worker import Worker
-
-    keys = sorted(worker_registration.get_keys(connection=connection))
-    if not keys:
-        return set()
-    pipe = connection.pipeline(transaction=False)
-    for key in keys:
-        pipe.exists(key)
-    prefix = Worker.redis_worker_namespace_prefix
-    return {key[len(prefix):] for key, present in zip(keys, pipe.execute(), strict=True)
-            if present and key.startswith(prefix)}
-
-
 @functools.cache
 def push_queue_kwargs():
     """
     The arguments of ``django_rq.get_queue()`` for a queue that pushes at once, whatever ``RQ['COMMIT_MODE']``:
-    ``commit_mode='auto'`` on django-rq 4, ``autocommit=True`` on django-rq 3. In the runs of COMPATIBILITY.md,
-    NetBox 4.2 – 4.4 installed django-rq 3, and 4.5.10 – 4.7 django-rq 4.
+    ``commit_mode='auto'`` on django-rq 4 (NetBox 4.5.7 and later), ``autocommit=True`` on django-rq 3 (NetBox 4.2.0 –
+    4.5.6).
     """
     import django_rq
 
@@ -264,7 +112,7 @@ def push_queue_kwargs():
 
 
 def rq_queue_name(job):
-    """The RQ queue of a job: ``Job.queue_name`` where NetBox stores it (4.5+), else NetBox's model mapping."""
+    """The RQ queue of a job: ``Job.queue_name`` where NetBox stores it (4.5.2+), else NetBox's model mapping."""
     name = getattr(job, 'queue_name', '')
     if name:
         return name
@@ -276,7 +124,7 @@ def rq_queue_name(job):
 def known_rq_queue_name(job):
     """
     The RQ queue of a job as far as it is known without a query and without raising (for an event: the database may
-    be what failed): ``Job.queue_name`` where NetBox stores it (4.5+), else NetBox's mapping of the job's object type
+    be what failed): ``Job.queue_name`` where NetBox stores it (4.5.2+), else NetBox's mapping of the job's object type
     (content types are cached); '' when unknown.
     """
     if _job_has_field('queue_name'):
@@ -307,8 +155,8 @@ def _job_has_field(name):
 def job_enqueue_parameters():
     """
     The names of ``Job.enqueue()``'s own parameters (``instance``, ``name``, ``user``, ``schedule_at``, ``interval``,
-    ``immediate``; ``queue_name`` from 4.5, ``notifications`` from 4.6), read from its signature: whatever else a
-    caller passes is the task's arguments (and RQ's options, ``RQ_ENQUEUE_OPTIONS``).
+    ``immediate``; ``queue_name`` from 4.3.1, ``notifications`` from 4.6), read from its signature: whatever else a
+    caller passes is the task's arguments (and RQ's options, ``chains.RQ_ENQUEUE_OPTIONS``).
     """
     from core.models import Job
 
@@ -320,7 +168,7 @@ def job_enqueue_parameters():
 def job_field_values(**values):
     """
     ``values`` without the Job fields this NetBox's ``Job`` model does not have (``log_entries`` is 4.4+,
-    ``queue_name`` 4.5+, ``notifications`` 4.6+), for building a Job row directly (tests, the demo, the harness).
+    ``queue_name`` 4.5.2+, ``notifications`` 4.6+), for building a Job row directly (tests, the demo, the harness).
     """
     return {name: value for name, value in values.items() if _job_has_field(name)}
 
@@ -336,8 +184,8 @@ def next_run_kwargs(job):
 def is_not_updated(exc):
     """
     True when ``exc`` is Django's refusal of a forced UPDATE that touched no row (the row is gone), as opposed to an
-    error of the database: ``ObjectNotUpdated`` on Django 6.0+ (NetBox 4.6+ in the runs of COMPATIBILITY.md), a plain
-    ``DatabaseError`` with Django's message before (NetBox 4.2 – 4.5, Django 5.1 – 5.2).
+    error of the database: ``ObjectNotUpdated`` on Django 6.0+ (NetBox 4.6 and later), a plain ``DatabaseError`` with
+    Django's message before (Django 5.1 – 5.2, NetBox 4.2 – 4.5).
     """
     from django.core import exceptions
     from django.db import DatabaseError
@@ -347,70 +195,6 @@ def is_not_updated(exc):
         return True
     return type(exc) is DatabaseError and 'did not affect any rows' in str(exc)
 
-
-def system_job(interval):
-    """
-    NetBox's ``system_job`` decorator, or ``None`` where it does not exist. Every supported NetBox (4.2 – 4.7) has
-    it: the fallback serves none of them and can go with its caller's check.
-    """
-    try:
-        from netbox.jobs import system_job as decorator
-    except ImportError:
-        return None
-    return decorator(interval)
-
-
-def system_job_runners():
-    """
-    ``{name: runner class}`` of the system jobs in NetBox's registry (``registry['system_jobs']``, every supported
-    NetBox): NetBox's housekeeping, the plugin's retention, other plugins' system jobs. A system job is known by its
-    name and by having no object: its runner and arguments (none) can be rebuilt from the registry alone.
-    """
-    import importlib
-
-    from netbox.registry import registry
-
-    # NetBox registers its housekeeping job when core.jobs is imported, which its views do: a process that has not
-    # loaded the URLconf (a management command without system checks, the harness) would not know it otherwise.
-    try:
-        importlib.import_module('core.jobs')
-    except ImportError:
-        pass
-    try:
-        runners = registry['system_jobs']
-    except KeyError:
-        return {}
-    return {runner.name: runner for runner in runners}
-
-
-# A key of the plugin's own, where NetBox has none for job schedules; distinct from NetBox's (small integers).
-_JOB_SCHEDULES_LOCK = 0x5AFE_C4A1
-
-
-def job_schedules_lock():
-    """
-    The PostgreSQL advisory lock key NetBox takes around the scheduling of periodic jobs:
-    ``ADVISORY_LOCK_KEYS['job-schedules']``, held by ``enqueue_once()`` (every supported NetBox) and, from NetBox
-    4.6.2, by ``handle()`` while it reschedules a system job (#22232). The plugin's checks of a periodic job's chain
-    take the same key, so that they and NetBox's own exclude each other; taken as a transaction-level lock, it is
-    granted at once in the session that already holds NetBox's session-level one. A key of the plugin's own where
-    NetBox has none.
-    """
-    try:
-        from netbox.constants import ADVISORY_LOCK_KEYS
-    except ImportError:
-        return _JOB_SCHEDULES_LOCK
-    return ADVISORY_LOCK_KEYS.get('job-schedules', _JOB_SCHEDULES_LOCK)
-
-
-# The keyword arguments RQ's ``Queue.enqueue()`` and ``enqueue_at()`` take for themselves and never pass on to the
-# task's function (``Queue.parse_args``, RQ 1.x – 2.12). NetBox passes its caller's extra keyword arguments to RQ as
-# they are, so ``job_timeout`` sits among a script's arguments in the push and not in the task. An option missing here
-# only makes two runs of a periodic job look different: they are then never merged.
-RQ_ENQUEUE_OPTIONS = frozenset({
-    'job_timeout', 'description', 'result_ttl', 'ttl', 'failure_ttl', 'depends_on', 'job_id', 'at_front', 'meta',
-    'retry', 'repeat', 'on_success', 'on_failure', 'on_stopped', 'webhooks', 'pipeline', 'unique', 'group_id',
-})
 
 # The earliest next run NetBox 4.4.2+ give a periodic job, from now (#20450).
 NEXT_RUN_MIN_DELAY = 60
@@ -491,7 +275,7 @@ def bulk_stop_action():
 
 
 def register_filterset(filterset_class):
-    """NetBox's ``register_filterset`` decorator (4.6+), a no-op before."""
+    """NetBox's ``register_filterset`` decorator (4.5+), a no-op before."""
     try:
         from utilities.filtersets import register_filterset as register
     except ImportError:
@@ -502,7 +286,7 @@ def register_filterset(filterset_class):
 def register_stop_action():
     """
     Offer the ``stop`` action of ``core | job`` as a checkbox of NetBox's object permission form, through
-    ``utilities.permissions.register_model_actions`` (NetBox 4.7 and later). Earlier releases check any action named
+    ``utilities.permissions.register_model_actions`` (NetBox 4.6 and later). Earlier releases check any action named
     in a permission's "additional actions" the same way; only the checkbox is missing. Returns ``None``, or why the
     checkbox is not offered.
     """
@@ -512,25 +296,6 @@ def register_stop_action():
     except ImportError as e:
         return f'this NetBox has no registration of model actions ({e}); type "stop" under additional actions'
     register_model_actions(Job, [ModelAction('stop', help_text='Stop a running job (netbox-safejobs)')])
-    return None
-
-
-def register_job_table_column(column, name):
-    """
-    Add ``column`` to NetBox's Jobs table (``core.tables.JobTable``) through NetBox's registration of plugin table
-    columns, ``utilities.tables.register_table_column`` (NetBox 4.2-4.7; the table shows it under *Configure Table*).
-    Returns ``None``, or why it was not added (no such registration or table in this NetBox, or a column of that name
-    already registered).
-    """
-    try:
-        from core.tables import JobTable
-        from utilities.tables import register_table_column
-    except ImportError as e:
-        return f'this NetBox has no registration of plugin table columns ({e})'
-    try:
-        register_table_column(column, name, JobTable)
-    except ValueError as e:
-        return str(e)
     return None
 
 
@@ -595,7 +360,8 @@ def graphql_lookups():
     strawberry-django's lookup input types by value type, as the installed version spells them: ``str``,
     ``datetime``, ``int``, ``float`` and ``uuid``. Older strawberry-django releases take the value type as a
     parameter; detected from the class (``__parameters__``), so it serves whichever release a supported NetBox
-    (4.2 – 4.7) installs, and can go with the last NetBox that installs a parameterised one.
+    installs, and can go with the last NetBox that installs a parameterised one. ``StrFilterLookup`` is missing from
+    the strawberry-django of NetBox 4.3.0 – 4.4.9 (0.58 – 0.70). NetBox 4.2 does not ask (``graphql_legacy_filters``).
     """
     import datetime
     import uuid
@@ -653,57 +419,12 @@ def may_view_background_tasks(request):
         return False
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Event types in NetBox's event rule forms
-# --------------------------------------------------------------------------------------------------------------------
-
-# The forms whose event_types field NetBox builds with get_event_type_choices() called once, at import.
-_EVENT_RULE_FORMS = (
-    ('extras.forms.model_forms', 'EventRuleForm'),
-    ('extras.forms.bulk_edit', 'EventRuleBulkEditForm'),
-    ('extras.forms.bulk_import', 'EventRuleImportForm'),
-)
-
-
-def refresh_event_type_choices():
-    """
-    Make the ``event_types`` choices of NetBox's event rule add/edit, bulk edit and import forms follow the registry
-    of event types, so that the plugin's types can be chosen. Returns the names of the forms changed.
-
-    Needed on NetBox 4.2.0 - 4.7.x (every release with plugin event types up to the one this was written against):
-    those three forms call ``get_event_type_choices()`` once, when ``extras.forms`` is imported, and extras' own
-    ``ready()`` imports it before any plugin's ``ready()`` can register a type. The filter form and the model field
-    already take the function itself. Feature-detected, not by version: a form whose field already offers every
-    registered type (a NetBox that reads the registry on each use) is left as it is. The field is given
-    ``get_event_type_choices`` itself, so types registered later (by other plugins) appear too.
-    """
-    import importlib
-
-    from netbox.events import get_event_type_choices
-    from netbox.registry import registry
-
-    changed = []
-    for module_name, class_name in _EVENT_RULE_FORMS:
-        try:
-            form_class = getattr(importlib.import_module(module_name), class_name)
-            field = form_class.base_fields['event_types']
-        except (ImportError, AttributeError, KeyError):
-            logger.debug('%s.%s has no event_types field to refresh', module_name, class_name)
-            continue
-        offered = {str(value) for value, _label in field.choices}
-        if set(registry['event_types']) <= offered:
-            continue
-        field.choices = get_event_type_choices
-        changed.append(class_name)
-    return changed
-
-
 def warm_object_types():
     """
     Answer, once in this process, the question NetBox's ``ObjectTypeManager.get_for_model()`` asks PostgreSQL on its
     first call in every process: does ``core_objecttype`` exist yet (``connection.introspection.table_names()``, a
-    ``pg_class`` scan)? NetBox keeps the answer in a class attribute (``_table_exists``, since the fix of NetBox #21231;
-    the releases before it ask on every call); a work horse forked from a worker that never asked asks again, for
+    ``pg_class`` scan)? NetBox keeps the answer in a class attribute (``_table_exists``, since the fix of NetBox #21231
+    in 4.5.1; 4.2.0 – 4.5.0 ask on every call); a work horse forked from a worker that never asked asks again, for
     every job. Asked through NetBox's own call. Returns whether the answer is kept (False without the attribute).
     """
     try:
@@ -742,14 +463,14 @@ def webhook_push_module():
     return None, 'no module of extras pushes extras.webhooks.send_webhook through a get_queue global'
 
 
-# The modules that ask whether a worker listens before they push (a script run from the UI and the REST API, a
-# background API request of 4.6+, the search cache of 4.7), each importing the check by name.
+# The modules that ask whether a worker listens before they push (a script run from the UI and the REST API; a
+# background API request and the search cache of 4.7), each importing the check by name.
 _WORKER_CHECK_USERS = ('extras.views', 'extras.api.views', 'netbox.api.viewsets.mixins', 'netbox.search.deferred')
 
 
 def worker_checks():
     """
-    ``[(module, name, counts)]``: NetBox's "is a worker running?" functions, ``any_workers_for_queue`` (a bool; 4.6+)
+    ``[(module, name, counts)]``: NetBox's "is a worker running?" functions, ``any_workers_for_queue`` (a bool; 4.6.2+)
     and ``get_workers_for_queue`` (a number; every supported NetBox), in ``utilities.rqworker`` and in each module
     of ``_WORKER_CHECK_USERS`` already imported under that name. The views import them when the URLconf loads, after
     the plugin's ``ready()``: they take the wrapper from ``utilities.rqworker``.

@@ -35,7 +35,7 @@ from functools import partial, wraps
 from django.db import DatabaseError, connections, router, transaction
 
 from . import chains, compat, events, stopping
-from .choices import RetryEventKindChoices
+from .choices import CLAIMABLE_STATES, RetryEventKindChoices
 from .payload import Push, runner_path, seal
 from .queues import get_push_queue
 
@@ -259,7 +259,7 @@ def _close_deleted_task(job_id):
             # Locked as it waits: a worker's claim of it now either committed first (the job runs, and keeps its
             # lease) or waits for this close and then finds the job failed, and does not run it.
             job = Job.objects.using(using).select_for_update().filter(
-                job_id=job_id, status__in=compat.CLAIMABLE_STATES).first()
+                job_id=job_id, status__in=CLAIMABLE_STATES).first()
             if job is None:
                 return
             JobDispatch.objects.using(using).filter(job=job, claimed__isnull=True).delete()

@@ -8,6 +8,7 @@ An event rule on the object type "Safe Jobs > retry event" with one of these eve
 serialized as in the REST API. Triggered by ``events.record()`` only, after the event row is committed.
 """
 
+import importlib
 import logging
 
 from django.utils.translation import gettext as _
@@ -38,7 +39,7 @@ EVENT_TYPES = {
 def register():
     """
     Register the event types in NetBox's registry (from ``ready()``; a second call changes nothing), and have NetBox's
-    event rule forms offer them: those forms were built before any plugin was ready (``compat``).
+    event rule forms offer them: those forms were built before any plugin was ready.
     """
     from netbox.events import EVENT_TYPE_KIND_DANGER, EVENT_TYPE_KIND_WARNING, EventType
     from netbox.registry import registry
@@ -49,9 +50,48 @@ def register():
     ):
         if name not in registry['event_types']:
             EventType(name, text, kind=kind).register()
-    changed = compat.refresh_event_type_choices()
+    changed = _refresh_event_type_choices()
     if changed:
         logger.debug('Event type choices of %s now follow the registry', ', '.join(changed))
+
+
+# The forms whose event_types field NetBox builds with get_event_type_choices() called once, at import.
+_EVENT_RULE_FORMS = (
+    ('extras.forms.model_forms', 'EventRuleForm'),
+    ('extras.forms.bulk_edit', 'EventRuleBulkEditForm'),
+    ('extras.forms.bulk_import', 'EventRuleImportForm'),
+)
+
+
+def _refresh_event_type_choices():
+    """
+    Make the ``event_types`` choices of NetBox's event rule add/edit, bulk edit and import forms follow the registry
+    of event types, so that the plugin's types can be chosen. Returns the names of the forms changed.
+
+    Needed on NetBox 4.2.0 - 4.7.x (every release with plugin event types up to the one this was written against):
+    those three forms call ``get_event_type_choices()`` once, when ``extras.forms`` is imported, and extras' own
+    ``ready()`` imports it before any plugin's ``ready()`` can register a type. The filter form and the model field
+    already take the function itself. Feature-detected, not by version: a form whose field already offers every
+    registered type (a NetBox that reads the registry on each use) is left as it is. The field is given
+    ``get_event_type_choices`` itself, so types registered later (by other plugins) appear too.
+    """
+    from netbox.events import get_event_type_choices
+    from netbox.registry import registry
+
+    changed = []
+    for module_name, class_name in _EVENT_RULE_FORMS:
+        try:
+            form_class = getattr(importlib.import_module(module_name), class_name)
+            field = form_class.base_fields['event_types']
+        except (ImportError, AttributeError, KeyError):
+            logger.debug('%s.%s has no event_types field to refresh', module_name, class_name)
+            continue
+        offered = {str(value) for value, _label in field.choices}
+        if set(registry['event_types']) <= offered:
+            continue
+        field.choices = get_event_type_choices
+        changed.append(class_name)
+    return changed
 
 
 def trigger(event, using='default'):

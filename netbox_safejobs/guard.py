@@ -34,7 +34,7 @@ from functools import cache, lru_cache, wraps
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, router
 
 from . import backoff, compat, dispatch, events, workers
-from .choices import RetryEventKindChoices
+from .choices import CLAIMABLE_STATES, RUNNING, RetryEventKindChoices
 from .payload import runner_path, seal_next_run
 from .settings import get_settings
 
@@ -150,9 +150,9 @@ def _claim_once(job, runner, using, token, next_run):
     worker = workers.current()
     with connections[using].cursor() as cursor:
         cursor.execute(_lease_sql('claim', using), {
-            'running': compat.RUNNING,
+            'running': RUNNING,
             'uuid': job.job_id,
-            'claimable': list(compat.CLAIMABLE_STATES),
+            'claimable': list(CLAIMABLE_STATES),
             'queue': compat.rq_queue_name(job)[:100],
             'runner': runner_path(runner)[:255],
             'next_run': next_run,

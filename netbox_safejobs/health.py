@@ -30,6 +30,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
 
 from . import compat
+from .choices import CLAIMABLE_STATES, RUNNING
+from .jobs import system_job_runners
 from .queues import redis_groups
 from .settings import DEFAULT_SETTINGS, PLUGIN_NAME, get_settings, retired_keys_warnings, validate_settings
 from .version import __version__
@@ -566,11 +568,11 @@ def job_coverage(using='default', settings=None, max_age=0):
         f'AND NOT EXISTS (SELECT 1 FROM {JobDispatch._meta.db_table} d WHERE d.job_id = j.id), count(*) '
         f'FROM {Job._meta.db_table} j WHERE j.status = ANY(%s) GROUP BY 1, 2, 3'
     )
-    waiting = list(compat.CLAIMABLE_STATES)
+    waiting = list(CLAIMABLE_STATES)
     uncovered, system_runs = {}, {}
     with connections[using].cursor() as cursor:
-        cursor.execute(sql, [list(compat.system_job_runners()), settings.unknown_push_age,
-                             [*waiting, compat.RUNNING]])
+        cursor.execute(sql, [list(system_job_runners()), settings.unknown_push_age,
+                             [*waiting, RUNNING]])
         for status, system_job, without_row, count in cursor.fetchall():
             if without_row:
                 uncovered[status] = uncovered.get(status, 0) + count
@@ -588,7 +590,7 @@ def _adoption_events(using):
 
     events = RetryEvent.objects.using(using)
     return (events.filter(kind=Kind.KIND_ADOPTED).count(),
-            events.filter(kind=Kind.KIND_NOT_ADOPTED, job__status__in=compat.CLAIMABLE_STATES).count())
+            events.filter(kind=Kind.KIND_NOT_ADOPTED, job__status__in=CLAIMABLE_STATES).count())
 
 
 def _check_adoption(report, settings, coverage, using):
@@ -600,7 +602,7 @@ def _check_adoption(report, settings, coverage, using):
         report.add('adoption', 'ok', f'netbox-safejobs watches every job waiting or running. {done}'.strip(),
                    adopted=adopted)
         return
-    parts = ', '.join(f'{uncovered[status]} {status}' for status in (*compat.CLAIMABLE_STATES, compat.RUNNING)
+    parts = ', '.join(f'{uncovered[status]} {status}' for status in (*CLAIMABLE_STATES, RUNNING)
                       if uncovered.get(status))
     message = (f'{total} job(s) waiting or running that netbox-safejobs does not watch ({parts}): NetBox left them '
                f'without the plugin (before it was installed, or in a process without it).')

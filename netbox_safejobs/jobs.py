@@ -1,24 +1,23 @@
 """
-The plugin's system job: the retention of retry events.
+The plugin's system job, the retention of retry events; and the system jobs NetBox's registry knows.
 
 Registered from ``ready()`` with NetBox's ``system_job`` decorator (NetBox 4.2+), so every ``rqworker`` schedules it
 at start-up as it does NetBox's own housekeeping. Delivery and liveness are not system jobs: a system job lives in
 Redis, which is what fails. They run in every worker's own loop (``worker_loop.py``).
 """
 
-import logging
+import importlib
 
-from netbox.jobs import JobRunner
+from netbox.jobs import JobRunner, system_job
+from netbox.registry import registry
 
-from . import compat
 from .settings import get_settings
 
 __all__ = (
     'EventRetentionJob',
     'register',
+    'system_job_runners',
 )
-
-logger = logging.getLogger('netbox_safejobs.jobs')
 
 RETENTION_INTERVAL = 24 * 60  # minutes
 
@@ -38,14 +37,19 @@ class EventRetentionJob(JobRunner):
 
 
 def register():
-    """Register the system jobs the settings ask for. Without NetBox's system jobs, say so once."""
+    """Register the system jobs the settings ask for."""
     settings = get_settings()
-    wanted = []
     if settings.event_retention_days:
-        wanted.append((EventRetentionJob, RETENTION_INTERVAL))
-    for runner, interval in wanted:
-        decorator = compat.system_job(interval)
-        if decorator is None:
-            logger.warning('%s not scheduled: this NetBox has no system jobs.', runner.name)
-            continue
-        decorator(runner)
+        system_job(RETENTION_INTERVAL)(EventRetentionJob)
+
+
+def system_job_runners():
+    """
+    ``{name: runner class}`` of the system jobs in NetBox's registry (``registry['system_jobs']``, every supported
+    NetBox): NetBox's housekeeping, the plugin's retention, other plugins' system jobs. A system job is known by its
+    name and by having no object: its runner and arguments (none) can be rebuilt from the registry alone.
+    """
+    # NetBox registers its housekeeping job (4.2.2+) when core.jobs is imported, which its views do: a process that has
+    # not loaded the URLconf (a management command without system checks, the harness) would not know it otherwise.
+    importlib.import_module('core.jobs')
+    return {runner.name: runner for runner in registry['system_jobs']}

@@ -35,8 +35,8 @@ from django.db import connections, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from . import compat, events, guard
-from .choices import RetryEventKindChoices
+from . import events, guard
+from .choices import RUNNING, RetryEventKindChoices
 from .payload import BadPayload, NextRun, unseal
 from .settings import get_settings
 
@@ -175,7 +175,7 @@ def _close_plainly(using, lease_id, reason, kind):
             return None
         reason, kind = _stopped_by_operator(lease, reason, kind)
         error = f'{reason}. Closed by netbox-safejobs.'
-        Job.objects.using(using).filter(pk=lease['job_id'], status=compat.RUNNING).update(
+        Job.objects.using(using).filter(pk=lease['job_id'], status=RUNNING).update(
             status='errored', error=error, completed=timezone.now(),
         )
         events.record(kind, job_uuid=lease['job_uuid'], runner=lease['runner'], queue=lease['queue_name'],
@@ -191,7 +191,7 @@ def _close_through_netbox(using, lease_id, reason, kind):
         if lease is None:
             return None
         job = Job.objects.using(using).filter(pk=lease['job_id']).first()
-        if job is None or job.status != compat.RUNNING:
+        if job is None or job.status != RUNNING:
             return None
         if job.started is None:
             # The work horse died between the claim and NetBox's start(): NetBox's handle() computes the next run

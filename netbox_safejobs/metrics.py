@@ -134,13 +134,12 @@ class BacklogCollector:
 
     def _unguarded(self, live):
         """How many workers RQ lists have no fresh heartbeat; None when a Redis does not answer."""
-        from . import compat
-        from .queues import redis_groups
+        from .queues import redis_groups, rq_worker_names
 
         try:
             names = set()
             for connection, _queues in redis_groups().values():
-                names |= compat.rq_worker_names(connection)
+                names |= rq_worker_names(connection)
         except Exception as e:
             logger.warning('netbox_safejobs_workers_without_plugin left out of this scrape: %s', e)
             return None

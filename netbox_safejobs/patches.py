@@ -16,18 +16,29 @@ one line says why, and NetBox runs as it would without it.
 - ``worker``: RQ's ``Worker.work`` (the worker loop: relay, heartbeat, liveness; RQ's loop resumed after Redis
   goes away, ``worker_resume.py``) and ``Worker.monitor_work_horse`` (a work horse that died is closed at once);
   behind Redis Sentinel, redis-py's ``SentinelManagedConnection.read_response`` disconnects on an error as every
-  other connection does (``compat.sentinel_read_response``).
+  other connection does (``sentinel_read_response``).
+
+What each patch needs of NetBox, RQ and redis-py is checked here, before it is installed: every supported release
+(NetBox 4.2 – 4.7 and the RQ they install) has it, so the checks guard future releases. What differs between the
+supported releases is asked of ``compat``.
 """
 
+import importlib
+import inspect
 import logging
+import sys
 from functools import wraps
 
 from . import compat
 from .settings import get_settings
 
 __all__ = (
+    'capture_unsupported_reason',
+    'handle_unsupported_reason',
     'install',
     'installed',
+    'jobs_module',
+    'sentinel_read_response',
     'uninstall',
 )
 
@@ -45,23 +56,132 @@ def _replace(owner, attribute, value, undo):
     setattr(owner, attribute, value)
 
 
+def jobs_module():
+    """
+    The module that defines ``Job.enqueue`` (``core.models.jobs`` on every supported NetBox, 4.2 – 4.7): looked up
+    rather than named, so that a NetBox moving it makes the dispatch patch say why it is not installed.
+    """
+    from core.models import Job
+
+    return inspect.getmodule(Job.enqueue)
+
+
+def capture_unsupported_reason():
+    """
+    Why the dispatch patch cannot capture NetBox's push on this NetBox, or ``None`` when it can.
+
+    ``Job.enqueue`` looks its RQ queue up with ``django_rq.get_queue()`` and (from NetBox 4.2.6, #18880) defers the
+    push with ``transaction.on_commit()``; both are module globals of the module that defines it. The dispatch patch
+    stands in for those two names, in that module only. Every supported NetBox (4.2 – 4.7) passes; the check guards
+    future releases.
+    """
+    try:
+        from netbox.jobs import JobRunner
+    except ImportError:
+        return 'netbox.jobs.JobRunner does not exist'
+    if not isinstance(inspect.getattr_static(JobRunner, 'enqueue', None), classmethod):
+        return 'JobRunner.enqueue is not a classmethod'
+    module = jobs_module()
+    if module is None:
+        return 'the module defining Job.enqueue cannot be found'
+    if not hasattr(module, 'django_rq'):
+        return f"{module.__name__} has no module global 'django_rq'"
+    if not hasattr(module.django_rq, 'get_queue'):
+        return 'django_rq.get_queue does not exist'
+    return None
+
+
+def handle_unsupported_reason():
+    """
+    Why the worker guard cannot wrap ``JobRunner.handle`` on this NetBox, or ``None`` when it can. Every supported
+    NetBox (4.2 – 4.7) has the classmethod ``handle(job, *args, **kwargs)``; the check guards future releases.
+    """
+    try:
+        from netbox.jobs import JobRunner
+    except ImportError:
+        return 'netbox.jobs.JobRunner does not exist'
+    if not isinstance(inspect.getattr_static(JobRunner, 'handle', None), classmethod):
+        return 'JobRunner.handle is not a classmethod'
+    params = list(inspect.signature(JobRunner.handle).parameters)
+    if not params or params[0] != 'job':
+        return f'JobRunner.handle has the signature {params}, not (job, *args, **kwargs)'
+    return None
+
+
+def _rq_task_deleters():
+    """
+    ``[(module, 'delete_rq_job')]``: NetBox's function that deletes a task from Background Tasks (UI and REST API,
+    4.2+), in ``core.utils`` and in each module that imported it by name (``core.views``, ``core.api.views``), so
+    that one wrapper sees every call. Empty where NetBox has no such function.
+    """
+    try:
+        modules = [importlib.import_module('core.utils')]
+    except ImportError:
+        return []
+    # The views import it by name when they are first imported (with the URLconf): patched in core.utils before
+    # that, they take the wrapper. Where they are imported already, their names are patched too.
+    modules += [sys.modules[name] for name in ('core.views', 'core.api.views') if name in sys.modules]
+    return [(module, 'delete_rq_job') for module in modules if callable(getattr(module, 'delete_rq_job', None))]
+
+
+def _rq_worker_class():
+    """
+    ``(class, None)``: RQ's forking ``Worker``, which ``netbox rqworker`` runs (django-rq's default ``WORKER_CLASS``),
+    with the ``work()`` method the worker loop wraps; or ``(None, reason)``. Subclasses (django-rq's, a custom
+    ``WORKER_CLASS``) inherit the wrapper. The same on every supported NetBox (4.2 – 4.7) and the RQ it installs
+    (2.1 – 2.12).
+    """
+    try:
+        from rq.worker import Worker
+    except ImportError:
+        return None, 'rq.worker.Worker does not exist'
+    if not callable(getattr(Worker, 'work', None)):
+        return None, 'rq.worker.Worker has no work() method'
+    return Worker, None
+
+
+def sentinel_read_response():
+    """
+    ``(class, original)`` when redis-py's ``SentinelManagedConnection.read_response`` keeps a connection whose reply
+    was never read, or None. There ``disconnect_on_error`` defaults to False (True in every other ``read_response``;
+    redis-py 4.5.5 to at least 8.1, redis/redis-py#4292): when RQ's SIGTERM handler raises ``StopRequested`` in the
+    worker's BLPOP, the connection goes back to the pool with the BLPOP still pending on the server. The worker's
+    ``register_death()`` then queues behind it and waits for good (no socket timeout), and the next task pushed to
+    its queues is popped by that BLPOP and never run. None once redis-py defaults to True.
+    """
+    try:
+        from redis.sentinel import SentinelManagedConnection
+    except ImportError:
+        return None
+    original = SentinelManagedConnection.__dict__.get('read_response')
+    if original is None or hasattr(original, '__safejobs_original__'):  # absent, or already ours
+        return None
+    try:
+        parameter = inspect.signature(original).parameters.get('disconnect_on_error')
+    except (TypeError, ValueError):
+        return None
+    if parameter is None or parameter.default is not False:
+        return None
+    return SentinelManagedConnection, original
+
+
 def _install_dispatch():
     from core.models import Job
     from netbox.jobs import JobRunner
 
     from . import dispatch
 
-    reason = compat.capture_unsupported_reason()
+    reason = capture_unsupported_reason()
     if reason:
         logger.warning('On-commit dispatch not installed: %s. Jobs are dispatched as NetBox does.', reason)
         return
-    module = compat.jobs_module()
+    module = jobs_module()
     undo = []
     original = JobRunner.__dict__['enqueue'].__func__
     _replace(JobRunner, 'enqueue', classmethod(dispatch.wrap_enqueue(original)), undo)
     if 'delete' in Job.__dict__:
         _replace(Job, 'delete', dispatch.wrap_delete(Job.__dict__['delete']), undo)
-    deleters = compat.rq_task_deleters()
+    deleters = _rq_task_deleters()
     if deleters:
         # One wrapper for the function and every name it was imported under.
         wrapped = dispatch.wrap_delete_task(getattr(deleters[0][0], deleters[0][1]))
@@ -69,7 +189,7 @@ def _install_dispatch():
             _replace(owner, attribute, wrapped, undo)
     # Only the module defining Job.enqueue sees the proxies; both pass everything through outside a capture.
     proxies = {'django_rq': dispatch.RQModuleProxy, 'transaction': dispatch.OnCommitProxy}
-    for name in compat.capture_globals():
+    for name in compat.capture_globals(module):
         _replace(module, name, proxies[name](getattr(module, name)), undo)
     _installed['dispatch'] = undo
     _install_webhooks()
@@ -117,7 +237,7 @@ def _install_guard():
 
     from . import guard
 
-    reason = compat.handle_unsupported_reason()
+    reason = handle_unsupported_reason()
     if reason:
         logger.warning('Worker guard not installed: %s. Jobs are run as NetBox does.', reason)
         return
@@ -184,7 +304,7 @@ def _wrap_sentinel_read(original):
 
 
 def _install_worker():
-    worker_class, reason = compat.rq_worker_class()
+    worker_class, reason = _rq_worker_class()
     if reason:
         logger.warning('Worker loop not installed: %s. Run `netbox safejobs_recover` from cron for owed pushes '
                        'and stuck jobs.', reason)
@@ -195,10 +315,10 @@ def _install_worker():
         _replace(worker_class, 'monitor_work_horse', _wrap_monitor(worker_class.monitor_work_horse), undo)
         _replace(worker_class, 'handle_job_failure', _wrap_job_failure(worker_class.handle_job_failure), undo)
     # Without those two, the loop's own check of its work horses (liveness.close_dead_horses) closes their jobs.
-    sentinel = compat.sentinel_read_response()
+    sentinel = sentinel_read_response()
     if sentinel:
         # Behind Redis Sentinel, RQ's warm shutdown (SIGTERM) would otherwise hang in register_death() and lose the
-        # next task pushed meanwhile (compat.sentinel_read_response).
+        # next task pushed meanwhile (sentinel_read_response).
         _replace(sentinel[0], 'read_response', _wrap_sentinel_read(sentinel[1]), undo)
     _installed['worker'] = undo
 

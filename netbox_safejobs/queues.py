@@ -1,7 +1,7 @@
 """
 The RQ queues the plugin pushes to: one per queue name and process, pushing at once and failing fast while Redis is
-down (the push is stored, and the relay sends it once Redis answers); and the worker's own Redis connection, which
-must notice Redis again quickly.
+down (the push is stored, and the relay sends it once Redis answers); the worker's own Redis connection, which must
+notice Redis again quickly; and the workers RQ lists as live on each Redis.
 """
 
 import functools
@@ -16,6 +16,7 @@ __all__ = (
     'fail_fast',
     'get_push_queue',
     'redis_groups',
+    'rq_worker_names',
 )
 
 logger = logging.getLogger('netbox_safejobs.queues')
@@ -56,6 +57,27 @@ def redis_groups():
                getattr(pool, 'service_name', None))
         groups.setdefault(key, (connection, []))[1].append(name)
     return groups
+
+
+def rq_worker_names(connection):
+    """
+    The names of the workers RQ lists as live on one Redis, in two round trips (the registry's members, then one
+    pipelined ``EXISTS`` per worker key, skipping registrations whose key expired): for the Prometheus gauges, which
+    must stay cheap, and for adoption. Every RQ a supported NetBox installs (2.1 – 2.12) keeps the registry in
+    ``rq.worker_registration.get_keys()`` and names keys ``Worker.redis_worker_namespace_prefix + name``.
+    """
+    from rq import worker_registration
+    from rq.worker import Worker
+
+    keys = sorted(worker_registration.get_keys(connection=connection))
+    if not keys:
+        return set()
+    pipe = connection.pipeline(transaction=False)
+    for key in keys:
+        pipe.exists(key)
+    prefix = Worker.redis_worker_namespace_prefix
+    return {key[len(prefix):] for key, present in zip(keys, pipe.execute(), strict=True)
+            if present and key.startswith(prefix)}
 
 
 def _forget_queues(setting=None, **kwargs):

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 from django.db import connections, transaction
 
-from . import compat, events
-from .choices import RetryEventKindChoices
+from . import events
+from .choices import CLAIMABLE_STATES, RetryEventKindChoices
 from .dispatch import ROW_COLUMNS, CapturedPush
 from .payload import BadPayload, Push, unseal
 from .queues import redis_groups
@@ -269,7 +269,7 @@ _SELECTED = ('id', *ROW_COLUMNS, 'failed', 'status', 'name')
 
 def _waiting(row):
     """Whether the row's task is still to run: its job waits for a worker, or it is a webhook (``webhooks.py``)."""
-    return row['job_id'] is None or row['status'] in compat.CLAIMABLE_STATES
+    return row['job_id'] is None or row['status'] in CLAIMABLE_STATES
 
 
 def _select_sql():
@@ -295,7 +295,7 @@ def _reject(using, row, reason):
 
     job = None
     if row['job_id'] is not None:
-        job = Job.objects.using(using).filter(pk=row['job_id'], status__in=compat.CLAIMABLE_STATES).first()
+        job = Job.objects.using(using).filter(pk=row['job_id'], status__in=CLAIMABLE_STATES).first()
     detail = (f'{reason}. Not unpickled and not sent; the job is marked errored. Enqueue it again if it should '
               f'run.')
     if job is not None:

@@ -29,7 +29,7 @@ from core.choices import JobStatusChoices
 from django.db import connections, router, transaction
 
 from . import compat, events
-from .choices import RetryEventKindChoices
+from .choices import RUNNING, RetryEventKindChoices
 from .queues import get_push_queue
 
 __all__ = (
@@ -127,7 +127,7 @@ def _without_lease(job, using):
     status = type(job)._base_manager.using(using).filter(pk=job.pk).values_list('status', flat=True).first()
     if status is None:
         return StopResult(StopOutcome.NOT_RUNNING, f'Job {job} no longer exists: nothing to stop.', job.pk)
-    if status != compat.RUNNING:
+    if status != RUNNING:
         label = dict(JobStatusChoices).get(status, status)
         return StopResult(StopOutcome.NOT_RUNNING, f'Job {job} is not running (its status is {label}): nothing to '
                                                    f'stop.', job.pk)

@@ -29,6 +29,7 @@ __all__ = (
     'JobRetryEventsColumn',
     'RetryEventTable',
     'format_age',
+    'register_job_table_column',
 )
 
 DETAIL_LENGTH = 120
@@ -525,7 +526,7 @@ class JobRetryEventsColumn(tables.Column):
     """
     NetBox's Jobs table: how many retry events each job has, linked to them. Counted once per page (one ``GROUP BY``
     on the ``job_uuid`` index for the jobs shown), from the events the current user may view; empty for a user who
-    may view none. Registered through NetBox's plugin table columns (``compat.register_job_table_column``).
+    may view none. Registered through NetBox's plugin table columns (``register_job_table_column``).
     """
 
     empty_values = ()
@@ -566,3 +567,19 @@ class JobRetryEventsColumn(tables.Column):
 
     def value(self, record, table):
         return self.counts(table).get(record.job_id, 0)
+
+
+def register_job_table_column(column, name):
+    """
+    Add ``column`` to NetBox's Jobs table (``core.tables.JobTable``) through NetBox's registration of plugin table
+    columns, ``utilities.tables.register_table_column`` (every supported NetBox, 4.2 – 4.7; the table shows it under
+    *Configure Table*). Returns ``None``, or why it was not added (a column of that name already registered).
+    """
+    from core.tables import JobTable
+    from utilities.tables import register_table_column
+
+    try:
+        register_table_column(column, name, JobTable)
+    except ValueError as e:
+        return str(e)
+    return None

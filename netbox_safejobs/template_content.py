@@ -9,7 +9,7 @@ for a job without events, nor to a user who may not view events.
 from django.urls import reverse
 from netbox.plugins import PluginTemplateExtension
 
-from . import compat
+from .choices import RUNNING
 from .job_events import job_events
 
 __all__ = (
@@ -36,7 +36,7 @@ class JobRetryEvents(PluginTemplateExtension):
         # Stop (``stopping.py``): for a running job, to a user who may stop it (``core.stop_job`` and its constraints).
         job = self.context.get('object')
         request = self.context.get('request')
-        if job is None or request is None or getattr(job, 'status', None) != compat.RUNNING:
+        if job is None or request is None or getattr(job, 'status', None) != RUNNING:
             return ''
         if not request.user.has_perm('core.stop_job', job):
             return ''

@@ -18,7 +18,7 @@ from utilities.querysets import RestrictedQuerySet
 from utilities.views import GetReturnURLMixin, ObjectPermissionRequiredMixin, register_model_view
 
 from . import compat, filtersets, forms, stopping, tables, webhooks
-from .choices import JobDispatchStateChoices, kind_help, state_help
+from .choices import RUNNING, JobDispatchStateChoices, kind_help, state_help
 from .in_flight import dispatch_queryset
 from .job_events import job_events
 from .markup import help_html
@@ -313,7 +313,7 @@ class JobStopView(GetReturnURLMixin, ObjectPermissionRequiredMixin, View):
         job = get_object_or_404(self.queryset, pk=pk)
         return render(request, self.template_name, {
             'object': job,
-            'running': job.status == compat.RUNNING,
+            'running': job.status == RUNNING,
             'return_url': self.get_return_url(request, job),
         })
 

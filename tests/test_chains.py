@@ -16,6 +16,7 @@ from rq.job import Job as RQJob
 from utilities.request import copy_safe_request
 
 from netbox_safejobs import chains, compat
+from netbox_safejobs.choices import CLAIMABLE_STATES
 from netbox_safejobs.choices import RetryEventKindChoices as Kind
 from netbox_safejobs.jobs import EventRetentionJob
 from netbox_safejobs.models import RetryEvent
@@ -29,7 +30,7 @@ DAY = 60 * 24
 
 
 def waiting(name):
-    return list(Job.objects.filter(name=name, status__in=compat.CLAIMABLE_STATES).order_by('pk'))
+    return list(Job.objects.filter(name=name, status__in=CLAIMABLE_STATES).order_by('pk'))
 
 
 def later(**delta):

@@ -296,13 +296,11 @@ class UnsupportedNetBoxTest(SafeJobsTransactionTestCase):
     def test_dispatch_not_installed_when_capture_impossible(self):
         from netbox.jobs import JobRunner
 
-        from netbox_safejobs import compat
-
         patches.uninstall()
         original_enqueue = JobRunner.__dict__['enqueue']
         original_handle = JobRunner.__dict__['handle']
-        reason = compat.capture_unsupported_reason
-        compat.capture_unsupported_reason = lambda: 'core.models.jobs has no module global django_rq'
+        reason = patches.capture_unsupported_reason
+        patches.capture_unsupported_reason = lambda: 'core.models.jobs has no module global django_rq'
         try:
             with self.assertLogs('netbox_safejobs.patches', level='WARNING') as logs:
                 installed = patches.install()
@@ -316,16 +314,14 @@ class UnsupportedNetBoxTest(SafeJobsTransactionTestCase):
             self.assertFalse(JobDispatch.objects.filter(job=job).exists())
             self.assertTrue(RQJob.exists(str(job.job_id), connection=self.redis), 'NetBox no longer pushes')
         finally:
-            compat.capture_unsupported_reason = reason
+            patches.capture_unsupported_reason = reason
             patches.uninstall()
             patches.install()
         self.assertEqual(patches.installed(), {'dispatch', 'webhooks', 'worker_checks', 'guard', 'worker'})
 
     def test_capture_supported_on_this_netbox(self):
-        from netbox_safejobs import compat
-
-        self.assertIsNone(compat.capture_unsupported_reason())
-        self.assertIsNone(compat.handle_unsupported_reason())
+        self.assertIsNone(patches.capture_unsupported_reason())
+        self.assertIsNone(patches.handle_unsupported_reason())
 
 
 class FirstReleaseUpgradeTest(SafeJobsTransactionTestCase):

@@ -15,7 +15,7 @@ from pathlib import Path
 from core.models import Job
 from django.test import SimpleTestCase
 
-from netbox_safejobs import compat, patches
+from netbox_safejobs import patches
 from netbox_safejobs.models import JobDispatch, RetryEvent, WorkerHeartbeat
 from netbox_safejobs.queues import fail_fast
 from netbox_safejobs.testing.processes import RedisServer, free_port, wait_port
@@ -83,7 +83,7 @@ class SentinelTest(SimpleTestCase):
     def test_patch_in_place(self):
         self.assertIn('worker', patches.installed())
         # None: redis-py disconnects on an error by itself, or the plugin's wrapper is in place.
-        self.assertIsNone(compat.sentinel_read_response())
+        self.assertIsNone(patches.sentinel_read_response())
 
     def test_interrupted_blpop_takes_no_later_task(self):
         self.interrupted_blpop('safejobs-test:queue')

@@ -8,7 +8,7 @@ import os
 import sys
 import uuid
 
-from netbox_safejobs import compat
+from netbox_safejobs import compat, patches
 from netbox_safejobs.queues import get_push_queue
 
 __all__ = (
@@ -88,7 +88,7 @@ def stock_push_on_commit():
     4.2.5, which push at once, inside the caller's transaction (so a worker can take a job whose row is not committed
     yet, or never will be).
     """
-    return hasattr(compat.jobs_module(), 'transaction')
+    return 'transaction' in compat.capture_globals(patches.jobs_module())
 
 
 def installed_plugins():
