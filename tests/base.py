@@ -19,7 +19,7 @@ from django_rq import get_connection
 
 from netbox_safejobs import patches
 from netbox_safejobs.testing.fixtures import netbox_command
-from netbox_safejobs.testing.processes import RedisServer, stop_process_group
+from netbox_safejobs.testing.processes import RedisServer, child_pids, stop_process_group
 from netbox_safejobs.testing.queues import override_rq_queues, queues_on
 
 __all__ = (
@@ -80,11 +80,7 @@ class Worker:
 
     def children(self):
         """PIDs of the worker's child processes (RQ's work horse while a job runs)."""
-        try:
-            with open(f'/proc/{self.pid}/task/{self.pid}/children') as f:
-                return [int(pid) for pid in f.read().split()]
-        except FileNotFoundError:
-            return []
+        return child_pids(self.pid)
 
 
 def run_burst_worker(*queues, plugins_config=None, timeout=120):
