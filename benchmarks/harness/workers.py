@@ -5,13 +5,13 @@ NetBox leaves for the plugin's workers to adopt, and a simulated day of restarts
 """
 
 import os
-import signal
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
 from netbox_safejobs.testing.fixtures import netbox_command, set_mode
+from netbox_safejobs.testing.processes import kill_pids
 
 from .core import QUEUES, ROOT, WorkerPool, scenario
 from .support import collect, enqueue_many, percentile, read_runs, wait_running, wait_until_settled
@@ -47,9 +47,13 @@ def scenario_deleted_mid_run(ctx, mode, opts, runs_file):
     return collect([], [], runs_file, deleted=jobs, extra={'deleted': len(jobs), 'next_runs_of_deleted': successors})
 
 
-@scenario
-def scenario_worker_killed(ctx, mode, opts, runs_file):
-    """The work horses SIGKILLed mid-job (what the OOM killer does); their workers live on."""
+def _kill_mid_job(ctx, mode, runs_file, job_seconds, kill, survivors=0, within=30, poll=0.1, digits=2):
+    """
+    What the kill scenarios share: one job of ``job_seconds`` per worker, each committed in a transaction of its own;
+    once every one runs, ``kill(pool, horses)`` (``horses``: {job UUID: pid of its work horse}); then, watched by the
+    same pool or by ``survivors`` new workers, the seconds until none is left running, polled every ``poll`` s and
+    rounded to ``digits`` (``None`` after ``within`` s). Returns (committed, horses, seconds).
+    """
     from core.models import Job
     from django.db import transaction
 
@@ -58,24 +62,32 @@ def scenario_worker_killed(ctx, mode, opts, runs_file):
     committed = []
     for _ in range(ctx.workers):
         with transaction.atomic():
-            committed.append(HarnessJob.enqueue(sleep=30).job_id)
+            committed.append(HarnessJob.enqueue(sleep=job_seconds).job_id)
     pool = WorkerPool(ctx, mode, runs_file)
-    killed = 0
     try:
-        pids = wait_running(runs_file, committed)
-        for pid in pids.values():
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
+        horses = wait_running(runs_file, committed)
+        kill(pool, horses)
         killed_at = time.monotonic()
+        if survivors:
+            pool = WorkerPool(ctx, mode, runs_file, count=survivors)
         closed_after = None
-        while time.monotonic() - killed_at < 30:
+        while time.monotonic() - killed_at < within:
             if not Job.objects.filter(job_id__in=committed, status='running').exists():
-                closed_after = round(time.monotonic() - killed_at, 2)
+                closed_after = round(time.monotonic() - killed_at, digits)
                 break
-            time.sleep(0.1)
+            time.sleep(poll)
     finally:
         pool.stop()
-    return collect(committed, [], runs_file, extra={'killed': killed, 'closed_s_after_kill': closed_after})
+    return committed, horses, closed_after
+
+
+@scenario
+def scenario_worker_killed(ctx, mode, opts, runs_file):
+    """The work horses SIGKILLed mid-job (what the OOM killer does); their workers live on."""
+    committed, horses, closed_after = _kill_mid_job(
+        ctx, mode, runs_file, job_seconds=30, kill=lambda pool, horses: kill_pids(horses.values()),
+    )
+    return collect(committed, [], runs_file, extra={'killed': len(horses), 'closed_s_after_kill': closed_after})
 
 
 @scenario
@@ -122,39 +134,11 @@ def scenario_stop(ctx, mode, opts, runs_file):
 @scenario
 def scenario_worker_sigkill(ctx, mode, opts, runs_file):
     """Whole workers SIGKILLed with their work horses mid-job (a host lost); another worker is started."""
-    from core.models import Job
-    from django.db import transaction
-
-    from benchmarks.runners import HarnessJob
-
-    committed = []
-    for _ in range(ctx.workers):
-        with transaction.atomic():
-            committed.append(HarnessJob.enqueue(sleep=60).job_id)
-    pool = WorkerPool(ctx, mode, runs_file)
-    pids = {}
-    try:
-        pids = wait_running(runs_file, committed)
-    finally:
-        pool._stopping.set()
-        for p in pool.processes:
-            os.kill(p.pid, signal.SIGKILL)
-        for pid in pids.values():
-            os.kill(pid, signal.SIGKILL)
-        for p in pool.processes:
-            p.wait()
-    killed_at = time.monotonic()
-    survivor = WorkerPool(ctx, mode, runs_file, count=1)
-    closed_after = None
-    try:
-        while time.monotonic() - killed_at < 240:
-            if not Job.objects.filter(job_id__in=committed, status='running').exists():
-                closed_after = round(time.monotonic() - killed_at, 1)
-                break
-            time.sleep(0.5)
-    finally:
-        survivor.stop()
-    return collect(committed, [], runs_file, extra={'killed': len(pids), 'closed_s_after_kill': closed_after})
+    committed, horses, closed_after = _kill_mid_job(
+        ctx, mode, runs_file, job_seconds=60, kill=lambda pool, horses: pool.kill(), survivors=1, within=240,
+        poll=0.5, digits=1,
+    )
+    return collect(committed, [], runs_file, extra={'killed': len(horses), 'closed_s_after_kill': closed_after})
 
 
 # The first release, numbered 0.1.0 (its code is this repository's own history).
