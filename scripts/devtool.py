@@ -834,12 +834,19 @@ def migrate_if_needed():
 
 
 def cmd_bench(args):
-    """Run a script of benchmarks/ against the development database and Redis (the same ones `run` uses)."""
+    """
+    Run a benchmark of benchmarks/ against the development database and Redis (the same ones `run` uses): a script,
+    benchmarks/NAME.py, or a package with a __main__.py, benchmarks/NAME/ (run as `python -m benchmarks.NAME`).
+    """
     prepare()
     migrate_if_needed()
     script = ROOT / 'benchmarks' / f'{args.name}.py'
-    if not script.is_file():
-        die(f'no benchmark {script.relative_to(ROOT)}')
+    if (ROOT / 'benchmarks' / args.name / '__main__.py').is_file():
+        command = [str(venv_python()), '-m', f'benchmarks.{args.name}']
+    elif script.is_file():
+        command = [str(venv_python()), str(script)]
+    else:
+        die(f'no benchmark {script.relative_to(ROOT)} nor benchmarks/{args.name}/__main__.py')
     if args.name == 'harness' and not has_module('matplotlib'):
         if not external_netbox():
             pip_install('matplotlib')  # the harness draws its chart with it
@@ -848,7 +855,7 @@ def cmd_bench(args):
     env = netbox_env()
     env['SAFEJOBS_DEBUG'] = '0'
     env.setdefault('SAFEJOBS_LOG_LEVEL', 'WARNING')
-    return subprocess.run([str(venv_python()), str(script), *args.args], env=env, cwd=ROOT).returncode
+    return subprocess.run([*command, *args.args], env=env, cwd=ROOT).returncode
 
 
 CHROMIUM = Path('/usr/bin/chromium')
@@ -1309,7 +1316,8 @@ def main(argv=None):
     test.add_argument('labels', nargs='*', help='test labels, e.g. tests.test_settings (default: all)')
     test.add_argument('-v', '--verbosity', type=int, default=1)
     test.add_argument('--durations', type=int, metavar='N', help='list the N slowest tests at the end')
-    bench = sub.add_parser('bench', help='run benchmarks/NAME.py against the development database and Redis')
+    bench = sub.add_parser('bench', help='run benchmarks/NAME.py (or the package benchmarks/NAME/) against the '
+                                         'development database and Redis')
     bench.add_argument('name')
     bench.add_argument('args', nargs=argparse.REMAINDER)
     manage = sub.add_parser('manage', help='run a NetBox management command in this environment, '

@@ -19,7 +19,7 @@ from django_rq import get_connection
 
 from netbox_safejobs import patches
 from netbox_safejobs.testing.fixtures import netbox_command
-from netbox_safejobs.testing.processes import RedisServer, stop_process_group
+from netbox_safejobs.testing.processes import RedisServer, child_pids, kill_pids, stop_process_group
 from netbox_safejobs.testing.queues import override_rq_queues, queues_on
 
 __all__ = (
@@ -78,21 +78,13 @@ class Worker:
         """``sig`` to the worker and its work horse (default: SIGKILL, a crash); SIGKILL after 30 s."""
         # RQ's work horse leaves the worker's process group (``os.setpgrp()`` after the fork) and holds the worker's
         # output pipe: a crash kills it too, or reading the worker's output would wait for the horse's job to end.
-        horses = self.children() if sig == signal.SIGKILL else []
-        for pid in horses:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if sig == signal.SIGKILL:
+            kill_pids(self.children())
         self.output += stop_process_group([self.process], grace=30, sig=sig)[self.process] or ''
 
     def children(self):
         """PIDs of the worker's child processes (RQ's work horse while a job runs)."""
-        try:
-            with open(f'/proc/{self.pid}/task/{self.pid}/children') as f:
-                return [int(pid) for pid in f.read().split()]
-        except FileNotFoundError:
-            return []
+        return child_pids(self.pid)
 
 
 def run_burst_worker(*queues, plugins_config=None, timeout=120):

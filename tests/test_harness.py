@@ -1,5 +1,5 @@
 """
-The short version of the race and fault harness (benchmarks/harness.py) as an end-to-end check: real PostgreSQL,
+The short version of the race and fault harness (benchmarks/harness/) as an end-to-end check: real PostgreSQL,
 a private Redis server it stops and restarts, real rqworker processes, stock NetBox and the plugin side by side.
 """
 

@@ -1,6 +1,6 @@
 """
 Processes of the tests, the benchmarks and the development tool: free ports, a private Redis server, a PgBouncer in
-front of PostgreSQL, the stop of a process group.
+front of PostgreSQL, the stop of a process group, the children of a process and a kill of some.
 
 Standard library only: ``scripts/devtool.py`` loads this file by its path, with whatever Python runs it, before
 NetBox or the plugin is installed (it must not import ``netbox_safejobs``, whose ``__init__`` needs NetBox).
@@ -17,8 +17,10 @@ from pathlib import Path
 __all__ = (
     'PgBouncer',
     'RedisServer',
-    'pgbouncer_binary',
+    'child_pids',
     'free_port',
+    'kill_pids',
+    'pgbouncer_binary',
     'port_open',
     'redis_server_binary',
     'stop_process_group',
@@ -86,6 +88,24 @@ def stop_process_group(processes, grace=15, sig=signal.SIGTERM):
             out, _ = process.communicate()
         outputs[process] = out
     return outputs
+
+
+def child_pids(pid):
+    """The PIDs of the children of process ``pid`` (an rqworker's: its work horse while a job runs); [] once gone."""
+    try:
+        with open(f'/proc/{pid}/task/{pid}/children') as f:
+            return [int(child) for child in f.read().split()]
+    except OSError:
+        return []
+
+
+def kill_pids(pids, sig=signal.SIGKILL):
+    """``sig`` (default SIGKILL: a crash, the OOM killer) to each of ``pids`` in turn, passing over those gone."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def redis_server_binary():
