@@ -50,11 +50,10 @@ def bounded_count(queryset, page_end, in_page_order=False):
     With ``in_page_order``, the rows are counted in the page's order where an index of the table leads it
     (``_ordered_along_an_index``): for a table with an index on every column it is filtered and sorted by, as the
     retry events have. Left unordered, PostgreSQL may count along another index that holds the matches last:
-    ``worker_host__ic`` of one host, counted along the worker index, read 375,000 events to find 1,001 (166 ms);
-    along the time index, as the page is read, 8,000 (8 ms). The jobs in flight have few indexes, on purpose (each
-    is paid by every job's insert, claim and delete), and PostgreSQL cannot estimate their text filters: in the
-    page's order it would sort every match only to count a thousand of them (70 ms for a quick search of 100,000
-    rows, 17 ms unordered).
+    ``worker_host__ic`` of one host, counted along the worker index, read nearly every event to find 1,001; along
+    the time index, as the page is read, a few thousand. The jobs in flight have few indexes, on purpose (each is
+    paid by every job's insert, claim and delete), and PostgreSQL cannot estimate their text filters: in the page's
+    order it would sort every match only to count a thousand of them. Figures: docs/performance.md, *Counting*.
     """
     bound = math.ceil((page_end + 1) / COUNT_STEP) * COUNT_STEP
     if count_at_least(queryset) > bound:

@@ -76,8 +76,8 @@ def _stuck_q(stuck_after):
     """``liveness.stale_leases``'s rule: neither the lease nor its worker heartbeated within ``stuck_after``."""
     cutoff = _ago(stuck_after)
     # The live workers as one uncorrelated subquery (``worker NOT IN (…)``), which PostgreSQL hashes once per
-    # statement, in the state's CASE as in a filter. A correlated ``NOT EXISTS`` was costed per row: sorting 100,000
-    # rows by state was estimated expensive enough to be JIT-compiled, and took 142 ms of SQL instead of 65.
+    # statement, in the state's CASE as in a filter. A correlated ``NOT EXISTS`` was costed per row: a sort of a large
+    # backlog by state was estimated expensive enough to be JIT-compiled, and took twice as long (docs/performance.md).
     live_workers = WorkerHeartbeat.objects.filter(seen__gte=cutoff).order_by().values('pk')
     return (
         Q(claimed__isnull=False, worker__isnull=False)

@@ -109,9 +109,9 @@ class RetryEvent(EventRulesMixin, models.Model):
     )
     # The words of the quick search (``filtersets.RetryEventFilterSet.search``): those of the job name, the runner's
     # dotted path, the worker host and the detail, computed by PostgreSQL when the row is written and stored with it
-    # (a generated column). Checking an event against a search reads them (about 1 µs) instead of parsing its text
-    # again (10 to 30 µs), so a search that matches many events is answered newest first, and ANALYZE keeps
-    # statistics of the frequent words. Never shown, exported or serialized.
+    # (a generated column). Checking an event against a search reads them instead of parsing its text again, many
+    # times cheaper (docs/performance.md), so a search that matches many events is answered newest first, and
+    # ANALYZE keeps statistics of the frequent words. Never shown, exported or serialized.
     search_words = StoredGeneratedField(
         expression=SearchVector('job_name', Replace('runner', Value('.'), Value(' ')), 'worker_host', 'detail',
                                 config='simple'),

@@ -44,13 +44,13 @@ def word_matches(queryset, terms):
 
     How to read a search depends on how many events it matches, which PostgreSQL can only guess for a word it has
     no statistics of, and it guesses few: left to itself, it would look for a rare word by reading every event newest
-    first (about 0.7 s with 1,000,000 events). So, in at most two cheap statements:
+    first. So, in at most two cheap statements (docs/performance.md, *The quick search*, has the figures):
 
-    1. the newest ``RECENT_EVENTS`` events are checked, from the time index and their stored words (about 1.7 µs
-       each). When ``RECENT_MATCHES`` of them match, the search is frequent among the events an operator pages
-       through: the condition is the search itself, read newest first, and the matches found are known (more than
-       the first page's count would count). The full-text index is not read: for words in a large share of the
-       events, it would read every one of their entries (160 ms for a worker host's words at 1,000,000 events);
+    1. the newest ``RECENT_EVENTS`` events are checked, from the time index and their stored words. When
+       ``RECENT_MATCHES`` of them match, the search is frequent among the events an operator pages through: the
+       condition is the search itself, read newest first, and the matches found are known (more than the first
+       page's count would count). The full-text index is not read: for words in a large share of the events, it
+       would read every one of their entries;
     2. otherwise the matches are read from the full-text index alone (a bitmap scan, forced for that one statement;
        fast for rarer words), up to ``SEARCH_IDS``: when that is all of them, the condition is those IDs (the
        primary key answers the page and its count). More matches are read as the search itself, and are known.
@@ -88,11 +88,10 @@ def read_newest_first(terms):
     The condition "the stored words match ``terms``" for a search known to match many events, written so that
     PostgreSQL reads events by the order or the other filters asked for and checks their words, rather than reading
     every match from the full-text index and sorting them. As a plain ``@@`` it estimates the share of events matching
-    several words as the product of their shares, and words that come together (``timeout expired``, 3 % of the
-    events, each word 3 %) look rare to it: the first page then sorted 30,000 matches (55 to 90 ms at 1,000,000
-    events), and worse without the index (a whole-table scan). Inside a ``CASE`` the condition has no estimate and is
-    taken to match half of the events, nearer the truth for such a search: the first page reads events newest first
-    (2 ms), a count of 1,000 among ``kind=retry`` reads 13,000 events (14 ms), a rare kind's index is still used.
+    several words as the product of their shares, and words that come together (``timeout expired``) look rare to
+    it: the first page then sorted every match, or read the whole table without the index. Inside a ``CASE`` the
+    condition has no estimate and is taken to match half of the events, nearer the truth for such a search: the
+    first page reads events newest first, and a rare kind's index is still used (figures: docs/performance.md).
     """
     table = RetryEvent._meta.db_table
     return Q(RawSQL(
