@@ -757,8 +757,8 @@ def netbox_cmd(*args):
     return [str(venv_python()), '-m', 'netbox', *args]
 
 
-def netbox(*args, check=True, **kwargs):
-    return run(netbox_cmd(*args), check=check, env=netbox_env(), cwd=ROOT, **kwargs)
+def netbox(*args, check=True, env=None, **kwargs):
+    return run(netbox_cmd(*args), check=check, env=env or netbox_env(), cwd=ROOT, **kwargs)
 
 
 def prepare():
@@ -825,12 +825,16 @@ def cmd_run(args):
     die(f'{", ".join(dead)} exited; stopping', code=1)
 
 
-def migrate_if_needed():
-    if netbox('migrate', '--check', check=False, capture_output=True).returncode != 0:
-        say('applying migrations (the first time this takes several minutes)')
-        netbox('migrate', '--no-input')
+def migrate_if_needed(database=None):
+    """Migrate the development database, or ``database`` (the test database), when it has migrations to apply."""
+    env = dict(netbox_env(), SAFEJOBS_DB_NAME=database, SAFEJOBS_DEBUG='0') if database else None
+    step = time.monotonic()
+    if netbox('migrate', '--check', check=False, capture_output=True, env=env).returncode != 0:
+        say(f'applying migrations to {database or db_name()} (the first time this takes several minutes)')
+        netbox('migrate', '--no-input', env=env)
+        say(f'migrate done in {elapsed(step)}')
     else:
-        say('database schema is up to date')
+        say(f'database schema of {database or db_name()} is up to date')
 
 
 def cmd_bench(args):
@@ -1250,12 +1254,7 @@ def dump_test_database(services):
         return None
     database = test_db_name()
     ensure_database(services, database)
-    env = dict(netbox_env(), SAFEJOBS_DB_NAME=database, SAFEJOBS_DEBUG='0')
-    step = time.monotonic()
-    if run(netbox_cmd('migrate', '--check'), env=env, cwd=ROOT, check=False, capture_output=True).returncode:
-        say(f'migrate: the test database {database} (the first time this takes several minutes)')
-        run(netbox_cmd('migrate', '--no-input'), env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
-        say(f'migrate done in {elapsed(step)}')
+    migrate_if_needed(database)
     dump = STATE / 'test-database.dump'
     out = run([usable[0][1] / 'pg_dump', '-Fc', '--no-owner', '--no-privileges', '-h', services['pg_host'],
                '-p', str(services['pg_port']), '-U', services['pg_user'], '-f', dump, database],
