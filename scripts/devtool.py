@@ -36,9 +36,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +66,8 @@ REDIS_TASKS_DB = 5
 REDIS_CACHE_DB = 6
 TEST_REDIS_TASKS_DB = 7
 TEST_REDIS_CACHE_DB = 8
+# (tasks, cache) of each process of a parallel test run; 9 is the private PostgreSQL self-check's.
+TEST_REDIS_DATABASES = ((7, 8), (10, 11), (12, 13), (14, 15))
 
 started = []  # (name, Popen) of every process this run started, stopped in reverse order
 held_locks = []  # open lock files, released when the process exits
@@ -214,52 +214,15 @@ PG_MIN_MAJOR = 14
 ICU_PROBE = "CREATE COLLATION safejobs_icu_probe (provider = icu, locale = 'und-u-kn-true', deterministic = false)"
 PG_RUN_USER = 'safejobs-pg'  # created (as a system user) only when we are root and there is no postgres user
 
-# Run with the NetBox interpreter (psycopg): the first role that logs in without a password (trust auth, as on a
-# stock local server), the server version, and whether an ICU collation can be created (in a transaction that is
-# rolled back). Prints one JSON object.
-PG_PROBE = """
-import json, sys, time
-import psycopg
-
-port, users, wait = int(sys.argv[1]), [u for u in sys.argv[2].split(',') if u], float(sys.argv[3])
-result = {'user': None, 'version': None, 'icu': None, 'error': None}
-deadline = time.monotonic() + wait
-conn = None
-for user in users:
-    while conn is None:
-        try:
-            conn = psycopg.connect(host='127.0.0.1', port=port, user=user, dbname='postgres', connect_timeout=3,
-                                   autocommit=True)
-        except psycopg.OperationalError as e:
-            result['error'] = str(e).strip()
-            if 'starting up' not in str(e) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-    if conn is not None:
-        result['user'] = user
-        break
-if conn is not None:
-    result['version'] = conn.info.server_version
-    result['error'] = None
-    try:
-        with conn.transaction(force_rollback=True):
-            conn.execute(sys.argv[4])
-        result['icu'] = True
-    except psycopg.errors.FeatureNotSupported as e:
-        result['icu'] = False
-        result['error'] = str(e).strip()
-    except psycopg.Error as e:
-        result['error'] = f'{type(e).__name__}: {str(e).strip()}'
-print(json.dumps(result))
-"""
+SERVICE_ADMIN = ROOT / 'scripts' / 'service_admin.py'
 
 
 def pg_probe(port, users=None, wait=0):
-    """Log in to the PostgreSQL on 127.0.0.1:port and probe it; see PG_PROBE."""
+    """Log in to the PostgreSQL on 127.0.0.1:port and probe it (``service_admin.py probe``)."""
     if users is None:
         users = (os.environ.get('PGUSER'), 'postgres', 'root', os.environ.get('USER'))
     users = ','.join(dict.fromkeys(u for u in users if u))
-    out = run([venv_python(), '-c', PG_PROBE, port, users, wait, ICU_PROBE], check=False, capture_output=True,
+    out = run([venv_python(), SERVICE_ADMIN, 'probe', port, users, wait, ICU_PROBE], check=False, capture_output=True,
               text=True)
     try:
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -586,120 +549,27 @@ def ensure_services():
     return services
 
 
-def ensure_database(services, database=None, fresh=False):
-    """Create the database (default: the development database) when missing; fresh=True drops it first."""
-    database = database or db_name()
-    code = (
-        'import psycopg\n'
-        f'c = psycopg.connect(host="{services["pg_host"]}", port={services["pg_port"]}, '
-        f'user="{services["pg_user"]}", dbname="postgres", autocommit=True)\n'
-        + (f'c.execute(\'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)\')\n' if fresh else '')
-        + f'if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", ["{database}"]).fetchone():\n'
-        f'    c.execute(\'CREATE DATABASE "{database}"\')\n'
-    )
-    run([venv_python(), '-c', code])
+def ensure_database(services, database=None, fresh=False, template=None):
+    """
+    Create the database (default: the development database) when missing; fresh=True drops it first; template: made
+    as a copy of that database.
+    """
+    run([venv_python(), SERVICE_ADMIN, 'createdb', services['pg_host'], services['pg_port'], services['pg_user'],
+         database or db_name(), *(['--fresh'] if fresh else []), *(['--template', template] if template else [])])
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # NetBox configuration
 # --------------------------------------------------------------------------------------------------------------------
 
-CONFIGURATION = """\
-# Written by scripts/devtool.py for development and tests; rewritten on every run.
-import ast
-import os
-
-ALLOWED_HOSTS = ['*']
-DEBUG = os.environ.get('SAFEJOBS_DEBUG', '1') == '1'
-# makemigrations needs it; see docs/development.md.
-DEVELOPER = os.environ.get('SAFEJOBS_DEVELOPER') == '1'
-SECRET_KEY = {secret_key!r}
-API_TOKEN_PEPPERS = {{1: {pepper!r}}}
-
-DATABASES = {{
-    'default': {{
-        'NAME': os.environ.get('SAFEJOBS_DB_NAME', {db_name!r}),
-        'USER': {pg_user!r},
-        'PASSWORD': '',
-        # SAFEJOBS_DB_HOST / SAFEJOBS_DB_PORT: a process of the tests reaching the database another way (PgBouncer).
-        'HOST': os.environ.get('SAFEJOBS_DB_HOST', {pg_host!r}),
-        'PORT': os.environ.get('SAFEJOBS_DB_PORT', {pg_port!r}),
-        'CONN_MAX_AGE': int(os.environ.get('SAFEJOBS_CONN_MAX_AGE', '300')),
-        'TEST': {{'NAME': os.environ.get('SAFEJOBS_TEST_DB_NAME', 'test_' + {db_name!r})}},
-    }}
-}}
-
-REDIS = {{
-    'tasks': {{
-        'HOST': '127.0.0.1',
-        'PORT': int(os.environ.get('SAFEJOBS_REDIS_PORT', {redis_port!r})),
-        'USERNAME': '',
-        'PASSWORD': '',
-        'DATABASE': int(os.environ.get('SAFEJOBS_REDIS_TASKS_DB', {redis_tasks_db!r})),
-        'SSL': False,
-    }},
-    'caching': {{
-        'HOST': '127.0.0.1',
-        'PORT': {redis_port!r},
-        'USERNAME': '',
-        'PASSWORD': '',
-        'DATABASE': int(os.environ.get('SAFEJOBS_REDIS_CACHE_DB', {redis_cache_db!r})),
-        'SSL': False,
-    }},
-}}
-
-# Behind PgBouncer in transaction pooling mode, as Django's documentation requires.
-# SAFEJOBS_REDIS_SENTINEL=<port>: the tasks Redis behind the Sentinel on 127.0.0.1:<port>, service "safejobs", as
-# NetBox documents it (tests/test_sentinel.py).
-if os.environ.get('SAFEJOBS_REDIS_SENTINEL'):
-    REDIS['tasks'] = {{
-        'SENTINELS': [('127.0.0.1', int(os.environ['SAFEJOBS_REDIS_SENTINEL']))],
-        'SENTINEL_SERVICE': 'safejobs',
-        'SENTINEL_TIMEOUT': 5,
-        'USERNAME': '',
-        'PASSWORD': '',
-        'DATABASE': int(os.environ.get('SAFEJOBS_REDIS_TASKS_DB', {redis_tasks_db!r})),
-        'SSL': False,
-    }}
-
-if os.environ.get('SAFEJOBS_DB_POOLER') == '1':
-    DATABASES['default']['DISABLE_SERVER_SIDE_CURSORS'] = True
-
-if os.environ.get('SAFEJOBS_RQ_COMMIT_MODE'):
-    RQ = {{'COMMIT_MODE': os.environ['SAFEJOBS_RQ_COMMIT_MODE']}}
-
-# SAFEJOBS_PLUGIN=0: NetBox alone, on the same database (`scripts/dev netbox-tests` compares the two).
-PLUGINS = [] if os.environ.get('SAFEJOBS_PLUGIN') == '0' else ['netbox_safejobs']
-PLUGINS_CONFIG = {{
-    'netbox_safejobs': ast.literal_eval(os.environ.get('SAFEJOBS_PLUGINS_CONFIG') or '{{}}'),
-}}
-
-# NetBox's own default queue names; DEFAULT_PERMISSIONS empty so tests start from no permission at all.
-DEFAULT_PERMISSIONS = {{}}
-
-LOGGING = {{
-    'version': 1,
-    'disable_existing_loggers': False,
-    'formatters': {{'plain': {{'format': '%(asctime)s %(levelname)s %(name)s: %(message)s'}}}},
-    'handlers': {{'console': {{'class': 'logging.StreamHandler', 'formatter': 'plain'}}}},
-    'loggers': {{
-        'netbox_safejobs': {{
-            'handlers': ['console'],
-            'level': os.environ.get('SAFEJOBS_LOG_LEVEL', 'INFO'),
-            'propagate': False,
-        }},
-    }},
-}}
-"""
-
-LEGACY_DATABASE = """
-# An external NetBox (scripts/dev with NETBOX_PYTHON): NetBox 4.2 reads only DATABASE; every supported version does.
-DATABASE = DATABASES.pop('default')
-del DATABASES
-"""
+CONFIGURATION = ROOT / 'scripts' / 'netbox_configuration.py'
 
 
 def write_configuration(services, root=None, database=None):
+    """
+    NetBox's configuration in the instance root: scripts/netbox_configuration.py, copied unchanged, and the
+    instance.json it reads (this machine's services, the secret key, the database).
+    """
     root = root or netbox_root()
     conf_dir = root / 'conf'
     conf_dir.mkdir(parents=True, exist_ok=True)
@@ -708,24 +578,25 @@ def write_configuration(services, root=None, database=None):
     secret_file = STATE / 'secret_key'
     if not secret_file.exists():
         secret_file.write_text(secrets.token_urlsafe(50))
-    text = CONFIGURATION.format(
-        secret_key=secret_file.read_text().strip(),
-        pepper=hashlib.sha256(secret_file.read_bytes()).hexdigest(),
-        db_name=database or db_name(),
-        pg_user=services['pg_user'],
-        pg_host=services['pg_host'],
-        pg_port=str(services['pg_port']),
-        redis_port=services['redis_port'],
-        redis_tasks_db=REDIS_TASKS_DB,
-        redis_cache_db=REDIS_CACHE_DB,
-    )
-    if external_netbox():
+    instance = {
+        'secret_key': secret_file.read_text().strip(),
+        'pepper': hashlib.sha256(secret_file.read_bytes()).hexdigest(),
+        'db_name': database or db_name(),
+        'pg_user': services['pg_user'],
+        'pg_host': services['pg_host'],
+        'pg_port': services['pg_port'],
+        'redis_port': services['redis_port'],
+        'redis_tasks_db': REDIS_TASKS_DB,
+        'redis_cache_db': REDIS_CACHE_DB,
         # NetBox 4.2 knows only the single DATABASE; 4.3 and later take DATABASE or DATABASES (not both).
-        text += LEGACY_DATABASE
-    path = conf_dir / 'configuration.py'
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
-    return path
+        'single_database': bool(external_netbox()),
+    }
+    for name, text in (('instance.json', json.dumps(instance, indent=2) + '\n'),
+                       ('configuration.py', CONFIGURATION.read_text())):
+        path = conf_dir / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+    return conf_dir / 'configuration.py'
 
 
 def netbox_env(root=None):
@@ -918,6 +789,21 @@ def ruff_command():
     return [found] if found else None
 
 
+def test_processes(args):
+    """
+    How many processes run the tests: SAFEJOBS_TEST_PROCESSES, else one per core (at most one per pair of Redis
+    databases) for the whole suite, one for chosen tests.
+    """
+    value = os.environ.get('SAFEJOBS_TEST_PROCESSES')
+    if value:
+        if not value.isdigit() or not 1 <= int(value) <= len(TEST_REDIS_DATABASES):
+            die(f'SAFEJOBS_TEST_PROCESSES={value!r}: a number from 1 to {len(TEST_REDIS_DATABASES)}')
+        return int(value)
+    if args.labels:
+        return 1
+    return max(1, min(os.cpu_count() or 1, len(TEST_REDIS_DATABASES)))
+
+
 def cmd_test(args):
     services = prepare()
     if not args.labels or any(label in ('tests', 'tests.') or 'test_browser' in label for label in args.labels):
@@ -950,7 +836,17 @@ def cmd_test(args):
     env.setdefault('SAFEJOBS_REDIS_CACHE_DB', str(TEST_REDIS_CACHE_DB))
     env['SAFEJOBS_SERVICES'] = json.dumps(services)
     labels = args.labels or ['tests']
-    cmd = netbox_cmd('test', *labels, '--keepdb', '--noinput', '--parallel', '1', '-v', str(args.verbosity))
+    processes = test_processes(args)
+    if processes > 1:
+        # Each test process has its own copy of the test database (Django's <name>_<n>, made again from the migrated
+        # one: with --keepdb Django would keep an old copy as it is) and its own Redis databases (tests/runner.py).
+        run([venv_python(), SERVICE_ADMIN, 'dropdb', services['pg_host'], services['pg_port'], services['pg_user'],
+             *(f'{test_db_name()}_{n}' for n in range(1, len(TEST_REDIS_DATABASES) + 1))])
+        env.setdefault('SAFEJOBS_TEST_REDIS_DATABASES', ','.join(f'{t}:{c}' for t, c in TEST_REDIS_DATABASES))
+        env['SAFEJOBS_TEST_TIMES'] = str(STATE / 'test-times.json')
+        say(f'{processes} test processes (SAFEJOBS_TEST_PROCESSES), each with its own copy of the test database')
+    cmd = netbox_cmd('test', *labels, '--keepdb', '--noinput', '--testrunner', 'tests.runner.SafeJobsTestRunner',
+                     '--parallel', str(processes), '-v', str(args.verbosity))
     if args.durations:
         cmd += ['--durations', str(args.durations)]
     code = subprocess.run(cmd, env=env, cwd=ROOT).returncode
@@ -1008,30 +904,22 @@ def cmd_netbox_tests(args):
 
 
 def check_package():
-    """Build the sdist and wheel, run twine check, and make sure every migration, template and static file ships."""
-    say('package build and twine check')
+    """
+    Build the sdist and the wheel and check them with the tools made for it: check-manifest (the sdist holds every
+    file git tracks but those pyproject.toml's [tool.check-manifest] leaves out: the migrations, templates and
+    static files among them), check-wheel-contents (the wheel holds exactly the package's tree) and twine check (the
+    metadata PyPI renders).
+    """
+    say('package build: check-manifest, check-wheel-contents, twine check')
     python = venv_python()
     dist = STATE / 'dist'
     shutil.rmtree(dist, ignore_errors=True)
+    # In a git checkout only: check-manifest compares the sdist with what git tracks.
+    if (ROOT / '.git').exists():
+        run([python, '-m', 'check_manifest', '--quiet', ROOT])
     run([python, '-m', 'build', '--outdir', dist, ROOT], stdout=subprocess.DEVNULL)
+    run([python, '-m', 'check_wheel_contents', '--config', ROOT / 'pyproject.toml', *dist.glob('*.whl')], cwd=ROOT)
     run([python, '-m', 'twine', 'check', '--strict', *sorted(dist.iterdir())])
-    package = ROOT / 'netbox_safejobs'
-    wanted = sorted(
-        str(path.relative_to(ROOT))
-        for sub in ('migrations', 'templates', 'static')
-        for path in (package / sub).rglob('*')
-        if path.is_file() and '__pycache__' not in path.parts
-    )
-    wheel = set(zipfile.ZipFile(next(dist.glob('*.whl'))).namelist())
-    with tarfile.open(next(dist.glob('*.tar.gz'))) as sdist:
-        sdist_names = {name.split('/', 1)[1] for name in sdist.getnames() if '/' in name}
-    missing = [f'{name} not in the wheel' for name in wanted if name not in wheel]
-    missing += [f'{name} not in the sdist' for name in wanted if name not in sdist_names]
-    if not any(name.endswith('0001_initial.py') for name in wanted):
-        missing.append('no migrations found in the package')
-    if missing:
-        die('package incomplete:\n  ' + '\n  '.join(missing), code=1)
-    say(f'wheel and sdist carry all {len(wanted)} migration, template and static files')
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1040,18 +928,6 @@ def check_package():
 
 PGCHECK_PORT = 54339
 PGCHECK_REDIS_DB = 9  # tasks and cache of the self-check's NetBox; the suite uses 7 and 8, `run` 5 and 6
-
-PGCHECK_JOB_SCRIPT = """
-import json, time
-from pgcheck_job import PrivatePostgresCheckJob
-job = PrivatePostgresCheckJob.enqueue()
-deadline = time.monotonic() + {timeout}
-while job.status not in ('completed', 'errored', 'failed') and time.monotonic() < deadline:
-    time.sleep(0.3)
-    job.refresh_from_db()
-print('RESULT ' + json.dumps({{'status': job.status, 'data': job.data, 'error': job.error}}))
-"""
-
 
 def elapsed(since):
     seconds = int(time.monotonic() - since)
@@ -1161,15 +1037,14 @@ def cmd_selfcheck_private_pg(args):
     say('migrate --check: nothing left to apply')
 
     step = time.monotonic()
-    flush = f'import redis; redis.Redis(host="127.0.0.1", port={redis_port}, db={redis_db}).flushdb()'
-    run([venv_python(), '-c', flush])
+    run([venv_python(), SERVICE_ADMIN, 'flush-redis', redis_port, redis_db])
     logs = STATE / 'logs'
     logs.mkdir(exist_ok=True)
     worker = subprocess.Popen(netbox_cmd('rqworker', 'high', 'default', 'low'), env=env, cwd=ROOT,
                               stdout=open(logs / 'selfcheck-rqworker.log', 'ab'), stderr=subprocess.STDOUT,
                               start_new_session=True)
     started.append(('rq worker', worker))
-    out = manage('shell', '--command', PGCHECK_JOB_SCRIPT.format(timeout=120))
+    out = manage('shell', '--command', 'import pgcheck_job; pgcheck_job.enqueue_and_wait(timeout=120)')
     processes.stop_process_group([worker], grace=30)
     result = next((json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith('RESULT ')), None)
     if out.returncode != 0 or result is None:
@@ -1219,14 +1094,7 @@ def session_tests_over_tls(services, database, env):
     CREATE DATABASE ... TEMPLATE (seconds, not another migrate). Returns the completed process.
     """
     test_database = f'{database}_tls_test'
-    code = (
-        'import psycopg\n'
-        f'c = psycopg.connect(host="{services["pg_host"]}", port={services["pg_port"]}, '
-        f'user="{services["pg_user"]}", dbname="postgres", autocommit=True)\n'
-        f'c.execute(\'DROP DATABASE IF EXISTS "{test_database}" WITH (FORCE)\')\n'
-        f'c.execute(\'CREATE DATABASE "{test_database}" TEMPLATE "{database}"\')\n'
-    )
-    run([venv_python(), '-c', code])
+    ensure_database(services, test_database, fresh=True, template=database)
     test_env = dict(env, SAFEJOBS_TEST_DB_NAME=test_database, SAFEJOBS_EXPECT_TLS='1', SAFEJOBS_DEBUG='0',
                     PYTHONPATH=os.pathsep.join([str(ROOT), env['PYTHONPATH']]))
     return run(netbox_cmd('test', 'tests.test_sessions', '--keepdb', '--noinput', '--parallel', '1'), check=False,

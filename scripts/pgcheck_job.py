@@ -5,10 +5,13 @@ Imported by that worker (scripts/ is put on its PYTHONPATH); it records which se
 whether NetBox's ICU collation is there.
 """
 
+import json
+import time
+
 from django.db import connection
 from netbox.jobs import JobRunner
 
-__all__ = ('PrivatePostgresCheckJob',)
+__all__ = ('PrivatePostgresCheckJob', 'enqueue_and_wait')
 
 
 class PrivatePostgresCheckJob(JobRunner):
@@ -23,3 +26,16 @@ class PrivatePostgresCheckJob(JobRunner):
             )
             port, database, natural_sort_icu = cursor.fetchone()
         self.job.data = {'port': port, 'database': database, 'natural_sort_icu': natural_sort_icu}
+
+
+def enqueue_and_wait(timeout):
+    """
+    Enqueue the job, wait up to ``timeout`` seconds for a worker to end it, and print its outcome as one line,
+    ``RESULT`` and a JSON object (run by `netbox shell --command`).
+    """
+    job = PrivatePostgresCheckJob.enqueue()
+    deadline = time.monotonic() + timeout
+    while job.status not in ('completed', 'errored', 'failed') and time.monotonic() < deadline:
+        time.sleep(0.3)
+        job.refresh_from_db()
+    print('RESULT ' + json.dumps({'status': job.status, 'data': job.data, 'error': job.error}))
