@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from django.db import connection
+from django.db import connection, connections
 from django.test import TransactionTestCase
 from django_rq import get_connection
 
@@ -23,10 +23,13 @@ from netbox_safejobs.testing.processes import RedisServer, child_pids, kill_pids
 from netbox_safejobs.testing.queues import override_rq_queues, queues_on
 
 __all__ = (
+    'EmptiedTransactionTestCase',
     'PrivateRedisTestCase',
     'SafeJobsTransactionTestCase',
     'Worker',
     'netbox_command',
+    'post_migrate_fingerprint',
+    'truncate_filled_tables',
     'worker_env',
 )
 
@@ -87,6 +90,35 @@ class Worker:
         return child_pids(self.pid)
 
 
+def post_migrate_fingerprint(conn):
+    """A digest of every row of those POST_MIGRATE_TABLES this NetBox has."""
+    existing = set(conn.introspection.table_names())
+    tables = [table for table in POST_MIGRATE_TABLES if table in existing]
+    quote = conn.ops.quote_name
+    with conn.cursor() as cursor:
+        cursor.execute('SELECT ' + ', '.join(
+            f"(SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {quote(table)} t)" for table in tables
+        ))
+        return cursor.fetchone()
+
+
+def truncate_filled_tables(conn, keep=()):
+    """
+    Truncate, in one statement, every table of Django's models that holds a row, but those in ``keep`` (CASCADE takes
+    the tables referring to them, empty ones included, as PostgreSQL requires).
+    """
+    tables = sorted(set(conn.introspection.django_table_names(only_existing=True, include_views=False)) - set(keep))
+    if not tables:
+        return
+    quote = conn.ops.quote_name
+    probe = ' UNION ALL '.join(f'SELECT %s WHERE EXISTS (SELECT 1 FROM {quote(table)})' for table in tables)
+    with conn.cursor() as cursor:
+        cursor.execute(probe, tables)
+        filled = [row[0] for row in cursor.fetchall()]
+        if filled:
+            cursor.execute(f'TRUNCATE {", ".join(quote(table) for table in filled)} CASCADE')
+
+
 def run_burst_worker(*queues, plugins_config=None, timeout=120):
     worker = Worker(*queues, burst=True, plugins_config=plugins_config)
     code = worker.wait(timeout=timeout)
@@ -95,7 +127,40 @@ def run_burst_worker(*queues, plugins_config=None, timeout=120):
     return worker.output
 
 
-class SafeJobsTransactionTestCase(TransactionTestCase):
+# What Django's flush has post_migrate write again after emptying every table: content types, their permissions and
+# NetBox's object types (core.signals.update_object_types saves one row per model, several hundred of them).
+POST_MIGRATE_TABLES = ('django_content_type', 'auth_permission', 'core_objecttype')
+
+
+class EmptiedTransactionTestCase(TransactionTestCase):
+    """
+    Django's ``TransactionTestCase``, leaving the database between tests as Django's flush does, faster: Django
+    truncates every table, then post_migrate writes the content types, permissions and object types again (most of
+    a second per test on NetBox: docs/development.md); here only the tables that hold rows are truncated, and those
+    three are kept as they are, unless the test changed them (then Django's own flush runs).
+    """
+
+    _post_migrate_state = {}  # database alias -> digest of the three tables, taken before the first test
+
+    @classmethod
+    def setUpClass(cls):
+        for alias in cls._databases_names(include_mirrors=False):
+            if alias not in cls._post_migrate_state:
+                cls._post_migrate_state[alias] = post_migrate_fingerprint(connections[alias])
+        super().setUpClass()
+
+    def _fixture_teardown(self):
+        for alias in self._databases_names(include_mirrors=False):
+            conn = connections[alias]
+            if post_migrate_fingerprint(conn) == self._post_migrate_state[alias]:
+                truncate_filled_tables(conn, keep=POST_MIGRATE_TABLES)
+            else:
+                # The test changed what post_migrate writes: Django's flush, and what it leaves is the new reference.
+                super()._fixture_teardown()
+                self._post_migrate_state[alias] = post_migrate_fingerprint(conn)
+
+
+class SafeJobsTransactionTestCase(EmptiedTransactionTestCase):
     """Commits for real; starts every test with empty RQ queues in this run's Redis database and the patches on."""
 
     def setUp(self):

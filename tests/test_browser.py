@@ -22,7 +22,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from core.models import Job, ObjectType
-from django.test import TransactionTestCase
 from django.utils import timezone
 from extras.models import Dashboard, EventRule, Webhook
 from users.models import User, UserConfig
@@ -33,7 +32,7 @@ from netbox_safejobs.models import JobDispatch, RetryEvent, WorkerHeartbeat
 from netbox_safejobs.testing.processes import free_port, stop_process_group, wait_port
 from netbox_safejobs.widgets import RetryEventsWidget
 
-from .base import netbox_command, worker_env
+from .base import EmptiedTransactionTestCase, netbox_command, worker_env
 
 CHROMIUM = '/usr/bin/chromium'
 ARTIFACTS = Path(os.environ.get('SAFEJOBS_TEST_ARTIFACTS') or Path(__file__).resolve().parent.parent / '.dev' /
@@ -47,7 +46,7 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 @unittest.skipIf(not os.path.exists(CHROMIUM), f'{CHROMIUM} is missing (Debian package "chromium")')
 @unittest.skipIf(sync_playwright is None, 'the playwright Python package is not installed')
-class BrowserTest(TransactionTestCase):
+class BrowserTest(EmptiedTransactionTestCase):
     password = 'browser-test-pw-1'
 
     def setUp(self):

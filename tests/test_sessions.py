@@ -11,11 +11,10 @@ import time
 
 from core.models import Job
 from django.db import DatabaseError, connection
-from django.test import TransactionTestCase
 
 from netbox_safejobs import sessions
 
-from .base import SafeJobsTransactionTestCase, Worker, worker_env
+from .base import EmptiedTransactionTestCase, SafeJobsTransactionTestCase, Worker, worker_env
 from .jobs import HOLDING_KEY, SESSIONS_KEY, SessionJob
 
 LIVELY = {'heartbeat_interval': 1, 'stuck_after': 10, 'relay_interval': 0.5}
@@ -47,7 +46,7 @@ def in_forked_child(test, func):
     return value
 
 
-class ForkHookTest(TransactionTestCase):
+class ForkHookTest(EmptiedTransactionTestCase):
 
     def session_in_child(self):
         """The session a forked child queries in (its first query, through Django's connection)."""
@@ -80,7 +79,7 @@ class ForkHookTest(TransactionTestCase):
             sessions.run_in_own_session(lambda: 1 / 0)
 
 
-class WarmUpTest(TransactionTestCase):
+class WarmUpTest(EmptiedTransactionTestCase):
     """
     What a worker works out once before it forks, its work horses do not work out again for every job: NetBox's check
     that ``core_objecttype`` exists (a ``pg_class`` scan in a fresh session) and the guard's statements. The worker's
