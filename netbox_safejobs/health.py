@@ -224,7 +224,11 @@ def _close(using):
 
 def _clock_finding(report, who, skew, precision=0.0, **data):
     data = dict(data, skew_seconds=round(skew, 3), precision_seconds=round(precision, 3))
-    text = f'{abs(skew):.1f}s {"ahead of" if skew > 0 else "behind"} PostgreSQL'
+    # Under a twentieth of a second a skew has no direction worth naming ("0.0s behind").
+    if abs(skew) < 0.05:
+        text = 'in step with PostgreSQL to 0.1s'
+    else:
+        text = f'{abs(skew):.1f}s {"ahead of" if skew > 0 else "behind"} PostgreSQL'
     if abs(skew) - precision > CLOCK_SKEW_WARNING:
         report.add('clock', 'warning', f'Clock of {who} is {text}.',
                    fix=f'Run NTP (chrony, systemd-timesyncd) on {who} and on the database host. NetBox stamps jobs '
