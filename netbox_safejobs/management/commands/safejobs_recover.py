@@ -15,6 +15,10 @@ class Command(BaseCommand):
         'without the plugin, as a worker does when it starts. Safe to run at any time and from several hosts: a '
         'task Redis already holds is not pushed again.'
     )
+    # Run from cron and after incidents: a system check failing elsewhere in NetBox must not stop the recovery, and
+    # the checks import all of NetBox's URLs and views first (most of the command's time). The plugin's settings are
+    # validated when it loads, as for every command.
+    requires_system_checks = []
 
     def add_arguments(self, parser):
         parser.add_argument('--dry-run', action='store_true', help='Report what would be done; change nothing.')
