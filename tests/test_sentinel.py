@@ -172,7 +172,8 @@ class WorkerBehindSentinelTest(SafeJobsTransactionTestCase):
             self.wait_for(lambda: self.completed(jobs), timeout=timeout, interval=0.05, message=message)
         except AssertionError:
             worker.kill(signal.SIGTERM)
-            raise AssertionError(f'{message}: not reached\n{worker.output[-6000:]}') from None
+            statuses = dict(Job.objects.filter(pk__in=[job.pk for job in jobs]).values_list('job_id', 'status'))
+            raise AssertionError(f'{message}: not reached; jobs: {statuses}\n{worker.output[-6000:]}') from None
 
     def assert_stops(self, worker, within=10):
         started = time.monotonic()
