@@ -58,9 +58,10 @@ class ChainTest(SafeJobsTransactionTestCase):
         event = RetryEvent.objects.get(kind=Kind.KIND_CHAIN_MERGED)
         self.assertEqual(event.job_uuid, first.job_id)
         self.assertIn(str(second.job_id), event.detail)
-        # The deleted run's task is cancelled once the delete commits: it never runs.
+        # The deleted run's task is cancelled once the delete commits (by the worker's on-commit hook, a moment after
+        # the row is gone): it never runs.
         task = RQJob.fetch(str(second.job_id), connection=self.redis)
-        self.assertEqual(task.get_status(refresh=False), 'canceled')
+        self.wait_for(lambda: task.get_status(refresh=True) == 'canceled', timeout=10, message='task cancelled')
         # Merged once: another pass finds nothing.
         self.assertEqual(chains.merge().merged, [])
         self.assertEqual(RetryEvent.objects.filter(kind=Kind.KIND_CHAIN_MERGED).count(), 1)
