@@ -425,3 +425,27 @@ class UpgradeFromPreviousReleaseTest(SafeJobsTransactionTestCase):
         for job in before + after:
             self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
             self.assertEqual(run_count(job.job_id), 1)
+
+    def test_migrating_back_below_0007_with_a_webhook_in_flight(self):
+        """
+        0006 wants a job on every row: the webhook's row (it has none) is deleted on the way back, with a warning,
+        instead of the NOT NULL failing; the job's row stays, and runs once after `netbox migrate`.
+        """
+        from netbox_safejobs import webhooks
+
+        with override_rq_queues(closed_port_queues()):
+            with transaction.atomic():
+                job = CountingJob.enqueue()
+                task_id = webhooks.store('default', webhooks.WEBHOOK_TASK, (), {'event_type': 'object_created'})
+        self.assertTrue(JobDispatch.objects.filter(job_uuid=task_id, job__isnull=True).exists())
+        try:
+            with self.assertLogs('netbox_safejobs.migrations', 'WARNING') as logs:
+                self.migrate('0006_sign_first_release_pushes')
+            self.assertIn('deleted 1 webhook(s) in flight', logs.output[0])
+        finally:
+            self.migrate()
+        self.assertEqual(list(JobDispatch.objects.values_list('job_uuid', flat=True)), [job.job_id])
+        self.assertEqual(sorted(run_pass().pushed), [job.job_id])
+        run_burst_worker()
+        self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
+        self.assertEqual(run_count(job.job_id), 1)
