@@ -64,10 +64,10 @@ PRIVATE_PG_PORT = 54329
 PRIVATE_REDIS_PORT = 63799
 REDIS_TASKS_DB = 5
 REDIS_CACHE_DB = 6
-TEST_REDIS_TASKS_DB = 7
-TEST_REDIS_CACHE_DB = 8
-# (tasks, cache) of each process of a parallel test run; 9 is the private PostgreSQL self-check's.
+# (tasks, cache) of each process of a parallel test run, the first also of a run in one process; 9 is the private
+# PostgreSQL self-check's. SAFEJOBS_TEST_REDIS_DATABASES ("7:8,10:11") replaces them; tests/runner.py reads it.
 TEST_REDIS_DATABASES = ((7, 8), (10, 11), (12, 13), (14, 15))
+TEST_REDIS_TASKS_DB, TEST_REDIS_CACHE_DB = TEST_REDIS_DATABASES[0]
 
 started = []  # (name, Popen) of every process this run started, stopped in reverse order
 held_locks = []  # open lock files, released when the process exits
@@ -789,22 +789,41 @@ def ruff_command():
     return [found] if found else None
 
 
-def test_processes(args):
+def test_redis_databases():
+    """The (tasks, cache) Redis databases of each test process: SAFEJOBS_TEST_REDIS_DATABASES, or the default."""
+    value = os.environ.get('SAFEJOBS_TEST_REDIS_DATABASES')
+    if not value:
+        return TEST_REDIS_DATABASES
+    try:
+        pairs = tuple(tuple(int(db) for db in pair.split(':')) for pair in value.split(','))
+    except ValueError:
+        pairs = ()
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        die(f'SAFEJOBS_TEST_REDIS_DATABASES={value!r}: comma-separated TASKS:CACHE pairs of Redis database numbers, '
+            'one pair per test process, such as "7:8,10:11"')
+    return pairs
+
+
+def test_processes(args, redis_databases):
     """
     How many processes run the tests: SAFEJOBS_TEST_PROCESSES, else one per core (at most one per pair of Redis
     databases) for the whole suite, one for chosen tests.
     """
     value = os.environ.get('SAFEJOBS_TEST_PROCESSES')
     if value:
-        if not value.isdigit() or not 1 <= int(value) <= len(TEST_REDIS_DATABASES):
-            die(f'SAFEJOBS_TEST_PROCESSES={value!r}: a number from 1 to {len(TEST_REDIS_DATABASES)}')
+        if not value.isdigit() or not 1 <= int(value) <= len(redis_databases):
+            die(f'SAFEJOBS_TEST_PROCESSES={value!r}: a number from 1 to {len(redis_databases)}, one process per pair '
+                'of Redis databases (SAFEJOBS_TEST_REDIS_DATABASES)')
         return int(value)
     if args.labels:
         return 1
-    return max(1, min(os.cpu_count() or 1, len(TEST_REDIS_DATABASES)))
+    return max(1, min(os.cpu_count() or 1, len(redis_databases)))
 
 
 def cmd_test(args):
+    # Bad input said at once, not after minutes of checks.
+    redis_databases = test_redis_databases()
+    processes = test_processes(args, redis_databases)
     services = prepare()
     if not args.labels or any(label in ('tests', 'tests.') or 'test_browser' in label for label in args.labels):
         ensure_browser_test_tools()
@@ -836,13 +855,12 @@ def cmd_test(args):
     env.setdefault('SAFEJOBS_REDIS_CACHE_DB', str(TEST_REDIS_CACHE_DB))
     env['SAFEJOBS_SERVICES'] = json.dumps(services)
     labels = args.labels or ['tests']
-    processes = test_processes(args)
     if processes > 1:
         # Each test process has its own copy of the test database (Django's <name>_<n>, made again from the migrated
         # one: with --keepdb Django would keep an old copy as it is) and its own Redis databases (tests/runner.py).
         run([venv_python(), SERVICE_ADMIN, 'dropdb', services['pg_host'], services['pg_port'], services['pg_user'],
-             *(f'{test_db_name()}_{n}' for n in range(1, len(TEST_REDIS_DATABASES) + 1))])
-        env.setdefault('SAFEJOBS_TEST_REDIS_DATABASES', ','.join(f'{t}:{c}' for t, c in TEST_REDIS_DATABASES))
+             *(f'{test_db_name()}_{n}' for n in range(1, len(redis_databases) + 1))])
+        env['SAFEJOBS_TEST_REDIS_DATABASES'] = ','.join(f'{t}:{c}' for t, c in redis_databases)
         env['SAFEJOBS_TEST_TIMES'] = str(STATE / 'test-times.json')
         say(f'{processes} test processes (SAFEJOBS_TEST_PROCESSES), each with its own copy of the test database')
     cmd = netbox_cmd('test', *labels, '--keepdb', '--noinput', '--testrunner', 'tests.runner.SafeJobsTestRunner',

@@ -53,13 +53,19 @@ def probe(port, users, wait, icu_sql):
     return result
 
 
+def _drop(conn, name):
+    from psycopg import sql
+
+    conn.execute(sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(name)))
+
+
 def create_database(host, port, user, name, fresh=False, template=None):
     import psycopg
     from psycopg import sql
 
     with psycopg.connect(host=host, port=port, user=user, dbname='postgres', autocommit=True) as conn:
         if fresh:
-            conn.execute(sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(name)))
+            _drop(conn, name)
         if conn.execute('SELECT 1 FROM pg_database WHERE datname = %s', [name]).fetchone():
             return
         create = sql.SQL('CREATE DATABASE {}').format(sql.Identifier(name))
@@ -70,11 +76,10 @@ def create_database(host, port, user, name, fresh=False, template=None):
 
 def drop_databases(host, port, user, names):
     import psycopg
-    from psycopg import sql
 
     with psycopg.connect(host=host, port=port, user=user, dbname='postgres', autocommit=True) as conn:
         for name in names:
-            conn.execute(sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(name)))
+            _drop(conn, name)
 
 
 def flush_redis(port, db):

@@ -24,24 +24,21 @@ from django.test import TestCase, TransactionTestCase
 from django.test import runner as django_runner
 
 __all__ = (
-    'REDIS_DATABASES',
     'SafeJobsParallelTestSuite',
     'SafeJobsTestRunner',
     'use_own_redis_databases',
 )
 
-# (tasks, cache) Redis databases of test process 1, 2, ...; `scripts/dev run` uses 5 and 6, its self-check 9.
-# SAFEJOBS_TEST_REDIS_DATABASES ("7:8,10:11") replaces them.
-REDIS_DATABASES = ((7, 8), (10, 11), (12, 13), (14, 15))
-
 TIME_EVENT = 'safejobsSubsuiteTime'
 
 
 def redis_databases():
-    value = os.environ.get('SAFEJOBS_TEST_REDIS_DATABASES')
-    if not value:
-        return REDIS_DATABASES
-    return tuple(tuple(int(db) for db in pair.split(':')) for pair in value.split(','))
+    """
+    The (tasks, cache) Redis databases of test process 1, 2, ...: SAFEJOBS_TEST_REDIS_DATABASES ("7:8,10:11"), which
+    `scripts/dev test` sets (its TEST_REDIS_DATABASES, or the caller's own, checked there).
+    """
+    value = os.environ.get('SAFEJOBS_TEST_REDIS_DATABASES', '')
+    return tuple(tuple(int(db) for db in pair.split(':')) for pair in value.split(',') if pair)
 
 
 def use_own_redis_databases():
@@ -118,5 +115,6 @@ class SafeJobsTestRunner(django_runner.DiscoverRunner):
             multiprocessing.set_start_method('spawn', force=True)
             if self.parallel > len(redis_databases()):
                 raise ValueError(f'--parallel {self.parallel}: at most {len(redis_databases())} test processes, one '
-                                 'per pair of Redis databases in SAFEJOBS_TEST_REDIS_DATABASES')
+                                 'per pair of Redis databases in SAFEJOBS_TEST_REDIS_DATABASES ("7:8,10:11"; '
+                                 '`scripts/dev test` sets it)')
         super().setup_test_environment(**kwargs)
