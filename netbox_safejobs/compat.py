@@ -22,11 +22,13 @@ __all__ = (
     'graphql_lookups',
     'graphql_type',
     'is_not_updated',
+    'job_closed_values',
     'job_enqueue_parameters',
     'job_field_values',
     'known_rq_queue_name',
     'may_view_background_tasks',
     'next_run_floor',
+    'netbox_configuration',
     'next_run_kwargs',
     'process_event_rules',
     'push_queue_kwargs',
@@ -35,6 +37,7 @@ __all__ = (
     'rq_queue_name',
     'rq_stop_requested',
     'rq_workers',
+    'safe_for_redirect',
     'view_actions',
     'warm_object_types',
     'webhook_push_module',
@@ -171,6 +174,34 @@ def job_field_values(**values):
     ``queue_name`` 4.5.2+, ``notifications`` 4.6+), for building a Job row directly (tests, the demo, the harness).
     """
     return {name: value for name, value in values.items() if _job_has_field(name)}
+
+
+def job_closed_values(completed):
+    """
+    The columns ``Job.terminate()`` sets besides status and error, for a job the plugin closes with one UPDATE:
+    ``completed``, and ``execution_time`` (its run time, ``completed - started``) where Job has it (4.7+).
+    """
+    from django.db.models import DurationField, ExpressionWrapper, F, Value
+
+    values = {'completed': completed}
+    if _job_has_field('execution_time'):
+        values['execution_time'] = ExpressionWrapper(Value(completed) - F('started'), output_field=DurationField())
+    return values
+
+
+def netbox_configuration():
+    """
+    NetBox's configuration module (``configuration.py``), as NetBox's settings module loaded it: ``configuration`` in
+    that module on every supported release (4.7's ``load_configuration()``, ``importlib.import_module`` before).
+    ``None`` when Django runs with another settings module that does not hold one. The settings module is named by
+    the environment, as Django reads it: ``settings.SETTINGS_MODULE`` is ``None`` inside ``override_settings``.
+    """
+    import os
+
+    from django.conf import ENVIRONMENT_VARIABLE, settings
+
+    name = os.environ.get(ENVIRONMENT_VARIABLE) or getattr(settings, 'SETTINGS_MODULE', None) or ''
+    return getattr(sys.modules.get(name), 'configuration', None)
 
 
 def next_run_kwargs(job):
@@ -484,3 +515,18 @@ def worker_checks():
     modules += [sys.modules[name] for name in _WORKER_CHECK_USERS if name in sys.modules]
     return [(module, name, name.startswith('get_')) for module in modules
             for name in ('any_workers_for_queue', 'get_workers_for_queue') if callable(getattr(module, name, None))]
+
+
+def safe_for_redirect(url):
+    """
+    NetBox's own check of a URL taken from a request (``return_url``) before it is shown as a link or redirected to:
+    ``utilities.request.safe_for_redirect`` where NetBox has it; before, its ``GetReturnURLMixin`` called Django's
+    ``url_has_allowed_host_and_scheme(url, allowed_hosts=None)`` itself, which is what that function wraps.
+    """
+    try:
+        from utilities.request import safe_for_redirect as check
+    except ImportError:
+        from django.utils.http import url_has_allowed_host_and_scheme
+
+        return url_has_allowed_host_and_scheme(url, allowed_hosts=None)
+    return check(url)
