@@ -36,6 +36,7 @@ __all__ = (
     'RetryEventDeleteView',
     'RetryEventListView',
     'RetryEventView',
+    'SafeReturnURLMixin',
     'event_as_dict',
 )
 
@@ -59,6 +60,25 @@ def event_as_dict(values):
     data['job_uuid'] = str(data['job_uuid'])
     data['job'] = data.pop('job_id')
     return data
+
+
+class SafeReturnURLMixin:
+    """
+    A ``return_url`` (query string or form) that fails NetBox's own check (``compat.safe_for_redirect``: another host,
+    a ``javascript:`` or ``//host`` URL) is dropped before the view sees it: it is neither shown as the Cancel link nor
+    redirected to, and the view's own return URL is used. Checked once here, for every path a view (or NetBox's
+    generic view it extends) reads it by.
+    """
+
+    def dispatch(self, request, *args, **kwargs):
+        for method in ('GET', 'POST'):
+            data = getattr(request, method)
+            url = data.get('return_url')
+            if url and not compat.safe_for_redirect(url):
+                data = data.copy()
+                data.pop('return_url')
+                setattr(request, method, data)
+        return super().dispatch(request, *args, **kwargs)
 
 
 class FilterErrorsMixin:
@@ -154,18 +174,13 @@ class RetryEventView(generic.ObjectView):
 
 
 @register_model_view(RetryEvent, 'delete')
-class RetryEventDeleteView(generic.ObjectDeleteView):
+class RetryEventDeleteView(SafeReturnURLMixin, generic.ObjectDeleteView):
+    # NetBox's own return URL: a safe return_url, else the event ("Cancel"), else, once deleted, the list.
     queryset = RetryEvent.objects.all()
-
-    def get_return_url(self, request, obj=None):
-        # "Cancel" goes back to the event; after the deletion (no pk any more) to the list, or to return_url.
-        if obj is not None and obj.pk and not (request.GET.get('return_url') or request.POST.get('return_url')):
-            return reverse('plugins:netbox_safejobs:retryevent', kwargs={'pk': obj.pk})
-        return super().get_return_url(request)
 
 
 @register_model_view(RetryEvent, 'bulk_delete', path='delete', detail=False)
-class RetryEventBulkDeleteView(generic.BulkDeleteView):
+class RetryEventBulkDeleteView(SafeReturnURLMixin, generic.BulkDeleteView):
     queryset = RetryEvent.objects.all()
     filterset = filtersets.RetryEventFilterSet
     table = tables.RetryEventTable
@@ -294,20 +309,17 @@ def _report(request, results):
         level(request, result.message)
 
 
-class JobStopView(GetReturnURLMixin, ObjectPermissionRequiredMixin, View):
+class JobStopView(SafeReturnURLMixin, GetReturnURLMixin, ObjectPermissionRequiredMixin, View):
     """
     Stop a running job (``stopping.request_stop``): a confirmation page on GET, the stop on POST. The Stop button of
     NetBox's Job page and of a job in flight lead here. A job that is not running gets a message, not an error.
+    Returns to a safe ``return_url``, else to the job.
     """
     queryset = Job.objects.all()
     template_name = 'netbox_safejobs/job_stop.html'
 
     def get_required_permission(self):
         return STOP_PERMISSION
-
-    def get_return_url(self, request, obj=None):
-        return super().get_return_url(request, obj) if obj is None else (
-            request.GET.get('return_url') or request.POST.get('return_url') or obj.get_absolute_url())
 
     def get(self, request, pk):
         job = get_object_or_404(self.queryset, pk=pk)
@@ -324,7 +336,7 @@ class JobStopView(GetReturnURLMixin, ObjectPermissionRequiredMixin, View):
 
 
 @register_model_view(JobDispatch, 'bulk_stop', path='stop', detail=False)
-class JobDispatchBulkStopView(GetReturnURLMixin, ObjectPermissionRequiredMixin, View):
+class JobDispatchBulkStopView(SafeReturnURLMixin, GetReturnURLMixin, ObjectPermissionRequiredMixin, View):
     """
     Stop the jobs of the selected jobs in flight: a confirmation listing them, then the stop of each. Only jobs the
     user may stop (``core.stop_job`` and its constraints) are stopped; rows without a job (webhooks) are skipped.
