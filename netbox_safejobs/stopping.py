@@ -23,6 +23,8 @@ that close name the operator too. Nothing is re-created: the work horse saves th
 """
 
 import logging
+import os
+import signal
 from dataclasses import dataclass
 
 from core.choices import JobStatusChoices
@@ -35,6 +37,7 @@ from .queues import get_push_queue
 __all__ = (
     'StopOutcome',
     'StopResult',
+    'kill_horse',
     'request_stop',
     'send_stop_command',
     'stop_horse',
@@ -183,8 +186,27 @@ def stop_horse(worker, task_id, horse_pid):
     if not horse_pid or getattr(worker, 'horse_pid', None) != horse_pid:
         return False
     worker._stopped_job_id = task_id
-    worker.kill_horse()
+    kill_horse(horse_pid)
     return True
+
+
+def kill_horse(horse_pid):
+    """
+    SIGKILL the work horse ``horse_pid`` and its process group, as RQ's ``Worker.kill_horse()`` does, but for the pid
+    that was checked: RQ's reads ``worker.horse_pid`` again, and this loop runs beside the worker's main thread. If
+    that horse ended in between, RQ's sees pid 0 and ``os.getpgid(0)`` is the worker's own group (the worker is
+    killed); if the next job's horse was forked, that one is killed. A horse not yet in a group of its own (RQ calls
+    ``os.setpgrp()`` just after the fork) is killed alone, never the worker's group with it.
+    """
+    try:
+        group = os.getpgid(horse_pid)
+        if group == os.getpgid(0):
+            os.kill(horse_pid, signal.SIGKILL)
+        else:
+            os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        # Ended (and reaped) since it was checked: nothing to stop.
+        pass
 
 
 def stop_when_deleted(job, using):

@@ -4,12 +4,16 @@ the REST API, and by deleting it. Real workers, real PostgreSQL and Redis; the w
 the request, the job closed once, nothing re-created.
 """
 
+import signal
+import subprocess
 import time
 
 from core.models import Job, ObjectType
 from django.contrib.messages import get_messages
+from django.test import SimpleTestCase
 from django.urls import reverse
 from django.utils import timezone
+from django_rq import get_connection
 from users.models import ObjectPermission, User
 from utilities.testing import APITestCase
 
@@ -205,3 +209,50 @@ class StopAPIBehaviourTest(APITestCase):
         self.token.save()
         response = self.client.post(self.url(), {'jobs': [1]}, format='json', **self.header)
         self.assertHttpStatus(response, 403)
+
+
+class StopHorseTest(SimpleTestCase):
+    """
+    The worker loop's backstop kills the work horse it checked (``stopping.stop_horse``), never one read again: the
+    worker's main thread may have reaped that horse and forked the next job's in between.
+    """
+
+    def test_the_checked_horse_is_killed_not_the_next_one(self):
+        from rq.worker import Worker as RQWorker
+
+        from netbox_safejobs import stopping
+
+        def sleeper():
+            process = subprocess.Popen(['sleep', '60'], start_new_session=True)
+            self.addCleanup(lambda: (process.kill(), process.wait()))
+            return process
+
+        checked, forked_since = sleeper(), sleeper()
+
+        class Worker(RQWorker):
+            # RQ's own worker, whose horse changes once it has been read: the race, made certain.
+            reads = 0
+
+            @property
+            def horse_pid(self):
+                self.reads += 1
+                return checked.pid if self.reads == 1 else forked_since.pid
+
+        worker = Worker(['default'], connection=get_connection('default'))
+        self.assertTrue(stopping.stop_horse(worker, 'task', checked.pid))
+        self.assertEqual(checked.wait(timeout=10), -signal.SIGKILL)
+        time.sleep(0.2)
+        self.assertIsNone(forked_since.poll(), "the next job's work horse was killed")
+        self.assertEqual(worker._stopped_job_id, 'task')
+
+    def test_a_horse_that_ended_is_nothing_to_stop(self):
+        from netbox_safejobs import stopping
+
+        process = subprocess.Popen(['true'], start_new_session=True)
+        process.wait()
+        # Reaped: its pid names nothing; the worker (this process) and its group are left alone.
+        stopping.kill_horse(process.pid)
+        # Not in a group of its own yet: killed alone, not this process's group.
+        child = subprocess.Popen(['sleep', '60'])
+        stopping.kill_horse(child.pid)
+        self.assertEqual(child.wait(timeout=10), -signal.SIGKILL)
