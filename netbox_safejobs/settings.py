@@ -154,10 +154,21 @@ def validate_settings(config):
     values = {}
     for key, default in DEFAULT_SETTINGS.items():
         values[key] = _VALIDATORS[key](key, config.get(key, default))
+    # A worker's heartbeat is written by its loop, on the loop's ticks (one every relay_interval): a beat due between
+    # two ticks waits for the next one, so two beats of a live worker are up to heartbeat_interval + relay_interval
+    # apart. A tick slower than the beat would make every live worker's beat late.
+    if values['relay_interval'] > values['heartbeat_interval']:
+        raise ImproperlyConfigured(
+            f"PLUGINS_CONFIG['{PLUGIN_NAME}']['relay_interval'] is {values['relay_interval']:g}; it must be at most "
+            f"heartbeat_interval ({values['heartbeat_interval']} seconds): the heartbeat is written on the worker "
+            f"loop's ticks, one every relay_interval."
+        )
     # Three missed heartbeats before a worker counts as dead: one late beat (a busy host, a slow query) is not death.
-    if values['stuck_after'] < 3 * values['heartbeat_interval']:
+    beat = values['heartbeat_interval'] + values['relay_interval']
+    if values['stuck_after'] < 3 * beat:
         raise _error('stuck_after', values['stuck_after'],
-                     f"at least 3 x heartbeat_interval ({3 * values['heartbeat_interval']} seconds)")
+                     f'at least 3 x (heartbeat_interval + relay_interval) ({3 * beat:g} seconds): three heartbeats '
+                     f'of a live worker, each written up to one relay_interval after it is due')
     return SafeJobsSettings(**values)
 
 

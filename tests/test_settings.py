@@ -50,9 +50,23 @@ class SettingsValidationTest(SimpleTestCase):
 
     def test_stuck_after_needs_three_heartbeats(self):
         with self.assertRaisesMessage(ImproperlyConfigured, "['stuck_after'] is 20; it must be at least 3 x "
-                                                            "heartbeat_interval (30 seconds)"):
+                                                            "(heartbeat_interval + relay_interval) (33 seconds)"):
             validate_settings({'heartbeat_interval': 10, 'stuck_after': 20})
-        self.assertEqual(validate_settings({'heartbeat_interval': 10, 'stuck_after': 30}).stuck_after, 30)
+        # A beat is written on the loop's tick after it is due: up to one relay_interval late.
+        with self.assertRaisesMessage(ImproperlyConfigured, '(36 seconds)'):
+            validate_settings({'heartbeat_interval': 10, 'relay_interval': 2, 'stuck_after': 35})
+        self.assertEqual(validate_settings({'heartbeat_interval': 10, 'stuck_after': 33}).stuck_after, 33)
+
+    def test_relay_interval_no_longer_than_the_heartbeat(self):
+        """The heartbeat is written on the loop's ticks: a slower tick makes every live worker's beat late."""
+        with self.assertRaisesMessage(ImproperlyConfigured, "['relay_interval'] is 15; it must be at most "
+                                                            'heartbeat_interval (10 seconds)'):
+            validate_settings({'heartbeat_interval': 10, 'relay_interval': 15, 'stuck_after': 600})
+        # Near stuck_after: refused by the rule of three heartbeats, naming both keys.
+        with self.assertRaisesMessage(ImproperlyConfigured, 'heartbeat_interval + relay_interval'):
+            validate_settings({'heartbeat_interval': 20, 'relay_interval': 19, 'stuck_after': 60})
+        self.assertEqual(validate_settings({'heartbeat_interval': 10, 'relay_interval': 10,
+                                            'stuck_after': 60}).relay_interval, 10)
 
     def test_retired_keys_still_accepted_with_one_warning_each(self):
         """An operator's configuration of an earlier release keeps working; start-up names what replaced each key."""
