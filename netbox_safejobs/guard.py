@@ -116,7 +116,14 @@ def _statements():
     """
     sql['reread'] = f'SELECT {columns} FROM {job_table} WHERE job_id = %s'
     # Only this attempt's lease: a lease closed by the liveness check (and perhaps taken again) is not ours any more.
-    sql['release'] = f'DELETE FROM {dispatch_table} WHERE job_id = %s AND token = %s {{commit}}'
+    # And only once the run is recorded as ended: a job NetBox's handle() could not terminate (a result that cannot be
+    # saved, the database lost as it saved) keeps its lease, so the liveness check closes it once the work horse is
+    # gone; released, it would stay running with nothing left to watch it.
+    sql['release'] = (f'DELETE FROM {dispatch_table} d WHERE d.job_id = %s AND d.token = %s AND NOT EXISTS '
+                      f'(SELECT 1 FROM {job_table} j WHERE j.id = d.job_id AND j.status = %s) {{commit}} '
+                      f'RETURNING d.id')
+    sql['still_running'] = (f'SELECT 1 FROM {dispatch_table} d JOIN {job_table} j ON j.id = d.job_id '
+                            f'WHERE d.job_id = %s AND d.token = %s AND j.status = %s')
     for name in ('claim', 'release'):
         sql[name + '_async'] = sql[name].replace('{commit}', f'AND {dispatch.ASYNC_COMMIT}')
         sql[name] = sql[name].replace('{commit}', '')
@@ -282,16 +289,27 @@ def claim(runner, job, token=None, kwargs=None):
 
 
 def release(job, token=None):
-    """Remove the job's lease once ``handle()`` has returned. A failure only leaves work for the liveness check."""
+    """
+    Remove the job's lease once ``handle()`` has returned and the job's row is no longer running. Whether it was
+    removed: a lease kept (the row still running, or the database failing) is left to the liveness check.
+    """
     from core.models import Job
 
     using = job._state.db or router.db_for_write(Job)
     try:
         with connections[using].cursor() as cursor:
-            cursor.execute(_lease_sql('release', using), [job.pk, token])
+            cursor.execute(_lease_sql('release', using), [job.pk, token, RUNNING])
+            if cursor.fetchone() is not None:
+                return True
+            cursor.execute(_statements()['still_running'], [job.pk, token, RUNNING])
+            if cursor.fetchone() is not None:
+                logger.warning('job %s: still running after its run ended (NetBox could not record the end); its '
+                               'lease is kept, and the worker closes the job once its work horse is gone', job.job_id)
+            return False
     except _DATABASE_ERRORS as e:
         _close(using)
         logger.warning('job %s: lease not removed (%s); the liveness check will clean it up', job.job_id, e)
+        return False
 
 
 def _saving_through_blips(job, runner, save):

@@ -29,13 +29,14 @@ terminated, and a periodic one rescheduled with its arguments, by NetBox's own `
 
 import inspect
 import logging
+import time
 from dataclasses import dataclass, field
 
 from django.db import connections, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from . import events, guard
+from . import compat, events, guard
 from .choices import RUNNING, RetryEventKindChoices
 from .payload import BadPayload, NextRun, unseal
 from .settings import get_settings
@@ -46,6 +47,7 @@ __all__ = (
     'close_horse',
     'close_stale',
     'close_with_netbox',
+    'observation_window',
     'pid_alive',
     'stale_leases',
 )
@@ -175,8 +177,9 @@ def _close_plainly(using, lease_id, reason, kind):
             return None
         reason, kind = _stopped_by_operator(lease, reason, kind)
         error = f'{reason}. Closed by netbox-safejobs.'
+        # What NetBox's terminate() records besides: its run time too, where Job has it (4.7).
         Job.objects.using(using).filter(pk=lease['job_id'], status=RUNNING).update(
-            status='errored', error=error, completed=timezone.now(),
+            status='errored', error=error, **compat.job_closed_values(timezone.now()),
         )
         events.record(kind, job_uuid=lease['job_uuid'], runner=lease['runner'], queue=lease['queue_name'],
                       detail=error + ' No next run scheduled.', using=using)
@@ -285,7 +288,8 @@ def close_dead_horses(identity, using='default', monitored=()):
     closed = []
     for lease_id in dead:
         job_uuid = _close(using, lease_id, 'The work horse running this job died (killed by a signal or out of '
-                                           'memory)', RetryEventKindChoices.KIND_STUCK_ERRORED)
+                                           'memory), or ended without NetBox recording the end of the run',
+                          RetryEventKindChoices.KIND_STUCK_ERRORED)
         if job_uuid is not None:
             closed.append(job_uuid)
     return closed
@@ -311,12 +315,33 @@ def stale_leases(using='default', limit=BATCH, stuck_after=None):
         return [row[0] for row in cursor.fetchall()]
 
 
-def close_stale(report=None, using='default', dry_run=False):
-    """Close every job whose worker stopped heartbeating; forget workers that are gone. Returns the report."""
+def observation_window(settings=None):
+    """
+    Seconds a judge that has not watched the workers (``netbox safejobs_recover``, run from cron or after an incident)
+    watches a stale lease before closing it: two heartbeats of a live worker, each written up to one loop tick late.
+    """
+    settings = settings or get_settings()
+    return 2 * (settings.heartbeat_interval + settings.relay_interval)
+
+
+def close_stale(report=None, using='default', dry_run=False, observe=0.0):
+    """
+    Close every job whose worker stopped heartbeating; forget workers that are gone. Returns the report.
+
+    With ``observe`` (seconds), a lease is closed only if it is still stale that long after it was first seen stale:
+    staleness across a database outage (or a failover, whose promoted standby started before the outage) is not
+    death, and a judge that was not itself watching through it waits for the live workers to heartbeat again. The
+    worker loop judges only after working ``stuck_after`` itself (``worker_loop.WorkerLoop.may_judge``) instead.
+    """
     report = report or LivenessReport()
     stuck_after = get_settings().stuck_after
     try:
         ids = stale_leases(using, limit=10 ** 6 if dry_run else BATCH, stuck_after=stuck_after)
+        if ids and observe:
+            time.sleep(observe)
+            seen = set(ids)
+            ids = [lease_id for lease_id in stale_leases(using, limit=10 ** 6 if dry_run else BATCH,
+                                                         stuck_after=stuck_after) if lease_id in seen]
         if dry_run:
             report.closed += ids
             return report

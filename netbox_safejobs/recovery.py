@@ -58,10 +58,11 @@ class RecoveryReport:
         return text
 
 
-def run_pass(dry_run=False, stuck=True, adopt=False):
+def run_pass(dry_run=False, stuck=True, adopt=False, observe=0.0):
     """
-    One pass: (with ``adopt``, adoption), the merge of chains, the relay, then liveness. Returns a ``RecoveryReport``;
-    never raises for an outage (it is reported).
+    One pass: (with ``adopt``, adoption), the merge of chains, the relay, then liveness (``observe``: seconds a stale
+    lease must stay stale before it is closed, ``liveness.close_stale``). Returns a ``RecoveryReport``; never raises
+    for an outage (it is reported).
     """
     from core.models import Job
 
@@ -81,7 +82,7 @@ def run_pass(dry_run=False, stuck=True, adopt=False):
     report.cleaned, report.redis_down = sent.cleaned, sent.redis_down
     report.errors += sent.errors
     if stuck and get_settings().stuck_job_detection:
-        closed = liveness.close_stale(using=using, dry_run=dry_run)
+        closed = liveness.close_stale(using=using, dry_run=dry_run, observe=observe)
         report.stuck_errored = closed.closed
         report.errors += closed.errors
     level = logging.WARNING if (report.pushed or report.stuck_errored or report.errors or report.chains.merged

@@ -11,6 +11,7 @@ __all__ = (
     'FailingJob',
     'SESSIONS_KEY',
     'SessionJob',
+    'UnsavableResultJob',
     'run_count',
 )
 
@@ -73,3 +74,14 @@ class SessionJob(JobRunner):
                 Tag.objects.create(name=f'held {self.job.job_id}', slug=f'held-{self.job.job_id}')
                 redis.rpush(HOLDING_KEY, str(self.job.job_id))
                 time.sleep(hold)
+
+
+class UnsavableResultJob(JobRunner):
+    """Leaves in ``job.data`` what JSON cannot hold: NetBox's ``terminate()`` fails, and so does its second one."""
+
+    class Meta:
+        name = 'Unsavable result job'
+
+    def run(self, **kwargs):
+        get_connection('default').incr(COUNTER_KEY.format(self.job.job_id))
+        self.job.data = {'result': object()}

@@ -364,3 +364,109 @@ class LeaseTest(SafeJobsTransactionTestCase):
         self.assertEqual(RetryEvent.objects.filter(kind=Kind.KIND_STUCK_ERRORED).count(), 1)
         self.assertFalse(WorkerHeartbeat.objects.exists() and run_pass().stuck_errored)
         self.assertEqual(workers.current(), None)
+
+    def test_a_plain_close_records_the_run_time(self):
+        """A job closed without NetBox's handle() (it failed) still gets what terminate() records: its run time."""
+        from datetime import timedelta
+        from unittest import mock
+
+        job = self.lease(worker_id=uuid.uuid4(), seen_ago=3600)
+        started = Job.objects.values_list('created', flat=True).get(pk=job.pk) - timedelta(minutes=3)
+        Job.objects.filter(pk=job.pk).update(started=started)
+        lease_id = liveness.stale_leases()[0]
+        with mock.patch.object(liveness, '_close_through_netbox', side_effect=RuntimeError('no handle()')), \
+                self.assertLogs('netbox_safejobs.liveness', 'ERROR'):
+            self.assertEqual(liveness._close('default', lease_id, 'test', Kind.KIND_STUCK_ERRORED), job.job_id)
+        job.refresh_from_db()
+        self.assertEqual(job.status, 'errored')
+        self.assertIn('Closing it through NetBox failed', job.error)
+        if any(f.name == 'execution_time' for f in Job._meta.concrete_fields):
+            self.assertEqual(job.execution_time, job.completed - started)
+
+
+class UnrecordedEndTest(RunningJobTestCase):
+    """
+    A run whose end NetBox's ``handle()`` cannot record leaves its row ``running``: the lease is kept, and the worker
+    closes the job once the work horse has exited, a periodic one with exactly one next run. Released, the row would
+    stay ``running`` with nothing to watch it.
+    """
+
+    def assertClosedOnce(self, job, interval):
+        self.wait_for(lambda: Job.objects.get(pk=job.pk).status == 'errored', timeout=30, message='job closed')
+        job.refresh_from_db()
+        self.assertIn('ended without NetBox recording the end of the run', job.error)
+        self.assertFalse(JobDispatch.objects.filter(job=job).exists())
+        self.assertEqual(run_count(job.job_id), 1)
+        self.assertEqual(RetryEvent.objects.filter(kind=Kind.KIND_STUCK_ERRORED, job_uuid=job.job_id).count(), 1)
+        if interval:
+            self.assertEqual(Job.objects.filter(name=job.name, status='scheduled', interval=interval).count(), 1)
+
+    def test_a_result_that_cannot_be_saved(self):
+        from .jobs import UnsavableResultJob
+
+        job = UnsavableResultJob.enqueue(interval=30)
+        self.start_worker()
+        self.assertClosedOnce(job, interval=30)
+
+    def test_the_database_failing_as_the_end_is_saved(self):
+        """Every save of the end fails (as in an outage), the release after it goes through (the database is back)."""
+        job = CountingJob.enqueue()
+        with connection.cursor() as cursor:
+            # The run's own end is refused as a lost connection would refuse it; the plugin's close is let through.
+            cursor.execute(f"""
+                CREATE FUNCTION safejobs_test_refuse_end() RETURNS trigger AS $$
+                BEGIN
+                    IF NEW.job_id = '{job.job_id}' AND NEW.status <> 'running'
+                       AND coalesce(NEW.error, '') NOT LIKE '%Closed by netbox-safejobs%' THEN
+                        RAISE EXCEPTION 'server closed the connection unexpectedly' USING ERRCODE = '08006';
+                    END IF;
+                    RETURN NEW;
+                END $$ LANGUAGE plpgsql;
+                CREATE TRIGGER safejobs_test_refuse_end BEFORE UPDATE ON core_job
+                    FOR EACH ROW EXECUTE FUNCTION safejobs_test_refuse_end();
+            """)
+        self.addCleanup(self.drop_trigger)
+        self.start_worker({**LIVELY, 'database_retries': 0})
+        self.assertClosedOnce(job, interval=None)
+
+    def drop_trigger(self):
+        with connection.cursor() as cursor:
+            cursor.execute('DROP TRIGGER IF EXISTS safejobs_test_refuse_end ON core_job; '
+                           'DROP FUNCTION IF EXISTS safejobs_test_refuse_end()')
+
+
+class ObservedCloseTest(SafeJobsTransactionTestCase):
+    """``netbox safejobs_recover`` watches a stale lease before closing it: after an outage, live workers beat again."""
+    lease = LeaseTest.lease
+
+    def test_a_worker_that_beats_again_while_watched_keeps_its_job(self):
+        worker_id = uuid.uuid4()
+        job = self.lease(worker_id=worker_id, seen_ago=3600)
+
+        def beat():
+            time.sleep(0.5)
+            with connections['default'].cursor() as cursor:
+                cursor.execute(f'UPDATE {WorkerHeartbeat._meta.db_table} SET seen = clock_timestamp() WHERE id = %s',
+                               [worker_id])
+            connections['default'].close()
+
+        thread = threading.Thread(target=beat)
+        thread.start()
+        report = liveness.close_stale(observe=2)
+        thread.join()
+        self.assertEqual(report.closed, [])
+        self.assertEqual(Job.objects.get(pk=job.pk).status, 'running')
+
+    def test_a_worker_still_silent_when_watched_is_closed(self):
+        job = self.lease(worker_id=uuid.uuid4(), seen_ago=3600)
+        started = time.monotonic()
+        self.assertEqual(liveness.close_stale(observe=1).closed, [job.job_id])
+        self.assertGreaterEqual(time.monotonic() - started, 1)
+        self.assertEqual(Job.objects.get(pk=job.pk).status, 'errored')
+
+    def test_the_command_watches_for_two_heartbeats_by_default(self):
+        from django.core.management import CommandError, call_command
+
+        self.assertEqual(liveness.observation_window(), 2 * (10 + 1.0))
+        with self.assertRaisesMessage(CommandError, '--observe is -1; it must be a number of seconds >= 0.'):
+            call_command('safejobs_recover', '--observe', '-1')

@@ -1,8 +1,9 @@
 """``netbox safejobs_recover``: one recovery pass, for cron or by hand."""
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from netbox_safejobs import webhooks
+from netbox_safejobs.liveness import observation_window
 from netbox_safejobs.models import JobDispatch
 from netbox_safejobs.recovery import run_pass
 
@@ -25,17 +26,25 @@ class Command(BaseCommand):
         parser.add_argument('--resend-webhooks', action='store_true',
                             help="First send again every event rule's webhook that gave up (its receiver failed "
                                  'every attempt RQ_RETRY_MAX allows).')
+        parser.add_argument('--observe', type=float, default=None, metavar='SECONDS',
+                            help='Close a job whose worker stopped heartbeating only if it is still stale this many '
+                                 'seconds later (default: two heartbeats, 2 x (heartbeat_interval + relay_interval)): '
+                                 'after a database outage or failover every heartbeat looks stale until the live '
+                                 'workers write theirs again. Waits only when there is such a job.')
         parser.add_argument('--adopt', action='store_true',
                             help='First adopt the jobs NetBox left waiting or running without the plugin (before it '
                                  'was installed, or by a process without it): cover, rebuild and send again, or close '
                                  'them, and list those that cannot be rebuilt. Workers do this when they start.')
 
-    def handle(self, *args, dry_run=False, resend_webhooks=False, adopt=False, **options):
+    def handle(self, *args, dry_run=False, resend_webhooks=False, adopt=False, observe=None, **options):
+        if observe is not None and observe < 0:
+            raise CommandError(f'--observe is {observe:g}; it must be a number of seconds >= 0.')
         if resend_webhooks:
             given_up = JobDispatch.objects.filter(job__isnull=True, gave_up__isnull=False)
             count = given_up.count() if dry_run else webhooks.resend(given_up)
             self.stdout.write(f'{"would send" if dry_run else "sent"} {count} given-up webhook(s) again')
-        report = run_pass(dry_run=dry_run, adopt=adopt)
+        report = run_pass(dry_run=dry_run, adopt=adopt,
+                          observe=observation_window() if observe is None else observe)
         verbosity = options.get('verbosity', 1)
         if verbosity >= 2 and report.adoption is not None:
             self.write_adoption(report.adoption, dry_run)
