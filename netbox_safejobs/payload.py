@@ -7,8 +7,9 @@ the user's request, so the blob is
 
 - signed: an HMAC-SHA256 of the pickle with a key derived from NetBox's ``SECRET_KEY`` (Django's ``salted_hmac``,
   with a salt of this module's own), checked before anything is unpickled, against ``SECRET_KEY`` and then each of
-  ``SECRET_KEY_FALLBACKS`` (a rotated key). A blob written by anyone else, or truncated, raises ``BadPayload`` and is
-  never unpickled. The first release (0.1.0) stored pushes unsigned; migration 0006 signs those it finds;
+  ``SECRET_KEY_FALLBACKS`` (a rotated key), in Django's settings or NetBox's ``configuration.py``. A blob written by
+  anyone else, or truncated, raises ``BadPayload`` and is never unpickled. The first release (0.1.0) stored pushes
+  unsigned; migration 0006 signs those it finds;
 - erased as soon as it is not needed: at the worker's claim. A periodic job keeps only the keyword arguments of its
   next run (``seal_next_run``), which NetBox's own ``handle()`` passes on, until its run ends.
 """
@@ -18,10 +19,13 @@ import pickle
 
 from django.utils.crypto import salted_hmac
 
+from . import compat
+
 __all__ = (
     'BadPayload',
     'NextRun',
     'Push',
+    'fallback_keys',
     'is_signed',
     'runner_path',
     'seal',
@@ -70,17 +74,27 @@ def _mac(data, secret=None):
     return salted_hmac(_SALT, data, secret=secret, algorithm='sha256').digest()
 
 
-def _signed(mac, body):
+def fallback_keys():
     """
-    Whether ``mac`` signs ``body`` under ``SECRET_KEY`` or one of ``SECRET_KEY_FALLBACKS``: pushes stored before a
-    key rotation done the way Django documents it (the new key, the old one among the fallbacks) are still ours.
+    The rotated keys a push may be signed with: Django's ``SECRET_KEY_FALLBACKS``, and the same setting in NetBox's
+    ``configuration.py``, where a NetBox operator puts every other setting and which NetBox does not pass on to Django
+    (only ``local_settings.py`` does). Without the second, a rotation done there made every owed push unreadable.
     """
     from django.conf import settings
 
+    keys = list(getattr(settings, 'SECRET_KEY_FALLBACKS', None) or ())
+    configured = getattr(compat.netbox_configuration(), 'SECRET_KEY_FALLBACKS', None) or ()
+    return keys + [key for key in configured if key not in keys]
+
+
+def _signed(mac, body):
+    """
+    Whether ``mac`` signs ``body`` under ``SECRET_KEY`` or one of the fallback keys: pushes stored before a key
+    rotation done the way Django documents it (the new key, the old one among the fallbacks) are still ours.
+    """
     if hmac.compare_digest(mac, _mac(body)):
         return True
-    return any(hmac.compare_digest(mac, _mac(body, secret=key))
-               for key in getattr(settings, 'SECRET_KEY_FALLBACKS', None) or ())
+    return any(hmac.compare_digest(mac, _mac(body, secret=key)) for key in fallback_keys())
 
 
 def seal(push):
