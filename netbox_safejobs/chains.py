@@ -196,9 +196,12 @@ def next_run_taken(runner, kwargs, finished, using='default'):
         object_type = ObjectType.objects.db_manager(using).get_for_model(instance, for_concrete_model=False)
         runs = runs.filter(object_type=object_type, object_id=instance.pk)
         system = False
+    # Only a run at the same interval continues the chain, as NetBox's own check of a system job filters (4.6.2): a
+    # one-off run of a system job (``MySystemJob.enqueue()``, no interval) would otherwise end its periodic chain.
+    runs = runs.filter(interval=kwargs.get('interval'))
     wanted = None
     if not system:
-        runs = runs.filter(interval=kwargs.get('interval'), user=kwargs.get('user'))
+        runs = runs.filter(user=kwargs.get('user'))
         wanted = _fingerprint(run_arguments(kwargs))
         if wanted is None:
             return None

@@ -141,6 +141,18 @@ class MergeTest(SafeJobsTransactionTestCase):
         self.assertEqual(found.pk, waiting_run.pk)
         self.assertEqual(RetryEvent.objects.get(kind=Kind.KIND_CHAIN_MERGED).job_uuid, ended.job_id)
 
+    def test_a_one_off_run_of_a_system_job_does_not_end_its_chain(self):
+        """``MySystemJob.enqueue()`` without an interval is a run of its own, not the chain's next one."""
+        EventRetentionJob.enqueue()
+        ended = Job.objects.create(**compat.job_field_values(
+            name=EventRetentionJob.name, job_id=uuid.uuid4(), status='completed', interval=DAY,
+            started=timezone.now(), completed=timezone.now(), queue_name='default'))
+        with transaction.atomic():
+            self.assertIsNone(chains.next_run_taken(EventRetentionJob, {'name': EventRetentionJob.name,
+                                                                        'interval': DAY,
+                                                                        'schedule_at': later(days=1)}, ended))
+        self.assertFalse(RetryEvent.objects.filter(kind=Kind.KIND_CHAIN_MERGED).exists())
+
     def test_runs_of_one_schedule_compare_equal_and_separate_schedules_do_not(self):
         """A script's arguments carry its schedule's request (with its id): runs of one schedule are one chain."""
         def request():
