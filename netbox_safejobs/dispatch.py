@@ -28,19 +28,24 @@ The capture is scoped to the calling thread and to the call of ``Job.enqueue``: 
 import functools
 import logging
 import threading
+import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial, wraps
 
+from django.core.signals import request_finished, request_started
 from django.db import DatabaseError, connections, router, transaction
 
 from . import chains, compat, events, stopping
 from .choices import CLAIMABLE_STATES, RetryEventKindChoices
 from .payload import Push, runner_path, seal
-from .queues import get_push_queue
+from .queues import get_push_queue, redis_key
 
 __all__ = (
     'ASYNC_COMMIT',
+    'PUSH_FAILURE_GAP',
+    'PUSH_FAILURE_HOLD',
     'PUSH_MARKER',
     'CapturedPush',
     'OnCommitProxy',
@@ -48,6 +53,7 @@ __all__ = (
     'capturing',
     'defer',
     'deferred_cancel',
+    'forget_push_failure',
     'mark_owed',
     'mark_sent',
     'push',
@@ -261,6 +267,7 @@ def _close_deleted_task(job_id):
             job = Job.objects.using(using).select_for_update().filter(
                 job_id=job_id, status__in=CLAIMABLE_STATES).first()
             if job is None:
+                _drop_deleted_webhook(job_id, using)
                 return
             JobDispatch.objects.using(using).filter(job=job, claimed__isnull=True).delete()
             job.terminate(status='failed', error='Its task was deleted from Background Tasks by an operator; '
@@ -270,6 +277,28 @@ def _close_deleted_task(job_id):
                              'again. Enqueue it anew if it should run.')
     except Exception:
         logger.exception('job %s: not closed after its task was deleted from Background Tasks', job_id)
+
+
+def _drop_deleted_webhook(task_id, using):
+    """
+    An operator deleted a webhook's RQ task (a task without a Job, ``webhooks.py``) before a worker took it: its stored
+    push is dropped with one event, so that neither the relay's sweep (which sees the task gone) nor a Redis restore
+    sends it again. A webhook being sent (its lease held) is left to its worker.
+    """
+    from .models import JobDispatch
+
+    try:
+        task_uuid = uuid.UUID(str(task_id))
+    except ValueError:
+        return
+    rows = list(JobDispatch.objects.using(using).filter(job__isnull=True, job_uuid=task_uuid, claimed__isnull=True)
+                .values_list('pk', 'name', 'runner', 'queue_name'))
+    if not rows or not JobDispatch.objects.using(using).filter(pk=rows[0][0], claimed__isnull=True).delete()[0]:
+        return
+    _pk, name, runner, queue_name = rows[0]
+    events.record(RetryEventKindChoices.KIND_OPERATOR_STOPPED, job_uuid=task_uuid, job_name=name, runner=runner,
+                  queue=queue_name, using=using,
+                  detail='Task deleted from Background Tasks: the webhook is not sent, and not sent again.')
 
 
 def wrap_delete_task(original):
@@ -386,35 +415,97 @@ def pushes_deferred():
     return bool(getattr(_local, 'no_push', 0))
 
 
+# How long a failed push holds back the next pushes of the same thread. Inside a web request: until the request ends.
+# Elsewhere: while they follow each other (each within PUSH_FAILURE_GAP seconds of the last), at most
+# PUSH_FAILURE_HOLD seconds. A Redis that accepts connections and never answers costs each push its whole timeout,
+# and a request committing many jobs or firing many webhooks (a bulk import) would wait that long for each of them.
+PUSH_FAILURE_GAP = 1.0
+PUSH_FAILURE_HOLD = 30.0
+
+
+@dataclass
+class _PushFailure:
+    at: float
+    last: float
+    reason: str
+    in_request: bool
+
+
+def _push_failure(redis, now):
+    """The failed push to the Redis ``redis`` (``queues.redis_key``) that holds this thread's back, or None."""
+    failures = getattr(_local, 'push_failures', None) or {}
+    failure = failures.get(redis)
+    if failure is not None and not failure.in_request and (
+            now - failure.last >= PUSH_FAILURE_GAP or now - failure.at >= PUSH_FAILURE_HOLD):
+        del failures[redis]
+        failure = None
+    return failure
+
+
+def forget_push_failure(**kwargs):
+    """
+    A request starts or ends in this thread (``request_started``, ``request_finished``): its next push is tried
+    again. Also for a test that starts.
+    """
+    _local.push_failures = {}
+    _local.in_request = kwargs.get('signal') is request_started
+
+
 def push(job, runner, captured, using, dispatch_id, job_uuid=None, job_name='',
          saved='The job is committed and its push is stored as owed'):
     """
     Send one stored push to RQ, after commit. Never raises: the data is committed and the push is stored. A task that
     is not a job (a webhook, ``webhooks.py``) passes ``job=None`` with its ``job_uuid`` and ``job_name``, and says in
     ``saved`` what was committed and stored.
+
+    Once a push of this thread to a Redis fails, the next ones to that Redis of the same request (outside a request:
+    those that follow it closely, ``PUSH_FAILURE_GAP``) are not tried: each is stored as owed at once, with its own
+    event, and the relay sends them all as soon as Redis answers. The caller waits for one failure, however many
+    pushes it made.
     """
     if pushes_deferred():
         # An event rule on the plugin's own "dispatch failed" event, enqueuing while that event is recorded.
         mark_owed(using, dispatch_id)
         return
+    now = time.monotonic()
     try:
-        captured.send()
-    except Exception as e:
-        mark_owed(using, dispatch_id)
-        with pushes_deferred_to_relay():
-            events.record(
-                RetryEventKindChoices.KIND_DISPATCH_FAILED,
-                job=job,
-                job_uuid=job_uuid,
-                job_name=job_name,
-                runner=runner,
-                queue=captured.queue_name,
-                detail=f'{events.describe(e)}. {saved}; the relay of every worker sends it as soon as Redis '
-                       f'answers.',
-                using=using,
-            )
-        return
-    mark_sent(using, dispatch_id)
+        redis = redis_key(get_push_queue(captured.queue_name).connection)
+    except Exception:
+        redis = captured.queue_name
+    failure = _push_failure(redis, now)
+    if failure is not None:
+        failure.last = now
+        detail = (f'Not tried: a push {"of this request" if failure.in_request else "of this process thread"} '
+                  f'failed {now - failure.at:.1f}s earlier ({failure.reason})')
+    else:
+        try:
+            captured.send()
+        except Exception as e:
+            detail = events.describe(e)
+            failed = time.monotonic()
+            if getattr(_local, 'push_failures', None) is None:
+                _local.push_failures = {}
+            _local.push_failures[redis] = _PushFailure(failed, failed, events.redact(detail),
+                                                       getattr(_local, 'in_request', False))
+        else:
+            mark_sent(using, dispatch_id)
+            return
+    mark_owed(using, dispatch_id)
+    with pushes_deferred_to_relay():
+        events.record(
+            RetryEventKindChoices.KIND_DISPATCH_FAILED,
+            job=job,
+            job_uuid=job_uuid,
+            job_name=job_name,
+            runner=runner,
+            queue=captured.queue_name,
+            detail=f'{detail}. {saved}; the relay of every worker sends it as soon as Redis answers.',
+            using=using,
+        )
+
+
+request_started.connect(forget_push_failure, dispatch_uid='netbox_safejobs.dispatch.request_started')
+request_finished.connect(forget_push_failure, dispatch_uid='netbox_safejobs.dispatch.request_finished')
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ __all__ = (
     'fail_fast',
     'get_push_queue',
     'redis_groups',
+    'redis_key',
     'rq_worker_names',
 )
 
@@ -50,13 +51,19 @@ def redis_groups():
     groups = {}
     for name in getattr(settings, 'RQ_QUEUES', {}):
         connection = get_push_queue(name).connection
-        pool = connection.connection_pool
-        kwargs = pool.connection_kwargs
-        # Behind Sentinel the pool has no host or port (the master is asked of the sentinels): its service names it.
-        key = (kwargs.get('host'), kwargs.get('port'), kwargs.get('path'), kwargs.get('db'),
-               getattr(pool, 'service_name', None))
-        groups.setdefault(key, (connection, []))[1].append(name)
+        groups.setdefault(redis_key(connection), (connection, []))[1].append(name)
     return groups
+
+
+def redis_key(connection):
+    """
+    Which Redis a connection reaches: (host, port, socket path, database, Sentinel service). Behind Sentinel the pool
+    has no host or port (the master is asked of the sentinels): its service names it.
+    """
+    pool = connection.connection_pool
+    kwargs = pool.connection_kwargs
+    return (kwargs.get('host'), kwargs.get('port'), kwargs.get('path'), kwargs.get('db'),
+            getattr(pool, 'service_name', None))
 
 
 def rq_worker_names(connection):

@@ -17,7 +17,7 @@ from django.db import connection, connections
 from django.test import TransactionTestCase
 from django_rq import get_connection
 
-from netbox_safejobs import patches
+from netbox_safejobs import dispatch, patches
 from netbox_safejobs.testing.fixtures import netbox_command
 from netbox_safejobs.testing.processes import RedisServer, child_pids, kill_pids, stop_process_group
 from netbox_safejobs.testing.queues import override_rq_queues, queues_on
@@ -168,6 +168,8 @@ class SafeJobsTransactionTestCase(EmptiedTransactionTestCase):
         self.redis = get_connection('default')
         self.redis.flushdb()
         patches.install()
+        # A push that failed at the end of the last test holds back none of this one's.
+        dispatch.forget_push_failure()
 
     def tearDown(self):
         self.redis.flushdb()

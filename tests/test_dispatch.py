@@ -2,11 +2,14 @@
 
 import pickle
 import threading
+import time
+import uuid
 from datetime import timedelta
 
 from core.models import Job
+from django.core.signals import request_finished, request_started
 from django.db import transaction
-from django.test import override_settings
+from django.test import SimpleTestCase, override_settings
 from django.utils import timezone
 from django_rq import get_queue
 from rq.job import Job as RQJob
@@ -15,7 +18,7 @@ from netbox_safejobs import dispatch, patches, payload
 from netbox_safejobs.choices import RetryEventKindChoices
 from netbox_safejobs.models import JobDispatch, RetryEvent
 from netbox_safejobs.recovery import run_pass
-from netbox_safejobs.testing.queues import closed_port_queues, override_rq_queues
+from netbox_safejobs.testing.queues import closed_port_queues, override_rq_queues, queues_on, silent_port
 
 from .base import SafeJobsTransactionTestCase, run_burst_worker
 from .jobs import CountingJob, run_count
@@ -193,6 +196,15 @@ class DispatchTestMixin:
         with override_settings(SECRET_KEY=new_key, SECRET_KEY_FALLBACKS=[]):
             with self.assertRaisesMessage(payload.BadPayload, 'SECRET_KEY_FALLBACKS'):
                 payload.unseal(blob)
+            # Rotated in NetBox's configuration.py, which NetBox does not pass on to Django: read from there too.
+            from unittest import mock
+
+            from netbox_safejobs import compat
+
+            configuration = compat.netbox_configuration()
+            self.assertIsNotNone(configuration, "NetBox's configuration module not found")
+            with mock.patch.object(configuration, 'SECRET_KEY_FALLBACKS', [old_key], create=True):
+                self.assertEqual(payload.unseal(blob).kwargs['job_id'], str(job.job_id))
 
     def test_caller_transaction_survives_a_failing_enqueue(self):
         """An enqueue that raises inside the caller's transaction leaves it usable, as stock NetBox does."""
@@ -263,6 +275,76 @@ class DispatchAutoCommitModeTest(DispatchTestMixin, SafeJobsTransactionTestCase)
 @override_settings(RQ={'COMMIT_MODE': 'on_db_commit'})
 class DispatchOnDbCommitModeTest(DispatchTestMixin, SafeJobsTransactionTestCase):
     pass
+
+
+class SilentRedisTest(SafeJobsTransactionTestCase):
+    """
+    A Redis that accepts connections and never answers costs a push its whole timeout (5 s): a caller that commits
+    many jobs waits for one push, not one per job. The others are stored as owed at once, each with its event.
+    """
+    JOBS = 6
+    # One push's timeout, and room for a busy machine; one push per job would take JOBS times the timeout.
+    WITHIN = 5 + 3
+
+    def assertHeldOnce(self, jobs, elapsed):
+        self.assertLess(elapsed, self.WITHIN, f'{len(jobs)} pushes held the caller')
+        self.assertEqual([JobDispatch.objects.get(job=job).state for job in jobs], ['owed'] * len(jobs))
+        events = RetryEvent.objects.filter(kind=RetryEventKindChoices.KIND_DISPATCH_FAILED).order_by('pk')
+        self.assertEqual(sorted(event.job_id for event in events), sorted(job.pk for job in jobs))
+        self.assertIn('Timeout', events[0].detail)
+        self.assertEqual(sum('Not tried' in event.detail for event in events), len(jobs) - 1)
+
+    def assertRunOnce(self, jobs):
+        self.assertEqual(sorted(run_pass().pushed), sorted(job.job_id for job in jobs))
+        run_burst_worker()
+        for job in jobs:
+            self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
+            self.assertEqual(run_count(job.job_id), 1)
+
+    def test_one_transaction_waits_for_one_push(self):
+        with silent_port() as port, override_rq_queues(queues_on(port)):
+            started = time.monotonic()
+            with transaction.atomic():
+                jobs = [CountingJob.enqueue() for _ in range(self.JOBS)]
+            elapsed = time.monotonic() - started
+        self.assertHeldOnce(jobs, elapsed)
+        self.assertRunOnce(jobs)
+
+    def test_one_request_waits_for_one_push_and_the_next_request_tries_again(self):
+        """Pushes of one request outside a transaction (each enqueue its own commit, as event rules' webhooks are)."""
+        request_started.send(sender=self.__class__)
+        with silent_port() as port, override_rq_queues(queues_on(port)):
+            started = time.monotonic()
+            jobs = []
+            for _ in range(self.JOBS):
+                jobs.append(CountingJob.enqueue())
+                time.sleep(dispatch.PUSH_FAILURE_GAP)  # in a request, however far apart
+            elapsed = time.monotonic() - started - self.JOBS * dispatch.PUSH_FAILURE_GAP
+        request_finished.send(sender=self.__class__)
+        self.assertHeldOnce(jobs, elapsed)
+        # Redis answers: the next request pushes at once.
+        request_started.send(sender=self.__class__)
+        job = CountingJob.enqueue()
+        request_finished.send(sender=self.__class__)
+        self.assertEqual(JobDispatch.objects.get(job=job).state, 'sent')
+        self.assertRunOnce(jobs)
+
+    def test_outside_a_request_a_later_push_is_tried_again(self):
+        with silent_port() as port:
+            with override_rq_queues(queues_on(port)):
+                first = CountingJob.enqueue()
+                second = CountingJob.enqueue()
+            self.assertHeldOnce([first, second], 0)
+            # Another Redis is not held back by this one's failure.
+            job = CountingJob.enqueue()
+            self.assertEqual(JobDispatch.objects.get(job=job).state, 'sent')
+            # A push that does not follow closely is tried again.
+            time.sleep(dispatch.PUSH_FAILURE_GAP)
+            with override_rq_queues(queues_on(port)):
+                third = CountingJob.enqueue()
+        (event,) = RetryEvent.objects.filter(job=third)
+        self.assertNotIn('Not tried', event.detail)
+        self.assertIn('Timeout', event.detail)
 
 
 class DispatchSwitchTest(SafeJobsTransactionTestCase):
@@ -363,6 +445,41 @@ class FirstReleaseUpgradeTest(SafeJobsTransactionTestCase):
         for job in jobs[:2]:
             self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
             self.assertEqual(run_count(job.job_id), 1)
+
+
+class FirstReleasePushUnpicklerTest(SimpleTestCase):
+    """Migration 0006 reads 0.1.0's unsigned pushes: whoever can write a row must not run code on the upgrade host."""
+
+    def test_a_blob_that_calls_anything_else_is_refused_before_the_call(self):
+        import importlib
+        import os
+        import tempfile
+
+        migration = importlib.import_module('netbox_safejobs.migrations.0006_sign_first_release_pushes')
+        marker = os.path.join(tempfile.mkdtemp(), 'ran')
+
+        class Call:
+            def __init__(self, func, *args):
+                self.reduced = (func, args)
+
+            def __reduce__(self):
+                return self.reduced
+
+        for hostile in (Call(os.system, f'touch {marker}'), Call(open, marker, 'w'),
+                        Call(getattr, Job, 'objects'), Call(getattr, CountingJob, 'enqueue'),
+                        Call(importlib.import_module, 'antigravity')):
+            with self.subTest(call=hostile.reduced[0].__name__):
+                blob = pickle.dumps(('enqueue', (CountingJob.handle,), {'job': hostile}))
+                self.assertIsNone(migration._first_release_push(blob))
+                self.assertFalse(os.path.exists(marker), 'the blob ran code')
+        # What 0.1.0 pushed is read: the runner's handle, the Job, a UUID and dates.
+        job = Job(name='j', job_id=uuid.uuid4(), created=timezone.now())
+        legacy = pickle.dumps(('enqueue_at', (timezone.now(), CountingJob.handle),
+                               {'job': job, 'job_id': str(job.job_id), 'sleep': timedelta(seconds=1)}))
+        push = migration._first_release_push(legacy)
+        self.assertEqual(push.method, 'enqueue_at')
+        self.assertEqual(push.args[1], CountingJob.handle)
+        self.assertEqual(push.kwargs['job'].job_id, job.job_id)
 
 
 class UpgradeFromPreviousReleaseTest(SafeJobsTransactionTestCase):

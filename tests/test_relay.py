@@ -18,7 +18,7 @@ from netbox_safejobs.choices import RetryEventKindChoices as Kind
 from netbox_safejobs.models import JobDispatch, RetryEvent
 from netbox_safejobs.queues import get_push_queue
 from netbox_safejobs.recovery import run_pass
-from netbox_safejobs.testing.queues import closed_port_queues, override_rq_queues, queues_on
+from netbox_safejobs.testing.queues import closed_port_queues, override_rq_queues, queues_on, silent_port
 
 from .base import (
     PrivateRedisTestCase,
@@ -117,13 +117,7 @@ class RelayTest(SafeJobsTransactionTestCase):
 
     def test_silent_redis_is_given_up_after_five_seconds(self):
         """A Redis that accepts and never answers (hung, blackholed): the relay gives it up as the enqueue does."""
-        import socket
-
-        listener = socket.socket()
-        listener.bind(('127.0.0.1', 0))
-        listener.listen(16)  # the kernel accepts; nobody ever reads or answers
-        self.addCleanup(listener.close)
-        with override_rq_queues(queues_on(listener.getsockname()[1])):
+        with silent_port() as port, override_rq_queues(queues_on(port)):
             started = time.monotonic()
             report = relay.send_owed(sweep=True)
             elapsed = time.monotonic() - started

@@ -96,6 +96,33 @@ class WebhookOutboxTest(WebhookTestCase):
         self.assertIn('webhook is stored as owed', event.detail)
 
 
+class DeletedWebhookTest(WebhookTestCase):
+    """An operator's delete of a queued webhook task in Background Tasks is a decision: it is never sent again."""
+
+    def test_deleted_in_background_tasks_is_not_sent_again(self):
+        from core.utils import delete_rq_job
+
+        from netbox_safejobs.recovery import run_pass
+
+        from .base import run_burst_worker
+
+        self.assertEqual(self.create_site('deleted'), 201)
+        self.assertEqual(self.create_site('kept'), 201)
+        deleted, kept = (row.job_uuid for row in self.rows().order_by('pk'))
+        delete_rq_job(str(deleted))
+        self.assertEqual(list(self.rows().values_list('job_uuid', flat=True)), [kept])
+        (event,) = RetryEvent.objects.filter(kind=Kind.KIND_OPERATOR_STOPPED)
+        self.assertEqual(event.job_uuid, deleted)
+        self.assertIn('Task deleted from Background Tasks', event.detail)
+        # The relay's sweep finds the task gone, and Redis losing its data does not bring it back either.
+        self.redis.flushdb()
+        self.assertEqual(run_pass().pushed, [kept])
+        run_burst_worker()
+        self.wait_for(lambda: self.receiver.names() == ['kept'], timeout=30, message='the kept webhook delivered')
+        time.sleep(1)
+        self.assertEqual(self.receiver.names(), ['kept'], 'the deleted webhook was sent')
+
+
 class WorkerCheckTest(SafeJobsTransactionTestCase):
     """NetBox's "is a worker running?" answered from the heartbeats while Redis is away."""
 

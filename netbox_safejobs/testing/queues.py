@@ -1,12 +1,14 @@
 """RQ queues pointed elsewhere while a block runs: at a private Redis server, or at a port nothing listens on."""
 
+import socket
 from contextlib import contextmanager
 
 __all__ = (
     'closed_port_queues',
     'override_rq_queues',
-    'queues_on',
     'queues_behind_sentinel',
+    'queues_on',
+    'silent_port',
 )
 
 # A port nothing listens on: a connection to it is refused at once.
@@ -36,6 +38,21 @@ def queues_behind_sentinel(port, service, db=0):
                    'SOCKET_TIMEOUT': None, 'CONNECTION_KWARGS': {'socket_connect_timeout': 5},
                    **{key: value for key, value in params.items() if key in ('DEFAULT_TIMEOUT',)}}
             for name, params in settings.RQ_QUEUES.items()}
+
+
+@contextmanager
+def silent_port():
+    """
+    A port on 127.0.0.1 where connections are accepted and nothing is ever answered (a hung Redis, a blackholed
+    route): the kernel completes each connection, nobody reads. Yields the port; closed when the block ends.
+    """
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(64)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
 
 
 def closed_port_queues():
