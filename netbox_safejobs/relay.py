@@ -165,7 +165,7 @@ def sweep_sent(report, using='default', limit=BATCH):
         after = _sweep_cursor.get(cursor_key)
         with connections[using].cursor() as cursor:
             cursor.execute(
-                f'SELECT id, job_uuid, queue_name, sent FROM {table} '
+                f'SELECT id, job_uuid, queue_name, sent, job_id IS NULL FROM {table} '
                 f'WHERE claimed IS NULL AND sent IS NOT NULL AND queue_name = ANY(%s) '
                 f'AND (sent, id) > (%s, %s) ORDER BY sent, id LIMIT %s',
                 [list(queue_names), after[0] if after else '-infinity', after[1] if after else 0, limit],
@@ -177,7 +177,16 @@ def sweep_sent(report, using='default', limit=BATCH):
             if not rows:
                 continue
             statuses = _task_statuses(connection, [row[1] for row in rows])
-            lost = [row for row in rows if statuses[row[1]] not in _RUNNABLE]
+            # A webhook whose task finished unclaimed was sent by a worker without the plugin (a rolling upgrade):
+            # delivered, its row is done with. Owed again, it would reach the receiver twice.
+            delivered = [row[0] for row in rows if row[4] and statuses[row[1]] == 'finished']
+            if delivered:
+                cursor.execute(f'DELETE FROM {table} WHERE id = ANY(%s) AND claimed IS NULL AND job_id IS NULL',
+                               [delivered])
+                report.cleaned += cursor.rowcount
+                logger.info('%d webhook(s) sent by a worker without the plugin: done with, not sent again',
+                            cursor.rowcount)
+            lost = [row for row in rows if statuses[row[1]] not in _RUNNABLE and row[0] not in delivered]
             if not lost:
                 continue
             cursor.execute(

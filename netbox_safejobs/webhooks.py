@@ -32,6 +32,7 @@ from .choices import RetryEventKindChoices
 from .dispatch import PUSH_MARKER, CapturedPush, push
 from .payload import Push, seal
 from .queues import get_push_queue
+from .settings import get_settings
 
 __all__ = (
     'WEBHOOK_TASK',
@@ -135,16 +136,24 @@ def wrap_get_queue(original):
 # --------------------------------------------------------------------------------------------------------------------
 
 def _claim(using, task_id, token):
-    """Claim the webhook's row for this attempt; ``(id, name, queue_name)``, or ``None`` when it is not to be sent."""
+    """
+    Claim the webhook's row for this attempt; ``((id, name, queue_name), requeued)``, or ``(None, False)`` when it is
+    not to be sent. A row that gave up is claimed too: RQ runs its task again only when an operator requeued it in
+    Background Tasks (the relay sends no such row, and RQ has no retry left for it).
+    """
     identity = workers.current()
+    table = _table()
     with connections[using].cursor() as cursor:
         cursor.execute(
-            f'UPDATE {_table()} SET claimed = clock_timestamp(), token = %s, worker = %s, worker_host = %s, '
-            f'worker_pid = %s, heartbeat = NULL, owed = NULL, sent = coalesce(sent, clock_timestamp()) '
-            f'WHERE job_uuid = %s AND job_id IS NULL AND claimed IS NULL RETURNING id, name, queue_name',
-            [token, identity.id if identity else None, workers.HOST, os.getpid(), task_id],
+            f'WITH old AS (SELECT id, gave_up FROM {table} WHERE job_uuid = %s AND job_id IS NULL '
+            f'AND (claimed IS NULL OR gave_up IS NOT NULL) FOR UPDATE) '
+            f'UPDATE {table} d SET claimed = clock_timestamp(), token = %s, worker = %s, worker_host = %s, '
+            f'worker_pid = %s, heartbeat = NULL, owed = NULL, gave_up = NULL, sent = coalesce(sent, clock_timestamp()) '
+            f'FROM old WHERE d.id = old.id RETURNING d.id, d.name, d.queue_name, old.gave_up IS NOT NULL',
+            [task_id, token, identity.id if identity else None, workers.HOST, os.getpid()],
         )
-        return cursor.fetchone()
+        row = cursor.fetchone()
+    return (row[:3], row[3]) if row is not None else (None, False)
 
 
 def _finish(using, row_id, token, retry_in):
@@ -208,6 +217,11 @@ def _skip(using, task_id):
                   runner=WEBHOOK_TASK, queue=queue_name, detail=detail, using=using)
 
 
+def _stop(heartbeat):
+    if heartbeat is not None:
+        heartbeat.stop()
+
+
 def wrap_send_webhook(original):
     """The wrapper installed as ``extras.webhooks.send_webhook``, which RQ imports by its path to run the task."""
 
@@ -222,15 +236,27 @@ def wrap_send_webhook(original):
 
         using = router.db_for_write(JobDispatch)
         token = uuid.uuid4()
-        row = _claim(using, task.id, token)
+        row, requeued = _claim(using, task.id, token)
         if row is None:
             _skip(using, task.id)
             return None
+        if requeued:
+            events.record(RetryEventKindChoices.KIND_RECOVERED, job_uuid=task.id, job_name=row[1],
+                          runner=WEBHOOK_TASK, queue=row[2], using=using,
+                          detail='Webhook requeued in Background Tasks after it gave up: sent again.')
+        # While the request is under way, its lease heartbeats as a job's does: a send that outlives stuck_after
+        # while its worker's own heartbeat is late (a long tick) is not taken for a dead one and sent again.
+        heartbeat = None
+        if workers.current() is not None:
+            heartbeat = workers.LeaseHeartbeat(row[0], token, get_settings().heartbeat_interval, using, column='id')
+            heartbeat.start()
         try:
             result = original(*args, **kwargs)
         except Exception as e:
+            _stop(heartbeat)
             _failed(using, row, token, task, e)
             raise
+        _stop(heartbeat)
         with connections[using].cursor() as cursor:
             cursor.execute(f'DELETE FROM {_table()} WHERE id = %s AND token = %s', [row[0], token])
         return result

@@ -95,16 +95,18 @@ class LeaseHeartbeat(threading.Thread):
     Waits one interval before its first beat: a job shorter than that costs nothing, not even a connection.
     """
 
-    def __init__(self, job_pk, token, interval, using='default'):
+    def __init__(self, job_pk, token, interval, using='default', column='job_id'):
+        # ``column``: the lease's row by its job (``job_id``), or, for a task without a Job (a webhook), by its ``id``.
         super().__init__(name='netbox-safejobs-lease', daemon=True)
         self.job_pk, self.token, self.interval, self.using = job_pk, token, interval, using
+        self.column = {'job_id': 'job_id', 'id': 'id'}[column]
         self._done = threading.Event()
 
     def run(self):
         from .models import JobDispatch
 
         sql = (f'UPDATE {JobDispatch._meta.db_table} SET heartbeat = clock_timestamp() '
-               f'WHERE job_id = %s AND token = %s')
+               f'WHERE {self.column} = %s AND token = %s')
         beat = False
         try:
             while not self._done.wait(self.interval):

@@ -26,7 +26,7 @@ from netbox_safejobs.testing.queues import closed_port_queues, override_rq_queue
 from netbox_safejobs.testing.receiver import WebhookReceiver
 from netbox_safejobs.workers import WorkerIdentity, beat
 
-from .base import PrivateRedisTestCase, SafeJobsTransactionTestCase
+from .base import PrivateRedisTestCase, SafeJobsTransactionTestCase, Worker, worker_env
 
 
 class WebhookTestCase(SafeJobsTransactionTestCase):
@@ -238,6 +238,59 @@ class Probe(Script):
         self.log_info('probe ran')
         return 'probe done'
 """
+
+
+class WebhookOperatorTest(PrivateRedisWebhookTestCase):
+    """What a worker without the plugin, an operator's Requeue and a slow receiver do to a webhook in the outbox."""
+
+    def private_worker(self, plugins_config=None, burst=False, **extra):
+        env = worker_env(plugins_config, SAFEJOBS_REDIS_PORT=self.server.port, SAFEJOBS_REDIS_TASKS_DB=0, **extra)
+        worker = Worker(burst=burst, env=env)
+        self.addCleanup(worker.kill)
+        return worker
+
+    def test_sent_by_a_worker_without_the_plugin_is_not_sent_again(self):
+        """A rolling upgrade: a worker without the plugin runs the task; the guarded workers' sweep leaves it sent."""
+        from netbox_safejobs.recovery import run_pass
+
+        self.assertEqual(self.create_site('stock'), 201)
+        stock = self.private_worker(burst=True, SAFEJOBS_PLUGIN='0')
+        self.assertEqual(stock.wait(), 0, stock.output[-3000:])
+        self.assertEqual(self.receiver.names(), ['stock'])
+        self.assertEqual(self.rows().count(), 1, 'the worker without the plugin left the row as it was')
+        self.assertEqual(run_pass().pushed, [])
+        self.assertFalse(self.rows().exists())
+        self.worker()
+        time.sleep(3)
+        self.assertEqual(self.receiver.names(), ['stock'], 'sent again')
+
+    def test_requeued_in_background_tasks_after_it_gave_up(self):
+        from core.utils import requeue_rq_job
+
+        self.receiver.status = 500
+        with override_settings(RQ_RETRY_MAX=0):
+            self.assertEqual(self.create_site('requeued'), 201)
+        self.worker()
+        self.wait_for(lambda: self.rows().filter(gave_up__isnull=False).exists(), timeout=60, message='gave up')
+        self.receiver.status = 200
+        requeue_rq_job(str(self.rows().get().job_uuid))
+        self.wait_for(self.delivered_twice('requeued'), timeout=30, message='sent again after the Requeue')
+        self.wait_for(lambda: not self.rows().exists(), timeout=10, message='row of the delivered webhook gone')
+        self.assertTrue(RetryEvent.objects.filter(kind=Kind.KIND_RECOVERED,
+                                                  detail__contains='requeued in Background Tasks').exists())
+
+    def delivered_twice(self, name):
+        return lambda: self.receiver.names() == [name, name]
+
+    def test_a_webhook_being_sent_heartbeats(self):
+        """A slow receiver: the send's lease heartbeats, so it is not taken for a dead one and sent by another."""
+        self.receiver.delay = 4
+        self.assertEqual(self.create_site('slow'), 201)
+        self.private_worker({'heartbeat_interval': 1, 'stuck_after': 10, 'relay_interval': 0.5})
+        self.wait_for(lambda: self.rows().filter(claimed__isnull=False, heartbeat__isnull=False).exists(),
+                      timeout=60, message='lease heartbeat while the receiver takes its time')
+        self.wait_for(lambda: self.receiver.names() == ['slow'], timeout=30, message='delivered')
+        self.wait_for(lambda: not self.rows().exists(), timeout=10, message='row gone')
 
 
 class ScriptRunTest(PrivateRedisWebhookTestCase):
