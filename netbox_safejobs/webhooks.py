@@ -11,7 +11,8 @@ never happened. Here, as for jobs (``dispatch.py``):
    signed, in the caller's transaction, and sent once that commits (at once outside one); a failed push is stamped
    owed, one ``dispatch failed`` event is recorded, and the relay of every worker sends it when Redis answers;
 2. in the work horse, ``send_webhook`` (wrapped) first claims the row: a second copy of the task (re-sent after Redis
-   lost it, requeued by hand) finds it claimed or gone and does not send the request again. The row is deleted once
+   lost it, pushed twice) finds it claimed or gone and does not send the request again; a task requeued by an
+   operator in Background Tasks after it gave up is sent. The lease heartbeats while the request is under way. The row is deleted once
    the receiver answered with success. A failed attempt releases it for RQ's own retry (``RQ_RETRY_MAX``) with a
    ``webhook failed`` event; after the last one the row is kept, marked ``gave_up``, until an operator sends it
    again (``resend``) or deletes it. A work horse that dies mid-request leaves a lease the liveness check turns back
