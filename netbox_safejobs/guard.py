@@ -122,6 +122,9 @@ def _statements():
     sql['release'] = (f'DELETE FROM {dispatch_table} d WHERE d.job_id = %s AND d.token = %s AND NOT EXISTS '
                       f'(SELECT 1 FROM {job_table} j WHERE j.id = d.job_id AND j.status = %s) {{commit}} '
                       f'RETURNING d.id')
+    # The condition of every save of a running job (``_update_only``): its lease, locked.
+    sql['leased'] = (f'EXISTS (SELECT 1 FROM {dispatch_table} WHERE job_id = %s AND token = %s '
+                     f'FOR NO KEY UPDATE)')
     sql['still_running'] = (f'SELECT 1 FROM {dispatch_table} d JOIN {job_table} j ON j.id = d.job_id '
                             f'WHERE d.job_id = %s AND d.token = %s AND j.status = %s')
     for name in ('claim', 'release'):
@@ -344,16 +347,18 @@ def _update_only(job, held, token=None, runner=None):
 
     With this attempt's lease ``token``, the UPDATE also requires the lease: a job the liveness check closed while
     this run went on (its worker was judged dead, as across a partition) keeps the outcome the check gave it. The
-    condition is part of the UPDATE itself, so it costs no statement, and the lease row's lock orders it against the
-    check's close (``liveness._take_lease``).
+    condition is part of the UPDATE itself, so it costs no statement, and it *locks* the lease row
+    (``FOR NO KEY UPDATE`` in the sub-select): a save and the check's close (``liveness._take_lease``, which deletes
+    the lease and terminates the job in one transaction) are decided under that one lock. A save that meets the close
+    under way waits for it, then finds the lease gone and is refused; a plain ``EXISTS`` would have read the lease
+    from before the close and written ``completed`` over ``errored`` (a second ``job_end``, a second notification).
     """
     model_save = type(job).save
     if token is not None:
-        from django.db.models import Exists, OuterRef
+        from django.db.models import BooleanField, ExpressionWrapper
+        from django.db.models.expressions import RawSQL
 
-        from .models import JobDispatch
-
-        leased = Exists(JobDispatch.objects.filter(job_id=OuterRef('pk'), token=token))
+        leased = ExpressionWrapper(RawSQL(_statements()['leased'], [job.pk, token]), output_field=BooleanField())
         model_do_update = job._do_update
 
         def _do_update(base_qs, *args, **kwargs):
@@ -457,18 +462,17 @@ def run_nothing(original, runner, job, reason, kwargs):
 def warm(using='default'):
     """
     Fill, in a worker before it forks, what every work horse would otherwise build again for its one job: the claim
-    and release statements, the retry schedules, and Django's metadata of the lease (its ``Exists`` condition
-    compiled once). Work horses inherit it; none of it is a database session. Call from a thread whose session is
-    closed afterwards (``sessions.run_in_own_session``): compiling may read the server's version.
+    and release statements, the retry schedules, and Django's metadata of the lease (its condition compiled once).
+    Work horses inherit it; none of it is a database session. Call from a thread whose session is closed afterwards
+    (``sessions.run_in_own_session``): compiling may read the server's version.
     """
     from core.models import Job
-    from django.db.models import Exists, OuterRef
-
-    from .models import JobDispatch
+    from django.db.models import BooleanField, ExpressionWrapper
+    from django.db.models.expressions import RawSQL
 
     _statements()
     _schedules(get_settings())
-    leased = Exists(JobDispatch.objects.filter(job_id=OuterRef('pk'), token=uuid.uuid4()))
+    leased = ExpressionWrapper(RawSQL(_statements()['leased'], [0, uuid.uuid4()]), output_field=BooleanField())
     Job.objects.filter(leased).query.get_compiler(using=using).as_sql()
 
 

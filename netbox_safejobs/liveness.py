@@ -36,7 +36,7 @@ from django.db import connections, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from . import compat, events, guard
+from . import compat, events, guard, stopping
 from .choices import RUNNING, RetryEventKindChoices
 from .payload import BadPayload, NextRun, unseal
 from .settings import get_settings
@@ -324,6 +324,15 @@ def observation_window(settings=None):
     return 2 * (settings.heartbeat_interval + settings.relay_interval)
 
 
+def _holders(using, lease_ids):
+    """``{lease id: (queue name, RQ worker name)}``: where to send a stop for each lease, read before it is closed."""
+    table, workers_table = _tables()
+    with connections[using].cursor() as cursor:
+        cursor.execute(f'SELECT d.id, d.queue_name, w.name FROM {table} d JOIN {workers_table} w ON w.id = d.worker '
+                       f'WHERE d.id = ANY(%s)', [list(lease_ids)])
+        return {lease_id: (queue_name, name) for lease_id, queue_name, name in cursor.fetchall()}
+
+
 def close_stale(report=None, using='default', dry_run=False, observe=0.0):
     """
     Close every job whose worker stopped heartbeating; forget workers that are gone. Returns the report.
@@ -346,6 +355,7 @@ def close_stale(report=None, using='default', dry_run=False, observe=0.0):
             report.closed += ids
             return report
         while ids:
+            holders = _holders(using, ids)
             for lease_id in ids:
                 job_uuid = _close(using, lease_id,
                                   f'The worker running this job stopped heartbeating for more than {stuck_after}s '
@@ -353,6 +363,10 @@ def close_stale(report=None, using='default', dry_run=False, observe=0.0):
                                   RetryEventKindChoices.KIND_STUCK_ERRORED)
                 if job_uuid is not None:
                     report.closed.append(job_uuid)
+                    # Judged dead, perhaps only cut off (a partition, a frozen host): its work horse, if it runs on,
+                    # is stopped as RQ stops one, rather than run beside the next run. Its saves are refused anyway.
+                    queue_name, worker_name = holders.get(lease_id, (None, None))
+                    stopping.send_stop_command(queue_name, worker_name, job_uuid)
             if len(ids) < BATCH:
                 break
             ids = stale_leases(using, stuck_after=stuck_after)

@@ -12,11 +12,11 @@ never happened. Here, as for jobs (``dispatch.py``):
    owed, one ``dispatch failed`` event is recorded, and the relay of every worker sends it when Redis answers;
 2. in the work horse, ``send_webhook`` (wrapped) first claims the row: a second copy of the task (re-sent after Redis
    lost it, pushed twice) finds it claimed or gone and does not send the request again; a task requeued by an
-   operator in Background Tasks after it gave up is sent. The lease heartbeats while the request is under way. The row is deleted once
-   the receiver answered with success. A failed attempt releases it for RQ's own retry (``RQ_RETRY_MAX``) with a
-   ``webhook failed`` event; after the last one the row is kept, marked ``gave_up``, until an operator sends it
-   again (``resend``) or deletes it. A work horse that dies mid-request leaves a lease the liveness check turns back
-   into an owed push: delivered at least once, and a second time only after such a death.
+   operator in Background Tasks after it gave up is sent. The lease heartbeats while the request is under way. The
+   row is deleted once the receiver answered with success. A failed attempt releases it for RQ's own retry
+   (``RQ_RETRY_MAX``) with a ``webhook failed`` event; after the last one the row is kept, marked ``gave_up``, until
+   an operator sends it again (``resend``) or deletes it. A work horse that dies mid-request leaves a lease the
+   liveness check turns back into an owed push: delivered at least once, and a second time only after such a death.
 
 A task without the plugin's marker in its RQ ``meta`` (pushed by a process without the plugin) runs as NetBox runs it.
 """

@@ -13,6 +13,7 @@ import uuid
 from core.models import Job
 from django.db import connection, connections
 from django.test import override_settings
+from django.utils import timezone
 
 from netbox_safejobs import compat, liveness, workers
 from netbox_safejobs.choices import RetryEventKindChoices as Kind
@@ -84,6 +85,34 @@ class LivenessTest(RunningJobTestCase):
         self.assertLess(elapsed, LIVELY['stuck_after'] + 15)
         job.refresh_from_db()
         self.assertIn('stopped heartbeating', job.error)
+        self.assertEqual(RetryEvent.objects.filter(job_uuid=job.job_id, kind=Kind.KIND_STUCK_ERRORED).count(), 1)
+
+    def test_a_frozen_worker_judged_dead_has_its_horse_stopped_when_it_wakes(self):
+        """
+        Judged dead, but only cut off (its host frozen, as in a partition): the close sends RQ's stop, and the work
+        horse stops once the worker runs again, rather than running on beside the next run.
+        """
+        job = CountingJob.enqueue(sleep=120)
+        worker = self.start_worker()
+        horse = self.wait_running(job, worker).worker_pid
+        frozen = [worker.pid, *worker.children()]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            with override_settings(PLUGINS_CONFIG={'netbox_safejobs': LIVELY}):
+                self.wait_for(lambda: liveness.stale_leases(), timeout=LIVELY['stuck_after'] + 15, interval=0.5,
+                              message='lease stale')
+                self.assertEqual(liveness.close_stale().closed, [job.job_id])
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        self.assertEqual(Job.objects.get(pk=job.pk).status, 'errored')
+        self.wait_for(lambda: not liveness.pid_alive(horse), timeout=15,
+                      message='work horse stopped after the worker woke')
+        self.assertIsNone(worker.process.poll(), 'the worker itself was stopped')
+        time.sleep(1)
+        job.refresh_from_db()
+        self.assertEqual(job.status, 'errored')
         self.assertEqual(RetryEvent.objects.filter(job_uuid=job.job_id, kind=Kind.KIND_STUCK_ERRORED).count(), 1)
 
     def test_work_horse_outliving_its_worker_is_never_closed(self):
@@ -470,3 +499,50 @@ class ObservedCloseTest(SafeJobsTransactionTestCase):
         self.assertEqual(liveness.observation_window(), 2 * (10 + 1.0))
         with self.assertRaisesMessage(CommandError, '--observe is -1; it must be a number of seconds >= 0.'):
             call_command('safejobs_recover', '--observe', '-1')
+
+
+class SaveAgainstCloseTest(SafeJobsTransactionTestCase):
+    """
+    A work horse's save and the liveness check's close of the same job, in two sessions: decided under the lease's
+    lock. A save that meets the close under way waits for it and is refused; it never writes over the close.
+    """
+
+    def test_a_save_waiting_on_the_close_is_refused(self):
+        from django.db import transaction
+
+        from netbox_safejobs import dispatch, guard
+
+        token = uuid.uuid4()
+        job = Job.objects.create(**compat.job_field_values(
+            name=CountingJob.name, job_id=uuid.uuid4(), status='running', queue_name='default',
+            started=timezone.now()))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f'INSERT INTO {JobDispatch._meta.db_table} (job_id, job_uuid, queue_name, runner, method, created, '
+                f"recoveries, claimed, token, worker_host) VALUES (%s, %s, 'default', 'tests.jobs.CountingJob', '', "
+                f"now(), 0, clock_timestamp(), %s, 'h') RETURNING id", [job.pk, job.job_id, token])
+            lease_id = cursor.fetchone()[0]
+        closing, errors = threading.Event(), []
+
+        def close():
+            # The check's close, held open: the lease deleted and the job errored, not yet committed.
+            with transaction.atomic():
+                self.assertIsNotNone(liveness._take_lease('default', lease_id))
+                Job.objects.filter(pk=job.pk).update(status='errored', error='closed by the check')
+                closing.set()
+                time.sleep(1.5)
+
+        thread = in_own_session(close, errors)
+        self.assertTrue(closing.wait(10))
+        held = dispatch.HeldRun(job, CountingJob)
+        guard._update_only(job, held, token, CountingJob)
+        job.status, job.data = 'completed', {'ran': True}
+        started = time.monotonic()
+        with self.assertRaises(guard.JobLeaseLost):
+            job.save()
+        self.assertGreater(time.monotonic() - started, 1, 'the save did not wait for the close')
+        thread.join(10)
+        self.assertEqual(errors, [])
+        self.assertTrue(held.lease_lost)
+        closed = Job.objects.get(pk=job.pk)
+        self.assertEqual((closed.status, closed.error, closed.data), ('errored', 'closed by the check', None))
