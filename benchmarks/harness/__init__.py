@@ -67,6 +67,6 @@ RUN_ORDER = (
     'worker_killed', 'stop', 'worker_sigkill', 'db_terminated', 'duplicate_push', 'concurrent_relays',
     'lost_claim_reply', 'horse_sessions', 'pg_blip', 'pg_outage', 'key_rotation', 'upgrade_from_0_1',
     'snapshot_restore', 'adoption', 'chains', 'caller_catches', 'webhooks_outage', 'webhooks_flushed',
-    'webhooks_rolled_back', 'script_outage', 'cost', 'throughput',
+    'webhooks_rolled_back', 'script_outage', 'silent_redis', 'cost', 'throughput',
 )
 run_in_order(RUN_ORDER)

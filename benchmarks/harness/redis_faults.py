@@ -25,6 +25,7 @@ __all__ = (
     'scenario_redis_flushed',
     'scenario_redis_outage',
     'scenario_redis_outages',
+    'scenario_silent_redis',
     'scenario_snapshot_restore',
 )
 
@@ -205,3 +206,34 @@ def scenario_snapshot_restore(ctx, mode, opts, runs_file):
         'all_ran_s_after_first_heartbeat': (round(max(read_runs(runs_file)[1].get(u, 0) for u in committed)
                                             - beat.timestamp(), 2) if after is not None and beat else None),
     })
+
+
+@scenario
+def scenario_silent_redis(ctx, mode, opts, runs_file):
+    """
+    Redis accepts connections and never answers (hung, blackholed) while one transaction commits ``opts.fault_jobs``
+    jobs: how long the caller is held, and what it gets. Then Redis answers and the workers run what was committed.
+    """
+    from django.db import transaction
+
+    from benchmarks.runners import HarnessJob
+    from netbox_safejobs.testing.queues import override_rq_queues, queues_on, silent_port
+
+    committed, exceptions = [], Counter()
+    with silent_port() as port, override_rq_queues(queues_on(port, ctx.redis_db)):
+        started = time.monotonic()
+        try:
+            with transaction.atomic():
+                for _ in range(opts.fault_jobs):
+                    committed.append(HarnessJob.enqueue().job_id)
+        except Exception as e:
+            # Stock NetBox: an on-commit push raising after COMMIT; the rows are committed all the same.
+            exceptions[type(e).__name__] += 1
+        held = time.monotonic() - started
+    pool = WorkerPool(ctx, mode, runs_file)
+    try:
+        wait_until_settled(committed, timeout=opts.timeout, idle=15, pool=pool)
+    finally:
+        pool.stop()
+    return collect(committed, [], runs_file, caller_exceptions=exceptions,
+                   extra={'caller_held_s': round(held, 2)})

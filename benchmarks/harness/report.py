@@ -24,6 +24,7 @@ ROWS = (
     ('ghost_rows', 'ghost rows'), ('resurrected', 'resurrected rows'),
     ('runs', 'run() calls'), ('duplicate_runs', 'jobs run twice'), ('caller_exceptions', 'caller exceptions'),
     ('rq_failed', 'RQ failed registry'), ('all_ran_s_after_redis_back', 'all ran, s after Redis back'),
+    ('caller_held_s', 'caller held, s (one transaction)'),
     ('outage_s', 'Redis down, s'), ('outages', 'Redis outages, s each'),
     ('ran_s_after_redis_back_p50', 'ran, s after Redis back: p50'),
     ('ran_s_after_redis_back_max', 'ran, s after Redis back: max'),
