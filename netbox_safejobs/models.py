@@ -211,6 +211,9 @@ class JobDispatch(models.Model):
     sent = models.DateTimeField(null=True, editable=False)
     owed = models.DateTimeField(null=True, editable=False)
     recoveries = models.PositiveIntegerField(default=0, editable=False)
+    # How many times its task failed in RQ before a worker claimed it (a task that cannot be read, the database away
+    # through the guard's retries): each such failure is sent again after a backoff, up to a limit (``relay.py``).
+    failures = models.PositiveSmallIntegerField(default=0, db_default=0, editable=False)
     claimed = models.DateTimeField(null=True, editable=False)
     token = models.UUIDField(null=True, editable=False)
     worker = models.UUIDField(null=True, editable=False)
@@ -244,6 +247,12 @@ class JobDispatch(models.Model):
             # Redis lost its tasks: every sent, unclaimed row of its queues is owed again.
             models.Index(
                 fields=('queue_name',), name='netbox_safejobs_sent_idx',
+                condition=models.Q(claimed__isnull=True, sent__isnull=False),
+            ),
+            # The relay's sweep of sent, unclaimed rows, oldest first from where the last sweep stopped
+            # (``relay.sweep_sent``: ORDER BY sent, id LIMIT 500): a range read, not a sort of every such row.
+            models.Index(
+                fields=('sent', 'id'), name='netbox_safejobs_sweep_idx',
                 condition=models.Q(claimed__isnull=True, sent__isnull=False),
             ),
             # Liveness: the leases of a worker (heartbeat gone stale, work horse died). The covered columns let the

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from django.db import connections, transaction
 
-from . import events
+from . import backoff, events
 from .choices import CLAIMABLE_STATES, RetryEventKindChoices
 from .dispatch import ROW_COLUMNS, CapturedPush
 from .payload import BadPayload, Push, unseal
@@ -35,6 +35,7 @@ from .settings import get_settings
 
 __all__ = (
     'EPOCH_KEY',
+    'FAILED_TASK_DELAYS',
     'RelayReport',
     'check_redis',
     'redis_answers',
@@ -65,6 +66,8 @@ class RelayReport:
     server_changed: bool = False
     # The sweep looked at every sent, unclaimed row (its cursor is back at the start for every Redis).
     swept_all: bool = False
+    # Tasks that failed in RQ before their claim every time they were sent: not sent again (``sweep_sent``).
+    gave_up: list = field(default_factory=list)
 
 
 def _is_connection_error(e):
@@ -144,6 +147,12 @@ def _forget_failed(connection, queue_name, job_uuids):
     connection.zrem(key, *[str(job_uuid) for job_uuid in job_uuids])
 
 
+# A task that fails in RQ before a worker claims it (it cannot be read there, or the database stayed away through the
+# guard's retries) is sent again after these waits, counted from its last push: the first at the next sweep (a
+# database blip is over by then), the others on a Fibonacci backoff; after the last, the relay gives up.
+FAILED_TASK_DELAYS = (0.0, *backoff.delays('fibonacci', 10.0, 4, float('inf')))
+
+
 def sweep_sent(report, using='default', limit=BATCH):
     """
     Sent is not safe; claimed is. Owe again every sent, unclaimed row whose task RQ no longer holds runnable: Redis
@@ -151,6 +160,12 @@ def sweep_sent(report, using='default', limit=BATCH):
     lost its last second, a failover to a replica that lagged, or a task failed in RQ before its claim (the database
     was away when a worker took it). A task that is queued, started, scheduled or deferred is left alone; a push sent
     again for a task that runs after all starts once (the guard's claim).
+
+    A task that failed before its claim is sent again only after ``FAILED_TASK_DELAYS`` (Fibonacci, from its last
+    push), each time with RQ's failure record taken out of the failed registry; when it has failed that many times
+    the relay gives up (``_give_up``): the job is closed as errored with RQ's reason, a webhook kept as given up for
+    an operator, and RQ's record of the last failure kept. A webhook whose task finished unclaimed was sent by a
+    worker without the plugin: its row is done with.
 
     Looks at up to ``limit`` rows per Redis, oldest first, going on from where the previous sweep stopped: a backlog
     is covered over several sweeps, never the same first rows each time. Takes no row lock: the UPDATE owes a row
@@ -165,36 +180,50 @@ def sweep_sent(report, using='default', limit=BATCH):
         after = _sweep_cursor.get(cursor_key)
         with connections[using].cursor() as cursor:
             cursor.execute(
-                f'SELECT id, job_uuid, queue_name, sent, job_id IS NULL FROM {table} '
+                f'SELECT id, job_uuid, queue_name, sent, job_id, failures, '
+                f'extract(epoch FROM clock_timestamp() - sent), runner, name FROM {table} '
                 f'WHERE claimed IS NULL AND sent IS NOT NULL AND queue_name = ANY(%s) '
                 f'AND (sent, id) > (%s, %s) ORDER BY sent, id LIMIT %s',
                 [list(queue_names), after[0] if after else '-infinity', after[1] if after else 0, limit],
             )
-            rows = cursor.fetchall()
-            _sweep_cursor[cursor_key] = (rows[-1][3], rows[-1][0]) if len(rows) >= limit else None
+            rows = [dict(zip(_SWEPT, values, strict=True)) for values in cursor.fetchall()]
+            _sweep_cursor[cursor_key] = (rows[-1]['sent'], rows[-1]['id']) if len(rows) >= limit else None
             if _sweep_cursor[cursor_key] is not None:
                 report.swept_all = False
             if not rows:
                 continue
-            statuses = _task_statuses(connection, [row[1] for row in rows])
+            statuses = _task_statuses(connection, [row['job_uuid'] for row in rows])
             # A webhook whose task finished unclaimed was sent by a worker without the plugin (a rolling upgrade):
             # delivered, its row is done with. Owed again, it would reach the receiver twice.
-            delivered = [row[0] for row in rows if row[4] and statuses[row[1]] == 'finished']
+            delivered = [row['id'] for row in rows if row['job_id'] is None and statuses[row['job_uuid']] == 'finished']
             if delivered:
                 cursor.execute(f'DELETE FROM {table} WHERE id = ANY(%s) AND claimed IS NULL AND job_id IS NULL',
                                [delivered])
                 report.cleaned += cursor.rowcount
                 logger.info('%d webhook(s) sent by a worker without the plugin: done with, not sent again',
                             cursor.rowcount)
-            lost = [row for row in rows if statuses[row[1]] not in _RUNNABLE and row[0] not in delivered]
-            if not lost:
-                continue
-            cursor.execute(
-                f'UPDATE {table} SET sent = NULL, owed = clock_timestamp() '
-                f'WHERE id = ANY(%s) AND claimed IS NULL AND sent IS NOT NULL RETURNING job_uuid, queue_name',
-                [[row[0] for row in lost]],
-            )
-            reowed = cursor.fetchall()
+            lost, failed_rows = [], []
+            for row in rows:
+                status = statuses[row['job_uuid']]
+                if status in _RUNNABLE or row['id'] in delivered:
+                    continue
+                if status != 'failed':
+                    lost.append(row)
+                elif row['failures'] >= len(FAILED_TASK_DELAYS):
+                    failed_rows.append(row)
+                elif row['age'] >= FAILED_TASK_DELAYS[row['failures']]:
+                    lost.append(row)
+            reowed = []
+            if lost:
+                cursor.execute(
+                    f'UPDATE {table} SET sent = NULL, owed = clock_timestamp(), '
+                    f'failures = failures + (CASE WHEN id = ANY(%s) THEN 1 ELSE 0 END) '
+                    f'WHERE id = ANY(%s) AND claimed IS NULL AND sent IS NOT NULL RETURNING job_uuid, queue_name',
+                    [[row['id'] for row in lost if statuses[row['job_uuid']] == 'failed'], [row['id'] for row in lost]],
+                )
+                reowed = cursor.fetchall()
+        for row in failed_rows:
+            _give_up(report, using, connection, row)
         report.reowed += len(reowed)
         failed = {}
         for job_uuid, queue_name in reowed:
@@ -206,6 +235,61 @@ def sweep_sent(report, using='default', limit=BATCH):
             logger.warning('%d sent job(s) of queues %s owed again: RQ no longer holds their task runnable (Redis '
                            'restored from an older snapshot, a lagging replica, or the task failed before its claim)',
                            len(reowed), ', '.join(queue_names))
+
+
+# The columns of a row as the sweep reads it.
+_SWEPT = ('id', 'job_uuid', 'queue_name', 'sent', 'job_id', 'failures', 'age', 'runner', 'name')
+
+
+def _failure_reason(connection, job_uuid):
+    """What RQ recorded of the task's last failure (its last line), or a plain phrase where it recorded nothing."""
+    from rq.job import Job as RQJob
+
+    try:
+        result = RQJob.fetch(str(job_uuid), connection=connection).latest_result()
+        text = (getattr(result, 'exc_string', None) or '').strip()
+    except Exception:
+        text = ''
+    return text.splitlines()[-1][:500] if text else 'no reason recorded by RQ'
+
+
+def _give_up(report, using, connection, row):
+    """
+    A task failed in RQ before its claim every time it was sent: the job is closed as errored with RQ's reason (no
+    worker could start it), or a webhook kept as given up for an operator; one ``gave up`` event. RQ's failed
+    registry keeps its record of the last failure.
+    """
+    from core.models import Job
+
+    from .models import JobDispatch
+
+    reason = _failure_reason(connection, row['job_uuid'])
+    attempts = row['failures'] + 1
+    detail = (f'Its task failed in RQ before a worker could claim it, {attempts} times ({reason}); not sent again. '
+              f'RQ keeps the last failure in its failed registry.')
+    table = JobDispatch._meta.db_table
+    job = None
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        if row['job_id'] is None:
+            cursor.execute(f'UPDATE {table} SET gave_up = clock_timestamp(), claimed = clock_timestamp() '
+                           f'WHERE id = %s AND claimed IS NULL AND sent IS NOT NULL', [row['id']])
+            if not cursor.rowcount:
+                return
+            detail += ' The webhook waits under Jobs in flight for Send again.'
+        else:
+            cursor.execute(f'DELETE FROM {table} WHERE id = %s AND claimed IS NULL AND sent IS NOT NULL',
+                           [row['id']])
+            if not cursor.rowcount:
+                return
+            job = Job.objects.using(using).select_for_update().filter(
+                pk=row['job_id'], status__in=CLAIMABLE_STATES).first()
+            if job is not None:
+                job.terminate(status='errored', error=f'netbox-safejobs: {detail}')
+        events.record(RetryEventKindChoices.KIND_GAVE_UP, job=job, job_uuid=row['job_uuid'],
+                      job_name=row['name'] if job is None else job.name, runner=row['runner'],
+                      queue=row['queue_name'], attempt=attempts, using=using, detail=detail)
+    report.gave_up.append(row['job_uuid'])
+    logger.warning('task %s failed before its claim %d times: not sent again (%s)', row['job_uuid'], attempts, reason)
 
 
 def redis_answers():

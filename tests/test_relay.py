@@ -8,9 +8,11 @@ import subprocess
 import textwrap
 import time
 import uuid
+from datetime import timedelta
 
 from core.models import Job
 from django.db import connection, transaction
+from django.db.models import F
 from rq.job import Job as RQJob
 
 from netbox_safejobs import relay
@@ -114,6 +116,49 @@ class RelayTest(SafeJobsTransactionTestCase):
         for job in (failed, queued):
             self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
             self.assertEqual(run_count(job.job_id), 1)
+
+    def test_a_task_that_always_fails_before_its_claim_is_given_up(self):
+        """
+        Sent again on a backoff, each time with its failure taken out of RQ's failed registry; after the last, the
+        job is closed as errored with RQ's reason, one ``gave up`` event, and RQ keeps its record of that failure.
+        """
+        from rq.registry import FailedJobRegistry
+
+        relay.check_redis(relay.RelayReport())
+        job = CountingJob.enqueue()
+        queue = get_push_queue('default')
+        registry = FailedJobRegistry(queue=queue)
+
+        def fail_before_claim():
+            task = queue.fetch_job(str(job.job_id))
+            queue.remove(task)
+            registry.add(task, exc_string='Traceback ...\nValueError: the task cannot be read')
+            task.set_status('failed')
+
+        sends = len(relay.FAILED_TASK_DELAYS)
+        for attempt in range(sends):
+            fail_before_claim()
+            if relay.FAILED_TASK_DELAYS[attempt]:
+                # Not before its wait: the row stays sent, its failure in RQ's registry.
+                self.assertEqual(run_pass().pushed, [], f'sent again before its backoff (attempt {attempt + 1})')
+                self.assertIn(str(job.job_id), registry.get_job_ids())
+                JobDispatch.objects.filter(job=job).update(sent=F('sent') - timedelta(hours=1))
+            self.assertEqual(run_pass().pushed, [job.job_id], f'attempt {attempt + 1}')
+            self.assertNotIn(str(job.job_id), registry.get_job_ids())
+        self.assertEqual(JobDispatch.objects.get(job=job).failures, sends)
+        fail_before_claim()
+        JobDispatch.objects.filter(job=job).update(sent=F('sent') - timedelta(hours=1))
+        report = run_pass()
+        self.assertEqual((report.pushed, report.reowed), ([], 0))
+        job.refresh_from_db()
+        self.assertEqual(job.status, 'errored')
+        self.assertIn(f'failed in RQ before a worker could claim it, {sends + 1} times', job.error)
+        self.assertFalse(JobDispatch.objects.filter(job=job).exists())
+        (event,) = RetryEvent.objects.filter(kind=Kind.KIND_GAVE_UP)
+        self.assertEqual((event.job_id, event.attempt), (job.pk, sends + 1))
+        self.assertIn(str(job.job_id), registry.get_job_ids(), "RQ's record of the last failure was erased")
+        self.assertEqual(run_pass().pushed, [])
+        self.assertEqual(run_count(job.job_id), 0)
 
     def test_silent_redis_is_given_up_after_five_seconds(self):
         """A Redis that accepts and never answers (hung, blackholed): the relay gives it up as the enqueue does."""
