@@ -101,9 +101,13 @@ KIND_HELP = {
         "The worker dropped the job's task because the job is not in the database. Either the job was deleted "
         '(housekeeping, a user) before a worker started it (`attempt` 0), or it never appeared within '
         '`lookup_retries` retries and `lookup_max_wait` seconds (its transaction was rolled back). The job was '
-        '**not** created again.',
+        "**not** created again. Or its task failed in RQ before any worker could start it, "
+        'each of the `attempt` times it was sent (a task no worker can read, the database away each time); the job '
+        "was closed as errored with RQ's last reason, a webhook kept as given up.",
         'Usually nothing: the job does not exist. If a job you expected to run gave up after retries, the code that '
-        'enqueued it kept its transaction open longer than `lookup_max_wait`: raise that setting.',
+        'enqueued it kept its transaction open longer than `lookup_max_wait`: raise that setting. After failures in '
+        "RQ: read the reason (the job's error, the failed task in Background Tasks), fix it, then enqueue the job "
+        'again, or press Send again for a webhook.',
     ),
     'database_error': (
         'worker',

@@ -16,6 +16,7 @@ import sys
 __all__ = (
     'bulk_stop_action',
     'capture_globals',
+    'event_rule_action_provider',
     'graphql_filter',
     'graphql_filter_base',
     'graphql_legacy_filters',
@@ -467,6 +468,22 @@ def warm_object_types():
         return False
     ObjectType.objects.get_for_model(Job)
     return bool(ObjectTypeManager._table_exists)
+
+
+def event_rule_action_provider():
+    """
+    ``(EventRule, None)`` where event rules run actions that plugins register (NetBox 4.7:
+    ``netbox.event_rules.register_event_rule_action``, each rule's ``action_provider`` property), else
+    ``(None, reason)`` (4.2 – 4.6: a rule's action is one of NetBox's own).
+    """
+    try:
+        from extras.models import EventRule
+    except ImportError as e:
+        return None, f'extras.models cannot be imported ({e})'
+    provider = EventRule.__dict__.get('action_provider')
+    if not isinstance(provider, property) or provider.fget is None:
+        return None, "this NetBox's event rules run only NetBox's own actions"
+    return EventRule, None
 
 
 def webhook_push_module():

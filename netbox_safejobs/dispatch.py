@@ -59,6 +59,8 @@ __all__ = (
     'push',
     'pushes_deferred',
     'pushes_deferred_to_relay',
+    'sending',
+    'store_task',
     'successors_held',
     'wrap_delete',
     'wrap_delete_task',
@@ -94,7 +96,18 @@ class CapturedPush:
         """Push to RQ, marked as pushed by the plugin after its row committed (see ``PUSH_MARKER``)."""
         kwargs = dict(self.kwargs)
         kwargs['meta'] = {**(kwargs.get('meta') or {}), PUSH_MARKER: 1}
-        return getattr(get_push_queue(self.queue_name), self.method)(*self.args, **kwargs)
+        # The push itself is never captured again (``event_actions``: inside an action, outside a transaction, the
+        # on-commit callback runs at once).
+        _local.sending = getattr(_local, 'sending', 0) + 1
+        try:
+            return getattr(get_push_queue(self.queue_name), self.method)(*self.args, **kwargs)
+        finally:
+            _local.sending -= 1
+
+
+def sending():
+    """Whether this thread is sending a stored push to RQ right now (``CapturedPush.send``)."""
+    return bool(getattr(_local, 'sending', 0))
 
 
 class _CapturingQueue:
@@ -506,6 +519,32 @@ def push(job, runner, captured, using, dispatch_id, job_uuid=None, job_name='',
 
 request_started.connect(forget_push_failure, dispatch_uid='netbox_safejobs.dispatch.request_started')
 request_finished.connect(forget_push_failure, dispatch_uid='netbox_safejobs.dispatch.request_finished')
+
+
+def store_task(queue_name, method, args, kwargs, runner, name, saved):
+    """
+    Store the push of a task that is not a NetBox job (an event rule's webhook, ``webhooks.py``; a push of another
+    plugin's event-rule action, ``event_actions.py``) in a ``JobDispatch`` row without a Job, with the caller's
+    transaction, and send it after commit (at once outside one). ``kwargs['job_id']`` is the task's id, the row's
+    ``job_uuid``. A database error raises, as it would have for the change itself; Redis being away never does.
+    """
+    from .models import JobDispatch
+
+    task_id = uuid.UUID(str(kwargs['job_id']))
+    captured = CapturedPush(queue_name, method, tuple(args), kwargs)
+    blob = seal(Push(method, captured.args, kwargs))
+    using = router.db_for_write(JobDispatch)
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f'INSERT INTO {JobDispatch._meta.db_table} (job_id, job_uuid, name, queue_name, runner, method, payload, '
+            f"created, recoveries, worker_host) VALUES (NULL, %s, %s, %s, %s, %s, %s, clock_timestamp(), 0, '') "
+            f'RETURNING id',
+            [task_id, name[:200], queue_name[:100], runner[:255], method, blob],
+        )
+        row_id = cursor.fetchone()[0]
+    transaction.on_commit(partial(push, None, runner, captured, using, row_id, job_uuid=task_id, job_name=name,
+                                  saved=saved), using=using, robust=True)
+    return task_id
 
 
 # --------------------------------------------------------------------------------------------------------------------

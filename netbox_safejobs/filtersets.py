@@ -243,7 +243,7 @@ class JobDispatchFilterSet(RefuseInvalidMixin, BaseFilterSet):
         model = JobDispatch
         fields = (
             'id', 'name', 'runner', 'queue_name', 'method', 'created', 'sent', 'owed', 'claimed', 'gave_up',
-            'recoveries', 'worker_host', 'worker_pid', 'stop_requested', 'stopped_by', 'stop_next_run',
+            'recoveries', 'failures', 'worker_host', 'worker_pid', 'stop_requested', 'stopped_by', 'stop_next_run',
         )
 
     def __init__(self, *args, **kwargs):

@@ -193,6 +193,7 @@ def _install_dispatch():
         _replace(module, name, proxies[name](getattr(module, name)), undo)
     _installed['dispatch'] = undo
     _install_webhooks()
+    _install_event_actions()
     _install_worker_checks()
 
 
@@ -214,6 +215,34 @@ def _install_webhooks():
     # RQ imports the task by its dotted path when a worker runs it: the wrapper claims the webhook's row first.
     _replace(sender, 'send_webhook', webhooks.wrap_send_webhook(sender.send_webhook), undo)
     _installed['webhooks'] = undo
+
+
+def _install_event_actions():
+    """
+    The pushes of event-rule actions other plugins register (``event_actions.py``): with dispatch, in every process.
+    Where NetBox has no such actions (before 4.7), there is nothing to cover.
+    """
+    from rq.queue import Queue
+
+    from . import event_actions
+
+    owner, reason = compat.event_rule_action_provider()
+    if owner is None:
+        logger.debug('No event-rule actions of other plugins to cover: %s', reason)
+        return
+    undo = []
+    getter = owner.__dict__['action_provider'].fget
+    _replace(owner, 'action_provider', property(event_actions.wrap_action_provider(getter)), undo)
+    # Only inside such an action's enqueue(), in its thread, are RQ's pushes captured; everywhere else they pass.
+    # django-rq's queue class overrides enqueue_call to defer it to the commit or the request's end (COMMIT_MODE):
+    # captured there first, before any deferral.
+    from django_rq.queues import DjangoRQ
+
+    for owner in (Queue, DjangoRQ):
+        for method in ('enqueue_call', 'enqueue_at'):
+            if method in owner.__dict__:
+                _replace(owner, method, event_actions.wrap_queue_push(owner.__dict__[method], method), undo)
+    _installed['event_actions'] = undo
 
 
 def _install_worker_checks():
@@ -338,6 +367,8 @@ def install(dispatch=None, guard=None, worker=None):
         # Each of these goes with dispatch, but has an uninstall() of its own (tests).
         if 'webhooks' not in _installed:
             _install_webhooks()
+        if 'event_actions' not in _installed:
+            _install_event_actions()
         if 'worker_checks' not in _installed:
             _install_worker_checks()
     if guard and 'guard' not in _installed:
@@ -358,5 +389,8 @@ def uninstall(name=None):
 
 
 def installed():
-    """The names of the patches in place: a subset of {'dispatch', 'webhooks', 'worker_checks', 'guard', 'worker'}."""
+    """
+    The names of the patches in place: a subset of {'dispatch', 'webhooks', 'event_actions', 'worker_checks', 'guard',
+    'worker'}.
+    """
     return set(_installed)

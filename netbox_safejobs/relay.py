@@ -32,6 +32,7 @@ from .dispatch import ROW_COLUMNS, CapturedPush
 from .payload import BadPayload, Push, unseal
 from .queues import redis_groups
 from .settings import get_settings
+from .webhooks import WEBHOOK_TASK
 
 __all__ = (
     'EPOCH_KEY',
@@ -131,6 +132,8 @@ def _reowe(using, connection, queue_names):
 
 # RQ task statuses from which the task still runs, or will: its row needs nothing from the relay.
 _RUNNABLE = frozenset({'queued', 'started', 'scheduled', 'deferred'})
+# And those in which RQ is done with it.
+_ENDED = frozenset({'finished', 'failed', 'stopped', 'canceled'})
 
 # Where the sweep of sent rows goes on next time, per database: (sent, id) of the last row it looked at.
 _sweep_cursor = {}
@@ -193,14 +196,18 @@ def sweep_sent(report, using='default', limit=BATCH):
             if not rows:
                 continue
             statuses = _task_statuses(connection, [row['job_uuid'] for row in rows])
-            # A webhook whose task finished unclaimed was sent by a worker without the plugin (a rolling upgrade):
-            # delivered, its row is done with. Owed again, it would reach the receiver twice.
-            delivered = [row['id'] for row in rows if row['job_id'] is None and statuses[row['job_uuid']] == 'finished']
+            # A task without a Job that RQ ran to an end unclaimed is done with: a webhook whose task finished was sent
+            # by a worker without the plugin (a rolling upgrade), and owed again it would reach the receiver twice; a
+            # push of another plugin's event-rule action (``event_actions.py``) is run as RQ runs it, whatever it
+            # ended as. A job-less row is only owed again when Redis lost its task.
+            delivered = [row['id'] for row in rows if row['job_id'] is None and (
+                statuses[row['job_uuid']] == 'finished' if row['runner'] == WEBHOOK_TASK
+                else statuses[row['job_uuid']] in _ENDED)]
             if delivered:
                 cursor.execute(f'DELETE FROM {table} WHERE id = ANY(%s) AND claimed IS NULL AND job_id IS NULL',
                                [delivered])
                 report.cleaned += cursor.rowcount
-                logger.info('%d webhook(s) sent by a worker without the plugin: done with, not sent again',
+                logger.info('%d task(s) without a job run to their end by RQ unclaimed: done with, not sent again',
                             cursor.rowcount)
             lost, failed_rows = [], []
             for row in rows:

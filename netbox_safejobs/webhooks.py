@@ -24,14 +24,13 @@ A task without the plugin's marker in its RQ ``meta`` (pushed by a process witho
 import logging
 import os
 import uuid
-from functools import partial, wraps
+from functools import wraps
 
 from django.db import connections, router, transaction
 
 from . import events, workers
 from .choices import RetryEventKindChoices
-from .dispatch import PUSH_MARKER, CapturedPush, push
-from .payload import Push, seal
+from .dispatch import PUSH_MARKER, store_task
 from .queues import get_push_queue
 from .settings import get_settings
 
@@ -76,29 +75,12 @@ def _describe(kwargs):
 
 def store(queue_name, func, args, kwargs):
     """
-    Store one webhook push with the caller's transaction and send it after commit. Returns the RQ task id. A database
-    error raises, as it would have for the change itself; Redis being away never does.
+    Store one webhook push with the caller's transaction and send it after commit (``dispatch.store_task``). Returns
+    the RQ task id. A database error raises, as it would have for the change itself; Redis being away never does.
     """
-    from .models import JobDispatch
-
-    task_id = uuid.uuid4()
-    kwargs = {**kwargs, 'job_id': str(task_id)}
-    captured = CapturedPush(queue_name, 'enqueue', (func, *args), kwargs)
-    blob = seal(Push('enqueue', captured.args, kwargs))
-    name = _describe(kwargs)
-    using = router.db_for_write(JobDispatch)
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            f'INSERT INTO {_table()} (job_id, job_uuid, name, queue_name, runner, method, payload, created, '
-            f"recoveries, worker_host) VALUES (NULL, %s, %s, %s, %s, 'enqueue', %s, clock_timestamp(), 0, '') "
-            f'RETURNING id',
-            [task_id, name, queue_name[:100], WEBHOOK_TASK, blob],
-        )
-        row_id = cursor.fetchone()[0]
-    send = partial(push, None, WEBHOOK_TASK, captured, using, row_id, job_uuid=task_id, job_name=name,
-                   saved='The change is saved and the webhook is stored as owed')
-    transaction.on_commit(send, using=using, robust=True)
-    return task_id
+    kwargs = {**kwargs, 'job_id': str(uuid.uuid4())}
+    return store_task(queue_name, 'enqueue', (func, *args), kwargs, runner=WEBHOOK_TASK, name=_describe(kwargs),
+                      saved='The change is saved and the webhook is stored as owed')
 
 
 class WebhookQueue:

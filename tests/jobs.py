@@ -7,11 +7,13 @@ from django_rq import get_connection
 from netbox.jobs import JobRunner
 
 __all__ = (
+    'ACTIONS_KEY',
     'CountingJob',
     'FailingJob',
     'SESSIONS_KEY',
     'SessionJob',
     'UnsavableResultJob',
+    'record_action',
     'run_count',
 )
 
@@ -85,3 +87,11 @@ class UnsavableResultJob(JobRunner):
     def run(self, **kwargs):
         get_connection('default').incr(COUNTER_KEY.format(self.job.job_id))
         self.job.data = {'result': object()}
+
+
+ACTIONS_KEY = 'safejobs-tests:actions'
+
+
+def record_action(name):
+    """The task a test's event-rule action pushes to RQ itself: records ``name`` in Redis when a worker runs it."""
+    get_connection('default').rpush(ACTIONS_KEY, name)

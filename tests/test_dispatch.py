@@ -14,7 +14,7 @@ from django.utils import timezone
 from django_rq import get_queue
 from rq.job import Job as RQJob
 
-from netbox_safejobs import dispatch, patches, payload
+from netbox_safejobs import compat, dispatch, patches, payload
 from netbox_safejobs.choices import RetryEventKindChoices
 from netbox_safejobs.models import JobDispatch, RetryEvent
 from netbox_safejobs.recovery import run_pass
@@ -399,7 +399,10 @@ class UnsupportedNetBoxTest(SafeJobsTransactionTestCase):
             patches.capture_unsupported_reason = reason
             patches.uninstall()
             patches.install()
-        self.assertEqual(patches.installed(), {'dispatch', 'webhooks', 'worker_checks', 'guard', 'worker'})
+        expected = {'dispatch', 'webhooks', 'worker_checks', 'guard', 'worker'}
+        if compat.event_rule_action_provider()[0] is not None:
+            expected.add('event_actions')
+        self.assertEqual(patches.installed(), expected)
 
     def test_capture_supported_on_this_netbox(self):
         self.assertIsNone(patches.capture_unsupported_reason())

@@ -12,11 +12,11 @@ from unittest import mock
 
 from extras.tests import test_event_rules as upstream
 
-from netbox_safejobs import patches, webhooks
+from netbox_safejobs import dispatch, patches
 
 
 class _CommitNow:
-    """``django.db.transaction`` as ``webhooks.py`` sees it, with ``on_commit`` run at once (the commit happened)."""
+    """``django.db.transaction`` as ``dispatch.py`` sees it, with ``on_commit`` run at once (the commit happened)."""
 
     def __init__(self, module):
         self._module = module
@@ -33,7 +33,7 @@ class EventRulesCommittedTest(upstream.EventRuleTestCase):
     def setUp(self):
         patches.install()
         self.assertIn('webhooks', patches.installed())
-        patcher = mock.patch.object(webhooks, 'transaction', _CommitNow(webhooks.transaction))
+        patcher = mock.patch.object(dispatch, 'transaction', _CommitNow(dispatch.transaction))
         patcher.start()
         self.addCleanup(patcher.stop)
         super().setUp()

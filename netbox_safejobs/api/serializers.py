@@ -61,7 +61,7 @@ class JobDispatchSerializer(BaseModelSerializer):
         model = JobDispatch
         fields = (
             'id', 'url', 'display_url', 'display', 'job', 'job_uuid', 'job_name', 'runner', 'queue', 'method', 'state',
-            'age', 'scheduled', 'created', 'sent', 'owed', 'claimed', 'recoveries', 'worker', 'worker_name',
+            'age', 'scheduled', 'created', 'sent', 'owed', 'claimed', 'recoveries', 'failures', 'worker', 'worker_name',
             'worker_host', 'worker_pid', 'heartbeat', 'worker_seen', 'last_heartbeat',
         )
         read_only_fields = fields

@@ -77,6 +77,7 @@ if TYPE_CHECKING or not compat.graphql_legacy_filters():
         claimed: DatetimeLookup | None = strawberry_django.filter_field()
         gave_up: DatetimeLookup | None = strawberry_django.filter_field()
         recoveries: IntLookup | None = strawberry_django.filter_field()
+        failures: IntLookup | None = strawberry_django.filter_field()
         worker: UUIDLookup | None = strawberry_django.filter_field()
         worker_host: StrLookup | None = strawberry_django.filter_field()
         worker_pid: IntLookup | None = strawberry_django.filter_field()

@@ -50,7 +50,7 @@ class RetryEventType(BaseObjectType):
     # Never the stored push (``payload``) nor the lease's attempt token.
     fields=[
         'id', 'job', 'job_uuid', 'name', 'runner', 'queue_name', 'method', 'created', 'sent', 'owed', 'claimed',
-        'gave_up', 'recoveries', 'worker', 'worker_host', 'worker_pid', 'heartbeat',
+        'gave_up', 'recoveries', 'failures', 'worker', 'worker_host', 'worker_pid', 'heartbeat',
     ],
     filters=JobDispatchFilter,
     pagination=True,
