@@ -175,6 +175,31 @@ class SafeJobsTransactionTestCase(EmptiedTransactionTestCase):
         self.redis.flushdb()
         super().tearDown()
 
+    def site_created_and_rolled_back(self, user, before_rollback):
+        """
+        A site created in a request's event tracking, inside a transaction that then rolls back (a script or plugin
+        wrapping NetBox's code): the events are flushed at event tracking's exit, still inside the transaction, and
+        ``before_rollback()`` looks at what that stored before it all rolls back.
+        """
+        import uuid
+
+        from dcim.models import Site
+        from django.db import transaction
+        from netbox.context_managers import event_tracking
+
+        request = self.client.get('/api/').wsgi_request
+        request.user = user
+        request.id = uuid.uuid4()
+
+        class Rollback(Exception):
+            pass
+
+        with self.assertRaises(Rollback), transaction.atomic():
+            with event_tracking(request):
+                Site.objects.create(name='never', slug='never')
+            before_rollback()
+            raise Rollback
+
     def wait_for(self, predicate, timeout=30, interval=0.1, message='condition'):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

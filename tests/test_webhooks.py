@@ -12,7 +12,6 @@ from pathlib import Path
 
 from core.models import ObjectType
 from dcim.models import Site
-from django.db import transaction
 from django.test import override_settings
 from extras.models import EventRule, Webhook
 from rq.job import Job as RQJob
@@ -66,23 +65,13 @@ class WebhookOutboxTest(WebhookTestCase):
         self.assertEqual(task.meta.get(PUSH_MARKER), 1)
 
     def test_flushed_inside_a_transaction_that_rolls_back_sends_nothing(self):
-        from netbox.context_managers import event_tracking
-
-        request = self.client.get('/api/').wsgi_request
-        request.user = self.user
-        request.id = uuid.uuid4()
-
-        class Rollback(Exception):
-            pass
-
-        with self.assertRaises(Rollback), transaction.atomic():
-            with event_tracking(request):
-                Site.objects.create(name='never', slug='never')
+        def stored():
             # The events were flushed (event_tracking's exit) and the webhook stored with the change, still to
             # commit or roll back; nothing is pushed yet, whatever django-rq's COMMIT_MODE (NetBox's tests run 'auto').
             self.assertEqual(self.rows().count(), 1, 'the webhook was not stored with the change')
             self.assertEqual(self.redis.llen('rq:queue:default'), 0, 'pushed before the commit')
-            raise Rollback
+
+        self.site_created_and_rolled_back(self.user, stored)
         self.assertFalse(self.rows().exists())
         self.assertEqual(self.redis.llen('rq:queue:default'), 0)
 
