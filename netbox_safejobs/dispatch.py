@@ -280,7 +280,7 @@ def _close_deleted_task(job_id):
             job = Job.objects.using(using).select_for_update().filter(
                 job_id=job_id, status__in=CLAIMABLE_STATES).first()
             if job is None:
-                _drop_deleted_webhook(job_id, using)
+                _drop_deleted_task(job_id, using)
                 return
             JobDispatch.objects.using(using).filter(job=job, claimed__isnull=True).delete()
             job.terminate(status='failed', error='Its task was deleted from Background Tasks by an operator; '
@@ -292,11 +292,12 @@ def _close_deleted_task(job_id):
         logger.exception('job %s: not closed after its task was deleted from Background Tasks', job_id)
 
 
-def _drop_deleted_webhook(task_id, using):
+def _drop_deleted_task(task_id, using):
     """
-    An operator deleted a webhook's RQ task (a task without a Job, ``webhooks.py``) before a worker took it: its stored
-    push is dropped with one event, so that neither the relay's sweep (which sees the task gone) nor a Redis restore
-    sends it again. A webhook being sent (its lease held) is left to its worker.
+    An operator deleted the RQ task of a task without a Job (a webhook, ``webhooks.py``; a push of another plugin's
+    event-rule action, ``event_actions.py``) before a worker took it: its stored push is dropped, in one statement,
+    with one event, so that neither the relay's sweep (which sees the task gone) nor a Redis restore sends it again.
+    A webhook being sent (its lease held) is left to its worker.
     """
     from .models import JobDispatch
 
@@ -304,14 +305,16 @@ def _drop_deleted_webhook(task_id, using):
         task_uuid = uuid.UUID(str(task_id))
     except ValueError:
         return
-    rows = list(JobDispatch.objects.using(using).filter(job__isnull=True, job_uuid=task_uuid, claimed__isnull=True)
-                .values_list('pk', 'name', 'runner', 'queue_name'))
-    if not rows or not JobDispatch.objects.using(using).filter(pk=rows[0][0], claimed__isnull=True).delete()[0]:
+    with connections[using].cursor() as cursor:
+        cursor.execute(f'DELETE FROM {JobDispatch._meta.db_table} WHERE job_uuid = %s AND job_id IS NULL '
+                       f'AND claimed IS NULL RETURNING name, runner, queue_name', [task_uuid])
+        row = cursor.fetchone()
+    if row is None:
         return
-    _pk, name, runner, queue_name = rows[0]
+    name, runner, queue_name = row
     events.record(RetryEventKindChoices.KIND_OPERATOR_STOPPED, job_uuid=task_uuid, job_name=name, runner=runner,
                   queue=queue_name, using=using,
-                  detail='Task deleted from Background Tasks: the webhook is not sent, and not sent again.')
+                  detail='Task deleted from Background Tasks: it is not sent, and not sent again.')
 
 
 def wrap_delete_task(original):
@@ -444,9 +447,17 @@ class _PushFailure:
     in_request: bool
 
 
+def _push_failures():
+    """This thread's failed pushes still holding back the next ones: ``{queues.redis_key: _PushFailure}``."""
+    failures = getattr(_local, 'push_failures', None)
+    if failures is None:
+        failures = _local.push_failures = {}
+    return failures
+
+
 def _push_failure(redis, now):
     """The failed push to the Redis ``redis`` (``queues.redis_key``) that holds this thread's back, or None."""
-    failures = getattr(_local, 'push_failures', None) or {}
+    failures = _push_failures()
     failure = failures.get(redis)
     if failure is not None and not failure.in_request and (
             now - failure.last >= PUSH_FAILURE_GAP or now - failure.at >= PUSH_FAILURE_HOLD):
@@ -496,10 +507,8 @@ def push(job, runner, captured, using, dispatch_id, job_uuid=None, job_name='',
         except Exception as e:
             detail = events.describe(e)
             failed = time.monotonic()
-            if getattr(_local, 'push_failures', None) is None:
-                _local.push_failures = {}
-            _local.push_failures[redis] = _PushFailure(failed, failed, events.redact(detail),
-                                                       getattr(_local, 'in_request', False))
+            _push_failures()[redis] = _PushFailure(failed, failed, events.redact(detail),
+                                                   getattr(_local, 'in_request', False))
         else:
             mark_sent(using, dispatch_id)
             return

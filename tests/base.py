@@ -175,6 +175,13 @@ class SafeJobsTransactionTestCase(EmptiedTransactionTestCase):
         self.redis.flushdb()
         super().tearDown()
 
+    def create_site(self, name):
+        """A site created through the REST API, as a user does (the client logged in): returns the HTTP status."""
+        import json
+
+        return self.client.post('/api/dcim/sites/', data=json.dumps({'name': name, 'slug': name}),
+                                content_type='application/json').status_code
+
     def site_created_and_rolled_back(self, user, before_rollback):
         """
         A site created in a request's event tracking, inside a transaction that then rolls back (a script or plugin

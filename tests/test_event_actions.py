@@ -3,7 +3,6 @@ Event-rule actions registered by other plugins (NetBox 4.7, ``register_event_rul
 their pushes go through the outbox. Real PostgreSQL, Redis and workers; the action is registered as a plugin does.
 """
 
-import json
 import unittest
 
 from core.models import ObjectType
@@ -50,10 +49,6 @@ class PluginEventActionTest(SafeJobsTransactionTestCase):
         rule = EventRule.objects.create(name='sites recorded', event_types=['object_created'], action_type=SLUG)
         rule.object_types.add(ObjectType.objects.get_for_model(Site))
         self.client.force_login(User.objects.create_superuser(username='actions'))
-
-    def create_site(self, name):
-        return self.client.post('/api/dcim/sites/', data=json.dumps({'name': name, 'slug': name}),
-                                content_type='application/json').status_code
 
     def rows(self):
         return JobDispatch.objects.filter(job__isnull=True, runner='tests.jobs.record_action')

@@ -43,11 +43,6 @@ class WebhookTestCase(SafeJobsTransactionTestCase):
         self.user = User.objects.create_superuser(username='webhooks')
         self.client.force_login(self.user)
 
-    def create_site(self, name):
-        """Through the REST API, as a user does: returns the HTTP status."""
-        return self.client.post('/api/dcim/sites/', data=json.dumps({'name': name, 'slug': name}),
-                                content_type='application/json').status_code
-
     def rows(self):
         return JobDispatch.objects.filter(job__isnull=True)
 
