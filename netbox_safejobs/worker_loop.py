@@ -20,6 +20,8 @@ and RQ's ``monitor_work_horse()``). Each tick, every ``relay_interval`` seconds:
    worked for ``stuck_after`` seconds without a failure (``WorkerLoop.may_judge``): after a database outage every
    heartbeat is stale, and none of them means a dead worker.
 
+   Each heartbeat too, the scheduled tasks no RQ scheduler moved in time are moved to their queue
+   (``scheduled.enqueue_overdue``, one ``ZRANGEBYSCORE`` per queue of the worker);
 3. while a work horse runs, the operators' stop requests on this worker's leases (``stopping.stop_requested_horses``,
    one indexed query): the backstop of RQ's stop command, which a Redis that is away or lost the worker's keys does
    not deliver;
@@ -39,7 +41,7 @@ import time
 
 from django.db import close_old_connections, connections
 
-from . import adoption, compat, guard, liveness, relay, sessions, stopping, workers
+from . import adoption, compat, guard, liveness, relay, scheduled, sessions, stopping, workers
 from .choices import RetryEventKindChoices
 from .queues import bound_redis_retries
 from .settings import get_settings
@@ -103,6 +105,8 @@ class WorkerLoop(threading.Thread):
             parts.append(('stops', self._stops))
         if beat and self.settings.stuck_job_detection:
             parts.append(('liveness', self._liveness))
+        if beat and self.identity.queues:
+            parts.append(('scheduled', self._scheduled))
         for name, part in parts:
             try:
                 part()
@@ -183,6 +187,9 @@ class WorkerLoop(threading.Thread):
             logger.warning('closed %d job(s) whose work horse died', len(dead))
         if closed.errors:
             raise RuntimeError('; '.join(closed.errors))
+
+    def _scheduled(self):
+        scheduled.enqueue_overdue(self.identity.queues)
 
     def run(self):
         next_beat = 0.0
