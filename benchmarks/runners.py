@@ -26,7 +26,8 @@ class TrivialJob(JobRunner):
 class HarnessJob(JobRunner):
     """
     Records each entry into ``run()`` as one line (job UUID, time, process id) appended to the file named by
-    SAFEJOBS_HARNESS_RUNS: outside PostgreSQL and Redis, so that duplicate runs are counted even when either fails.
+    SAFEJOBS_HARNESS_RUNS, and each end of it to that file's ``.ends``: outside PostgreSQL and Redis, so that
+    duplicate runs are counted even when either fails.
     """
 
     class Meta:
@@ -56,6 +57,10 @@ class HarnessJob(JobRunner):
                 time.sleep(hold)
         if sleep:
             time.sleep(sleep)
+        if path:
+            # The end of run(), in a file of its own (the runs file's lines stay three fields): a job closed before
+            # this time was closed while its work horse was alive.
+            _append(path + '.ends', f'{self.job.job_id} {time.time():.6f} {os.getpid()}')
 
 
 def _append(path, line):
@@ -65,3 +70,4 @@ def _append(path, line):
         os.write(fd, f'{line}\n'.encode())
     finally:
         os.close(fd)
+

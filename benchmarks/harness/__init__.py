@@ -34,6 +34,14 @@ run or an exception in a caller.
 #   throughput.py       cost, throughput, the statement profile, recovery at scale
 #   report.py           Markdown tables, the chart, the broken guarantees
 #   cli.py              the options, the run, main() (``python -m benchmarks.harness``)
+#
+# The fault explorer (``scripts/dev bench explore``): random schedules instead of named scenarios.
+#
+#   schedules.py        a seed -> a schedule of work, operator actions and overlapping faults
+#   explorer_work.py    the users and the operator (Workload), and the History they leave
+#   explorer_faults.py  one method per fault, each healed after its seconds
+#   explorer_checks.py  the invariants, checked on the whole history; the wait until things settle
+#   explorer.py         the run of one schedule, the shrink, the options, main() (``python -m benchmarks.explore``)
 
 # Imported for their @scenario functions.
 from . import callers, doors, postgres_faults, redis_faults, throughput, workers  # noqa: F401

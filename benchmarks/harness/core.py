@@ -5,6 +5,7 @@ harness's ``Context`` (its Redis server, work directory and the environment of i
 """
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -138,8 +139,9 @@ class WorkerPool:
 
     RESTART_DELAY = 1.0
 
-    def __init__(self, ctx, mode, runs_file, count=None, extra_config=None, burst=False, db_port=None, env=None):
-        self.ctx, self.mode = ctx, mode
+    def __init__(self, ctx, mode, runs_file, count=None, extra_config=None, burst=False, db_port=None, env=None,
+                 quiet=False):
+        self.ctx, self.mode, self.quiet = ctx, mode, quiet
         self.processes, self.logs = [], []
         self._registered = set()  # pids of this pool's workers seen registered with Redis
         self.argv = netbox_command('rqworker', *QUEUES) + (['--burst'] if burst else [])
@@ -179,8 +181,9 @@ class WorkerPool:
                     return
                 tail = self._log_tail(i)
                 self.ctx.restarts.append((self.mode, process.returncode, (tail or [''])[-1][:200]))
-                print(f'worker {process.pid} ({self.mode}) exited with status {process.returncode}; restarted. '
-                      f'End of its log:\n    ' + '\n    '.join(tail), flush=True)
+                if not self.quiet:
+                    print(f'worker {process.pid} ({self.mode}) exited with status {process.returncode}; restarted. '
+                          f'End of its log:\n    ' + '\n    '.join(tail), flush=True)
                 self.processes[i] = self._start(i)
 
     def ready(self):
@@ -215,6 +218,27 @@ class WorkerPool:
     def stop(self):
         self._unsupervise()
         stop_process_group(self.processes)
+
+    def terminate(self, grace=30):
+        """
+        Stop as ``kill <pid>`` does: SIGTERM to each worker alone (RQ's warm shutdown lets the job running end first).
+        Returns the pids of the workers still running ``grace`` seconds later, which are then SIGKILLed with their
+        work horses: a worker that does not stop on SIGTERM.
+        """
+        self._unsupervise()
+        for process in self.processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        stuck = []
+        for process in self.processes:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                stuck.append(process.pid)
+                kill_pids([*child_pids(process.pid), process.pid])
+                process.wait()
+        return stuck
 
     def kill(self, forget=False):
         """

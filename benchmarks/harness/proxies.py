@@ -1,7 +1,7 @@
 """
-TCP proxies of the harness between rqworker processes and PostgreSQL, for the faults a database cannot be asked to
-make on cue: a reply lost after the server committed (``ReplyCutter``), every connection cut for a while
-(``DatabaseGate``).
+TCP proxies of the harness between rqworker processes and PostgreSQL or Redis, for the faults a server cannot be
+asked to make on cue: a reply lost after the server committed (``ReplyCutter``), every connection cut for a while
+(``DatabaseGate``), a server that accepts connections and never answers (``RedisGate``).
 """
 
 import re
@@ -13,6 +13,7 @@ import uuid
 __all__ = (
     'DatabaseGate',
     'LoopbackProxy',
+    'RedisGate',
     'ReplyCutter',
     'database_server',
 )
@@ -73,6 +74,19 @@ class LoopbackProxy:
         self._stopping.set()
         self._listener.close()
         self._cut_all()
+
+    def upstream_ports(self):
+        """The local ports of this proxy's connections to the server (``client_port`` in ``pg_stat_activity``)."""
+        with self.lock:
+            sockets = list(self._sockets)
+        ports = []
+        for sock in sockets:
+            try:
+                if sock.getpeername()[1] == self.upstream[1]:
+                    ports.append(sock.getsockname()[1])
+            except OSError:
+                pass
+        return ports
 
     def _cut_all(self):
         with self.lock:
@@ -261,3 +275,40 @@ class DatabaseGate(LoopbackProxy):
             pass
         for sock in (source, target):
             LoopbackProxy._close(sock)
+
+
+class RedisGate(DatabaseGate):
+    """
+    A ``DatabaseGate`` in front of Redis that can also go silent: ``silence()`` keeps every connection open and lets
+    nothing through either way, and accepts new connections that get no answer either (a hung server, a blackholed
+    route: each command waits out its client's timeout). ``up()`` cuts the connections that went silent (their
+    clients are mid-command, their streams out of step) and lets traffic through again.
+    """
+
+    def __init__(self, upstream):
+        super().__init__(upstream)
+        self.is_silent = False
+
+    def silence(self):
+        with self.lock:
+            self.is_silent = True
+
+    def up(self):
+        with self.lock:
+            was_silent, self.is_silent, self.is_down = self.is_silent, False, False
+        if was_silent:
+            self._cut_all()
+
+    def _serve(self, client, server):
+        for source, target in ((client, server), (server, client)):
+            threading.Thread(target=self._relay, args=(source, target), daemon=True).start()
+
+    def _relay(self, source, target):
+        try:
+            while data := source.recv(65536):
+                if not self.is_silent:
+                    target.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            self._close(sock)
