@@ -31,6 +31,7 @@ run or an exception in a caller.
 #   workers.py          workers and work horses killed, stopped, upgraded, adopted, restarted
 #   postgres_faults.py  PostgreSQL connections terminated, a lost reply, horses' sessions, the database unreachable
 #   doors.py            webhooks and script runs
+#   scheduler_faults.py RQ's scheduler killed with its worker
 #   throughput.py       cost, throughput, the statement profile, recovery at scale
 #   report.py           Markdown tables, the chart, the broken guarantees
 #   cli.py              the options, the run, main() (``python -m benchmarks.harness``)
@@ -44,7 +45,7 @@ run or an exception in a caller.
 #   explorer.py         the run of one schedule, the shrink, the options, main() (``python -m benchmarks.explore``)
 
 # Imported for their @scenario functions.
-from . import callers, doors, postgres_faults, redis_faults, throughput, workers  # noqa: F401
+from . import callers, doors, postgres_faults, redis_faults, scheduler_faults, throughput, workers  # noqa: F401
 from .cli import main, parse_args, run, run_pairs
 from .core import GUARANTEES, MODES, SCENARIOS, Context, WorkerPool, run_in_order, scenario
 from .report import broken_guarantees, chart, markdown
@@ -75,6 +76,6 @@ RUN_ORDER = (
     'worker_killed', 'stop', 'worker_sigkill', 'db_terminated', 'duplicate_push', 'concurrent_relays',
     'lost_claim_reply', 'horse_sessions', 'pg_blip', 'pg_outage', 'key_rotation', 'upgrade_from_0_1',
     'snapshot_restore', 'adoption', 'chains', 'caller_catches', 'webhooks_outage', 'webhooks_flushed',
-    'webhooks_rolled_back', 'script_outage', 'silent_redis', 'cost', 'throughput',
+    'webhooks_rolled_back', 'script_outage', 'silent_redis', 'scheduler_killed', 'cost', 'throughput',
 )
 run_in_order(RUN_ORDER)

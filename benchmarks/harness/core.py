@@ -134,7 +134,8 @@ class WorkerPool:
     instance when Redis goes away while the worker runs a job (``set_state`` after the job raises), and a worker
     that exits on its own is started again after ``RESTART_DELAY`` seconds. Every restart is counted in the results,
     for stock NetBox and the plugin alike (see docs/troubleshooting.md: NetBox's own unit, ``Restart=on-failure``,
-    does not restart such a worker). Burst pools exit when the queues are empty and are not restarted.
+    does not restart such a worker), and the end of its log printed unless ``quiet`` (the explorer stops workers on
+    purpose). Burst pools exit when the queues are empty and are not restarted.
     """
 
     RESTART_DELAY = 1.0

@@ -217,6 +217,9 @@ def summary(outcomes):
             'schedules': len(mine), 'faults': sum(o.counts['faults'] for o in mine),
             'jobs': sum(o.counts['jobs'] for o in mine), 'webhooks': sum(o.counts['webhooks'] for o in mine),
             'script_runs': sum(o.counts['scripts'] for o in mine),
+            'faults_by_kind': dict(sorted(Counter(f[0] for o in mine for f in o.counts['fault_log']).items())),
+            'operator_actions': sum(count for o in mine for what, count in o.counts['operator'].items()
+                                    if '(' not in what and ':' not in what),
             'schedules_with_violations': sum(1 for o in mine if o.violations),
             'broken': {name: broken[name] for name in INVARIANTS if broken[name]},
         }
