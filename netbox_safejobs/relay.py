@@ -135,11 +135,42 @@ _RUNNABLE = frozenset({'queued', 'started', 'scheduled', 'deferred'})
 # And those in which RQ is done with it.
 _ENDED = frozenset({'finished', 'failed', 'stopped', 'canceled'})
 
+# A task RQ holds as queued, sent at least this long ago, that no queue holds any more was dropped on its way to a
+# worker: a worker of several queues (NetBox's listen on three) pops a task with BLPOP, and until RQ marks the worker
+# busy with it, a SIGTERM ends the worker's loop there (RQ's warm shutdown raises StopRequested unless busy): the task
+# is in no queue and in no registry, and stays "queued" for ever. Found by the fault explorer. A task popped this very
+# moment is sent again too, and runs once (the claim).
+DROPPED_TASK_AGE = 30.0
+
 # Where the sweep of sent rows goes on next time, per database: (sent, id) of the last row it looked at.
 _sweep_cursor = {}
 
 # The ``run_id`` each Redis gave the last time this process looked: a new one is a new server process.
 _server_ids = {}
+
+
+def _dropped(connection, rows, statuses):
+    """
+    The ids of the rows whose task RQ holds as queued while its queue does not (``DROPPED_TASK_AGE``): one pipelined
+    ``LPOS`` per row sent that long ago. Only rows a claim protects (a job's, a webhook's): sent again while a worker
+    does run the task after all, they still run once. Redis before 6.0.6 has no ``LPOS``: nothing is found there.
+    """
+    from redis.exceptions import ResponseError
+    from rq.queue import Queue
+
+    candidates = [row for row in rows if statuses[row['job_uuid']] == 'queued' and row['age'] >= DROPPED_TASK_AGE
+                  and (row['job_id'] is not None or row['runner'] == WEBHOOK_TASK)]
+    if not candidates:
+        return set()
+    pipe = connection.pipeline(transaction=False)
+    for row in candidates:
+        pipe.lpos(f'{Queue.redis_queue_namespace_prefix}{row["queue_name"]}', str(row['job_uuid']))
+    try:
+        positions = pipe.execute()
+    except ResponseError as e:
+        logger.debug('tasks dropped on their way to a worker not looked for: %s', e)
+        return set()
+    return {row['id'] for row, position in zip(candidates, positions, strict=True) if position is None}
 
 
 def _forget_failed(connection, queue_name, job_uuids):
@@ -161,8 +192,9 @@ def sweep_sent(report, using='default', limit=BATCH):
     Sent is not safe; claimed is. Owe again every sent, unclaimed row whose task RQ no longer holds runnable: Redis
     restarted from a snapshot older than the push (its marker survived, so ``_reowe`` does not fire), an AOF that
     lost its last second, a failover to a replica that lagged, or a task failed in RQ before its claim (the database
-    was away when a worker took it). A task that is queued, started, scheduled or deferred is left alone; a push sent
-    again for a task that runs after all starts once (the guard's claim).
+    was away when a worker took it), or a task RQ holds as queued that no queue holds any more (dropped on its way to
+    a worker that was stopped, ``DROPPED_TASK_AGE``). Any other task that is queued, started, scheduled or deferred is
+    left alone; a push sent again for a task that runs after all starts once (the guard's claim).
 
     A task that failed before its claim is sent again only after ``FAILED_TASK_DELAYS`` (Fibonacci, from its last
     push), each time with RQ's failure record taken out of the failed registry; when it has failed that many times
@@ -209,10 +241,11 @@ def sweep_sent(report, using='default', limit=BATCH):
                 report.cleaned += cursor.rowcount
                 logger.info('%d task(s) without a job run to their end by RQ unclaimed: done with, not sent again',
                             cursor.rowcount)
+            dropped = _dropped(connection, rows, statuses)
             lost, failed_rows = [], []
             for row in rows:
                 status = statuses[row['job_uuid']]
-                if status in _RUNNABLE or row['id'] in delivered:
+                if (status in _RUNNABLE and row['id'] not in dropped) or row['id'] in delivered:
                     continue
                 if status != 'failed':
                     lost.append(row)
@@ -240,7 +273,8 @@ def sweep_sent(report, using='default', limit=BATCH):
             _forget_failed(connection, queue_name, job_uuids)
         if reowed:
             logger.warning('%d sent job(s) of queues %s owed again: RQ no longer holds their task runnable (Redis '
-                           'restored from an older snapshot, a lagging replica, or the task failed before its claim)',
+                           'restored from an older snapshot, a lagging replica, the task failed before its claim, or '
+                           'it was dropped on its way to a worker that was stopped)',
                            len(reowed), ', '.join(queue_names))
 
 

@@ -117,6 +117,30 @@ class RelayTest(SafeJobsTransactionTestCase):
             self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
             self.assertEqual(run_count(job.job_id), 1)
 
+    def test_a_task_dropped_on_its_way_to_a_worker_is_sent_again(self):
+        """
+        A worker stopped between RQ's BLPOP and its start of the task (a SIGTERM: RQ's warm shutdown ends an idle
+        worker's loop at once) leaves the task "queued" in no queue, for ever. Once the row was sent
+        ``DROPPED_TASK_AGE`` ago the sweep owes it again; a task as old that its queue still holds is left alone, and
+        so is a dropped one sent more recently.
+        """
+        relay.check_redis(relay.RelayReport())
+        dropped, waiting, recent = CountingJob.enqueue(), CountingJob.enqueue(), CountingJob.enqueue()
+        queue = get_push_queue('default')
+        for job in (dropped, recent):
+            self.assertEqual(self.redis.lrem(queue.key, 0, str(job.job_id)), 1)  # what the worker's BLPOP took
+        JobDispatch.objects.filter(job__in=[dropped, waiting]).update(
+            sent=F('sent') - timedelta(seconds=relay.DROPPED_TASK_AGE + 1))
+        self.assertEqual(queue.fetch_job(str(dropped.job_id)).get_status(), 'queued')
+
+        self.assertEqual(run_pass().pushed, [dropped.job_id])
+        self.assertEqual(run_pass().pushed, [], 'sent twice')
+        run_burst_worker()
+        for job in (dropped, waiting):
+            self.assertEqual(Job.objects.get(pk=job.pk).status, 'completed')
+            self.assertEqual(run_count(job.job_id), 1)
+        self.assertEqual(Job.objects.get(pk=recent.pk).status, 'pending')
+
     def test_a_task_that_always_fails_before_its_claim_is_given_up(self):
         """
         Sent again on a backoff, each time with its failure taken out of RQ's failed registry; after the last, the
