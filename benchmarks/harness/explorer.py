@@ -46,7 +46,10 @@ __all__ = (
 # The plugin's settings in the explorer: the harness's, with a liveness check that judges in 20 s instead of 60, so
 # that an outage longer than stuck_after fits in a schedule of about a minute.
 EXPLORER_CONFIG = {**PLUGIN_CONFIG, 'heartbeat_interval': 2, 'relay_interval': 1, 'stuck_after': 20}
-SETTLE_IDLE = EXPLORER_CONFIG['stuck_after'] + 10
+# Quiet for longer than twice stuck_after before giving up on the work settling: after a database outage, a worker
+# loop judges others' staleness only once it has worked stuck_after itself, and a lease is stale only once its
+# heartbeat is stuck_after old.
+SETTLE_IDLE = 2 * EXPLORER_CONFIG['stuck_after'] + 10
 
 
 @dataclass
@@ -79,7 +82,7 @@ class Rig:
 class Explorer:
     """The gates, the workload and the runs of schedules, in one process; ``close()`` at the end."""
 
-    def __init__(self, ctx, redis_gate, workers=2, window=30.0, mutant=None, settle=90.0):
+    def __init__(self, ctx, redis_gate, workers=2, window=30.0, mutant=None, settle=120.0):
         self.ctx, self.redis_gate, self.workers, self.window = ctx, redis_gate, workers, window
         self.mutant, self.settle = mutant, settle
         self.pg_gate = DatabaseGate(database_server()).start()
@@ -123,8 +126,6 @@ class Explorer:
             rig.pool.wait_ready()
             self.workload.start(mode, schedule.seed, history)
             self._play(schedule, rig)
-            # Quiet for longer than stuck_after before giving up: the job of a worker killed outright is closed by
-            # the liveness check only once the worker's heartbeat is that old.
             wait_settled(history, self.workload, rig.pool, timeout=self.settle, idle=SETTLE_IDLE)
             rig.sigterm_ignored += rig.pool.terminate()
             evidence = {}
@@ -138,7 +139,8 @@ class Explorer:
             set_mode('plugin')
         counts = {
             'jobs': len(history.committed) + len(history.rolled_back), 'rolled_back': len(history.rolled_back),
-            'webhooks': len(history.webhooks), 'scripts': history.scripts_accepted, 'faults': len(history.faults),
+            'webhooks': len(history.webhooks), 'scripts': history.scripts_accepted,
+            'scripts_refused': history.scripts_refused, 'faults': len(history.faults),
             'operator': dict(history.operator), 'fault_log': history.faults, 'evidence': evidence,
         }
         return Outcome(schedule.seed, mode, schedule.describe(), violations, counts,
@@ -217,6 +219,7 @@ def summary(outcomes):
             'schedules': len(mine), 'faults': sum(o.counts['faults'] for o in mine),
             'jobs': sum(o.counts['jobs'] for o in mine), 'webhooks': sum(o.counts['webhooks'] for o in mine),
             'script_runs': sum(o.counts['scripts'] for o in mine),
+            'script_runs_refused': sum(o.counts.get('scripts_refused', 0) for o in mine),
             'faults_by_kind': dict(sorted(Counter(f[0] for o in mine for f in o.counts['fault_log']).items())),
             'operator_actions': sum(count for o in mine for what, count in o.counts['operator'].items()
                                     if '(' not in what and ':' not in what),

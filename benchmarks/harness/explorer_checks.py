@@ -38,7 +38,8 @@ INVARIANTS = {
     'webhook_lost': 'a webhook never reached the receiver and is not listed for the operator',
     'webhook_after_delete': 'a webhook reached the receiver after the operator deleted its task',
     'script_lost': 'a script run accepted through the REST API never ran',
-    'caller_exception': 'a caller got an exception (or an HTTP 5xx) the documentation does not promise',
+    'caller_exception': 'a caller got an exception (or an HTTP 5xx) the documentation does not promise (a script '
+                        "run's 503, NetBox's answer when it sees no worker, is counted apart)",
     'sigterm_ignored': 'a worker did not exit on SIGTERM',
 }
 

@@ -5,6 +5,7 @@ webhooks are owed to the receiver, and what a caller got that it should not have
 """
 
 import json
+import os
 import random
 import threading
 import time
@@ -38,6 +39,7 @@ class History:
     webhooks: dict = field(default_factory=dict)  # tag name -> when the tag was created
     webhooks_deleted: dict = field(default_factory=dict)  # tag name -> when its task was deleted
     scripts_accepted: int = 0
+    scripts_refused: int = 0  # HTTP 503: NetBox saw no worker for the queue
     caller_errors: Counter = field(default_factory=Counter)  # 'action: ExceptionType' -> count
     operator: Counter = field(default_factory=Counter)  # what the operator did, and what it found nothing to do for
     faults: list = field(default_factory=list)  # (action, seconds from the start, lasted, note)
@@ -65,7 +67,8 @@ class Workload:
         from extras.models import Script, ScriptModule
 
         self.doors = Doors()
-        path = Path(settings.SCRIPTS_ROOT) / 'safejobs_harness_probe.py'
+        # A file of this process's own: two explorers (on two databases) may run at once.
+        path = Path(settings.SCRIPTS_ROOT) / f'safejobs_explorer_probe_{os.getpid()}.py'
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(PROBE_SCRIPT)
         ScriptModule.objects.filter(file_path=path.name).delete()
@@ -160,21 +163,30 @@ class Workload:
 
     def webhook(self, step, rng):
         name = f'{HARNESS_TAG}x{self.seed}-{uuid.uuid4().hex[:12]}'
-        status = self.doors.create_tag(name)
+        response = self.doors.client.post('/api/extras/tags/', data=json.dumps({'name': name, 'slug': name}),
+                                          content_type='application/json')
         with self.history.lock:
-            if status == 201:
+            if response.status_code == 201:
                 self.history.webhooks[name] = time.time()
             else:
-                self.history.caller_errors[f'webhook: HTTP {status}'] += 1
+                exc = getattr(response, 'exc_info', None)
+                name = f' {exc[0].__name__}' if exc else ''
+                self.history.caller_errors[f'webhook: HTTP {response.status_code}{name}'] += 1
 
     def script_run(self, step, rng):
-        status = self.doors.client.post(f'/api/extras/scripts/{self.script.pk}/', content_type='application/json',
-                                        data=json.dumps({'data': {}, 'commit': True})).status_code
+        response = self.doors.client.post(f'/api/extras/scripts/{self.script.pk}/', content_type='application/json',
+                                          data=json.dumps({'data': {}, 'commit': True}))
         with self.history.lock:
-            if status == 200:
+            if response.status_code == 200:
                 self.history.scripts_accepted += 1
+            elif response.status_code == 503:
+                # NetBox's documented answer when it sees no worker for the queue (every worker restarting, or
+                # none heartbeating while the database is cut off from them): refused, not failed.
+                self.history.scripts_refused += 1
             else:
-                self.history.caller_errors[f'script_run: HTTP {status}'] += 1
+                exc = getattr(response, 'exc_info', None)
+                name = f' {exc[0].__name__}' if exc else ''
+                self.history.caller_errors[f'script_run: HTTP {response.status_code}{name}'] += 1
 
     # -- the operator -------------------------------------------------------------------------------------------
 
