@@ -173,6 +173,27 @@ def _dropped(connection, rows, statuses):
     return {row['id'] for row, position in zip(candidates, positions, strict=True) if position is None}
 
 
+def _orphaned(using, rows, statuses):
+    """
+    The ids of the rows whose task RQ holds as started, sent more than ``stuck_after`` ago, while the job has not
+    started: a work horse that took the task and was killed before its claim (its worker SIGKILLed while the database
+    was away and the claim waited for it). RQ fails such a task only once its timeout has passed and a worker's
+    maintenance runs, every 10 minutes. A live horse starts the job within its claim's retries, and a worker without
+    the plugin starts it at once, so a job still waiting is not being run; sent again, it runs once (the claim).
+    """
+    from core.models import Job
+
+    stuck_after = get_settings().stuck_after
+    candidates = {row['job_id']: row['id'] for row in rows
+                  if row['job_id'] is not None and statuses[row['job_uuid']] == 'started' and row['age'] >= stuck_after}
+    if not candidates:
+        return set()
+    with connections[using].cursor() as cursor:
+        cursor.execute(f'SELECT id FROM {Job._meta.db_table} WHERE id = ANY(%s) AND status = ANY(%s)',
+                       [list(candidates), list(CLAIMABLE_STATES)])
+        return {candidates[job_id] for (job_id,) in cursor.fetchall()}
+
+
 def _forget_failed(connection, queue_name, job_uuids):
     """Take re-owed tasks out of RQ's failed registry: the job runs again, it is no longer a failure to look at."""
     from rq.registry import FailedJobRegistry
@@ -193,7 +214,8 @@ def sweep_sent(report, using='default', limit=BATCH):
     restarted from a snapshot older than the push (its marker survived, so ``_reowe`` does not fire), an AOF that
     lost its last second, a failover to a replica that lagged, or a task failed in RQ before its claim (the database
     was away when a worker took it), or a task RQ holds as queued that no queue holds any more (dropped on its way to
-    a worker that was stopped, ``DROPPED_TASK_AGE``). Any other task that is queued, started, scheduled or deferred is
+    a worker that was stopped, ``DROPPED_TASK_AGE``), or a task RQ holds as started by a work horse that died before
+    its claim (``_orphaned``). Any other task that is queued, started, scheduled or deferred is
     left alone; a push sent again for a task that runs after all starts once (the guard's claim).
 
     A task that failed before its claim is sent again only after ``FAILED_TASK_DELAYS`` (Fibonacci, from its last
@@ -241,7 +263,7 @@ def sweep_sent(report, using='default', limit=BATCH):
                 report.cleaned += cursor.rowcount
                 logger.info('%d task(s) without a job run to their end by RQ unclaimed: done with, not sent again',
                             cursor.rowcount)
-            dropped = _dropped(connection, rows, statuses)
+            dropped = _dropped(connection, rows, statuses) | _orphaned(using, rows, statuses)
             lost, failed_rows = [], []
             for row in rows:
                 status = statuses[row['job_uuid']]
@@ -273,8 +295,9 @@ def sweep_sent(report, using='default', limit=BATCH):
             _forget_failed(connection, queue_name, job_uuids)
         if reowed:
             logger.warning('%d sent job(s) of queues %s owed again: RQ no longer holds their task runnable (Redis '
-                           'restored from an older snapshot, a lagging replica, the task failed before its claim, or '
-                           'it was dropped on its way to a worker that was stopped)',
+                           'restored from an older snapshot, a lagging replica, the task failed before its claim, '
+                           'it was dropped on its way to a worker that was stopped, or its work horse died before its '
+                           'claim)',
                            len(reowed), ', '.join(queue_names))
 
 

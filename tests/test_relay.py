@@ -141,6 +141,32 @@ class RelayTest(SafeJobsTransactionTestCase):
             self.assertEqual(run_count(job.job_id), 1)
         self.assertEqual(Job.objects.get(pk=recent.pk).status, 'pending')
 
+    def test_a_task_whose_work_horse_died_before_its_claim_is_sent_again(self):
+        """
+        A worker SIGKILLed (with its work horse) while the horse's claim waited for the database leaves the task
+        "started" in RQ, for RQ to fail only after its timeout at a maintenance, and the job pending. Once the row was
+        sent ``stuck_after`` ago the sweep owes it again; a started task whose job runs is left alone.
+        """
+        from netbox_safejobs.settings import get_settings
+
+        relay.check_redis(relay.RelayReport())
+        orphan, running = CountingJob.enqueue(), CountingJob.enqueue()
+        queue = get_push_queue('default')
+        for job in (orphan, running):
+            queue.remove(str(job.job_id))
+            queue.fetch_job(str(job.job_id)).set_status('started')
+        Job.objects.filter(pk=running.pk).update(status='running')
+        JobDispatch.objects.filter(job__in=[orphan, running]).update(
+            sent=F('sent') - timedelta(seconds=get_settings().stuck_after + 1))
+
+        self.assertEqual(run_pass().pushed, [orphan.job_id])
+        self.assertEqual(run_pass().pushed, [], 'sent twice')
+        run_burst_worker()
+        self.assertEqual(Job.objects.get(pk=orphan.pk).status, 'completed')
+        self.assertEqual(run_count(orphan.job_id), 1)
+        self.assertEqual(run_count(running.job_id), 0)
+        self.assertEqual(JobDispatch.objects.get(job=running).state, 'sent')
+
     def test_a_task_that_always_fails_before_its_claim_is_given_up(self):
         """
         Sent again on a backoff, each time with its failure taken out of RQ's failed registry; after the last, the
