@@ -144,6 +144,9 @@ def settled(history, workload):
 
     pending = (Job.objects.filter(job_id__in=list(set(history.committed) - history.ended_by_operator()),
                                   status__in=OWED).exists()
+               # A job the operator stopped (or deleted) while it ran is closed by its worker, or, when the worker
+               # went with it, by the liveness check: still to wait for.
+               or Job.objects.filter(job_id__in=list(history.ended_by_operator()), status='running').exists()
                or workload.script_jobs().filter(status__in=('pending', 'running')).exists())
     got = set(workload.doors.receiver.names())
     return not pending and all(name in got for name in history.webhooks if name not in history.webhooks_deleted)
