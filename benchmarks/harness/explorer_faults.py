@@ -98,27 +98,34 @@ class Faults:
 
     # -- work horses and workers --------------------------------------------------------------------------------
 
-    def _horse(self):
-        """The pid of a work horse inside a harness job's run() (one not yet at its end), or None."""
+    def _horses(self):
+        """{pid of a work horse inside a harness job's run() (not yet at its end): its worker's Popen}."""
         from .explorer_checks import read_ends
 
         pids = {}
         read_runs(self.rig.runs_file, pids)
         ended = read_ends(self.rig.runs_file)
-        workers = {p.pid for p in self.rig.pool.processes}
-        alive = sorted(pid for job, pid in pids.items() if job not in ended and os.path.exists(f'/proc/{pid}')
-                       and any(pid in child_pids(w) for w in workers))
-        return alive[int(time.monotonic() * 1000) % len(alive)] if alive else None
+        running = {pid for job, pid in pids.items() if job not in ended and os.path.exists(f'/proc/{pid}')}
+        return {pid: worker for worker in self.rig.pool.processes if worker.poll() is None
+                for pid in child_pids(worker.pid) if pid in running}
+
+    def _busy(self):
+        """(horse pid, its worker) of a job running now, waiting a little for one (jobs are short); or None."""
+        deadline = time.monotonic() + HORSE_WAIT
+        while not (horses := self._horses()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not horses:
+            return None
+        pids = sorted(horses)
+        pid = pids[int(time.monotonic() * 1000) % len(pids)]
+        return pid, horses[pid]
 
     def _kill_horse(self, sig):
-        # Jobs are short: wait a little for one to be running rather than make the fault a no-op.
-        deadline = time.monotonic() + HORSE_WAIT
-        while (pid := self._horse()) is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid is None:
+        busy = self._busy()
+        if busy is None:
             return 'no horse running'
-        kill_pids([pid], sig)
-        return f'horse {pid}'
+        kill_pids([busy[0]], sig)
+        return f'horse {busy[0]}'
 
     def horse_kill(self, step):
         return self._kill_horse(signal.SIGKILL)
@@ -127,6 +134,10 @@ class Faults:
         return self._kill_horse(signal.SIGTERM)
 
     def _worker(self):
+        """A worker running a job (the fault is about work in flight), else any live one, or None."""
+        busy = self._busy()
+        if busy is not None:
+            return busy[1]
         processes = [p for p in self.rig.pool.processes if p.poll() is None]
         return processes[int(time.monotonic() * 1000) % len(processes)] if processes else None
 
