@@ -9,14 +9,12 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from netbox_safejobs.testing.fixtures import set_mode
-from netbox_safejobs.testing.processes import RedisServer
 
-from .core import MODES, SCENARIOS, Context
+from .core import MODES, SCENARIOS, Context, private_redis, use_redis
 from .report import PAIRED, broken_guarantees, chart, markdown
 from .support import cleanup
 from .throughput import recovery_at_scale
@@ -152,12 +150,9 @@ def parse_args(argv=None, prog=None):
 
 def main(argv=None, prog=None):
     opts = parse_args(argv, prog)
-    workdir = Path(tempfile.mkdtemp(prefix='safejobs-harness-'))
-    redis = RedisServer(workdir)
-    redis.start()
-    # The harness process itself must use the private Redis too: set before Django reads its settings.
-    os.environ['SAFEJOBS_REDIS_PORT'] = str(redis.port)
-    os.environ['SAFEJOBS_REDIS_TASKS_DB'] = '0'
+    workdir, redis = private_redis('safejobs-harness-')
+    # The harness process itself must use the private Redis too.
+    use_redis(redis.port)
     import django
 
     django.setup()

@@ -7,6 +7,7 @@ harness's ``Context`` (its Redis server, work directory and the environment of i
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,8 +27,10 @@ __all__ = (
     'STOCK_CONFIG',
     'Context',
     'WorkerPool',
+    'private_redis',
     'run_in_order',
     'scenario',
+    'use_redis',
 )
 
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'netbox.settings')
@@ -269,6 +272,20 @@ class WorkerPool:
     def wait(self, timeout=600):
         for p in self.processes:
             p.wait(timeout=timeout)
+
+
+def private_redis(prefix):
+    """A work directory of its own (``prefix``) and a private Redis server started in it; the caller stops it."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    redis = RedisServer(workdir)
+    redis.start()
+    return workdir, redis
+
+
+def use_redis(port):
+    """Point this process's RQ queues at the Redis on 127.0.0.1:``port``: before Django reads its settings."""
+    os.environ['SAFEJOBS_REDIS_PORT'] = str(port)
+    os.environ['SAFEJOBS_REDIS_TASKS_DB'] = '0'
 
 
 def scenario(function):

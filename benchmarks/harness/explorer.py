@@ -17,7 +17,6 @@ and PostgreSQL directly.
 import argparse
 import json
 import os
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -26,9 +25,8 @@ from pathlib import Path
 
 from benchmarks.mutants import MUTANT_VARIABLE, MUTANTS, write_sitecustomize
 from netbox_safejobs.testing.fixtures import set_mode
-from netbox_safejobs.testing.processes import RedisServer
 
-from .core import HARNESS_TAG, MODES, PLUGIN_CONFIG, Context, WorkerPool
+from .core import HARNESS_TAG, MODES, PLUGIN_CONFIG, Context, WorkerPool, private_redis, use_redis
 from .explorer_checks import INVARIANTS, check, wait_settled
 from .explorer_faults import Faults
 from .explorer_work import History, Workload
@@ -259,13 +257,10 @@ def parse_args(argv=None, prog=None):
 
 def main(argv=None, prog=None):
     opts = parse_args(argv, prog)
-    workdir = Path(tempfile.mkdtemp(prefix='safejobs-explore-'))
-    redis = RedisServer(workdir)
-    redis.start()
+    workdir, redis = private_redis('safejobs-explore-')
     gate = RedisGate(('127.0.0.1', redis.port)).start()
-    # This process reaches Redis through the gate too: set before Django reads its settings.
-    os.environ['SAFEJOBS_REDIS_PORT'] = str(gate.port)
-    os.environ['SAFEJOBS_REDIS_TASKS_DB'] = '0'
+    # This process reaches Redis through the gate too.
+    use_redis(gate.port)
     import django
 
     django.setup()

@@ -266,15 +266,19 @@ class DatabaseGate(LoopbackProxy):
         for source, target in ((client, server), (server, client)):
             threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
 
-    @staticmethod
-    def _pump(source, target):
+    def _passes(self):
+        """Whether what crosses the gate now reaches the other side (else it is read and dropped)."""
+        return True
+
+    def _pump(self, source, target):
         try:
             while data := source.recv(65536):
-                target.sendall(data)
+                if self._passes():
+                    target.sendall(data)
         except OSError:
             pass
         for sock in (source, target):
-            LoopbackProxy._close(sock)
+            self._close(sock)
 
 
 class RedisGate(DatabaseGate):
@@ -299,16 +303,5 @@ class RedisGate(DatabaseGate):
         if was_silent:
             self._cut_all()
 
-    def _serve(self, client, server):
-        for source, target in ((client, server), (server, client)):
-            threading.Thread(target=self._relay, args=(source, target), daemon=True).start()
-
-    def _relay(self, source, target):
-        try:
-            while data := source.recv(65536):
-                if not self.is_silent:
-                    target.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, target):
-            self._close(sock)
+    def _passes(self):
+        return not self.is_silent
