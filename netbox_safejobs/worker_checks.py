@@ -6,7 +6,9 @@ asks Redis whether a worker listens on the queue (``any_workers_for_queue``, ``g
 away that question raises (a 500, or "indexing inline"), although the plugin stores the push and its relay delivers it
 as soon as Redis answers. Wrapped here: when Redis raises or knows no worker, a guarded worker of the plugin that
 heartbeated within ``stuck_after`` seconds and listens on the queue (``WorkerHeartbeat``) answers instead. With none,
-NetBox's own answer (or error) stands.
+NetBox's own answer stands, and where Redis raised, the answer is "no worker": NetBox then refuses a script run or a
+background request as it does when it sees none (a 503 and its message) instead of answering 500, and indexes the
+search cache inline, as it does on a Redis error.
 """
 
 import logging
@@ -69,7 +71,9 @@ def wrap_worker_check(original, counts):
                             count)
             return count if counts else True
         if error is not None:
-            raise error
+            logger.warning('Redis did not answer whether a worker listens on queue %s (%s), and no worker heartbeats '
+                           'in the database: answered "no worker"', queue_name, error)
+            return 0 if counts else False
         return answer
 
     check.__safejobs_original__ = original
