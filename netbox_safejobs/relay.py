@@ -30,7 +30,7 @@ from . import backoff, events
 from .choices import CLAIMABLE_STATES, RetryEventKindChoices
 from .dispatch import ROW_COLUMNS, CapturedPush
 from .payload import BadPayload, Push, unseal
-from .queues import redis_groups
+from .queues import get_push_queue, redis_groups
 from .settings import get_settings
 from .webhooks import WEBHOOK_TASK
 
@@ -156,7 +156,6 @@ def _dropped(connection, rows, statuses):
     does run the task after all, they still run once. Redis before 6.0.6 has no ``LPOS``: nothing is found there.
     """
     from redis.exceptions import ResponseError
-    from rq.queue import Queue
 
     candidates = [row for row in rows if statuses[row['job_uuid']] == 'queued' and row['age'] >= DROPPED_TASK_AGE
                   and (row['job_id'] is not None or row['runner'] == WEBHOOK_TASK)]
@@ -164,7 +163,7 @@ def _dropped(connection, rows, statuses):
         return set()
     pipe = connection.pipeline(transaction=False)
     for row in candidates:
-        pipe.lpos(f'{Queue.redis_queue_namespace_prefix}{row["queue_name"]}', str(row['job_uuid']))
+        pipe.lpos(get_push_queue(row['queue_name']).key, str(row['job_uuid']))
     try:
         positions = pipe.execute()
     except ResponseError as e:
